@@ -1,0 +1,319 @@
+package membus
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+// Delivery states.
+const (
+	inFlight uint8 = iota
+	settled
+	handedBack // expired, or returned by a closing subscription
+)
+
+// tracked is one delivery in flight. The driver.Delivery lives inside it, so
+// a delivery costs one allocation, and its Handle points back to it.
+type tracked struct {
+	d        driver.Delivery
+	sub      *subscription
+	e        entry
+	deadline int64
+
+	// Guarded by sub.q.mu.
+	state      uint8
+	prev, next *tracked
+}
+
+// subscription is one member of a queue.
+type subscription struct {
+	conn        *Driver
+	q           *queue
+	dest        string
+	ackWait     int64
+	maxInFlight int
+	done        chan struct{} // closed by close
+	room        chan struct{} // token: a settlement made room under maxInFlight
+
+	// Guarded by q.mu: the deliveries in flight, oldest (earliest deadline)
+	// first.
+	head, tail *tracked
+	inFlight   int
+	closed     bool
+}
+
+var _ driver.Subscription = (*subscription)(nil)
+
+func (s *subscription) link(t *tracked) {
+	t.prev = s.tail
+	if s.tail != nil {
+		s.tail.next = t
+	} else {
+		s.head = t
+	}
+	s.tail = t
+	s.inFlight++
+}
+
+func (s *subscription) unlink(t *tracked) {
+	if t.prev != nil {
+		t.prev.next = t.next
+	} else {
+		s.head = t.next
+	}
+	if t.next != nil {
+		t.next.prev = t.prev
+	} else {
+		s.tail = t.prev
+	}
+	t.prev, t.next = nil, nil
+	s.inFlight--
+}
+
+// expire hands back the deliveries whose deadline passed, under q.mu. Each
+// subscription has one AckWait, so deadlines grow from head to tail.
+func (s *subscription) expire(now int64) bool {
+	t := s.head
+	if t == nil || t.deadline > now {
+		return false
+	}
+	n := 0
+	for t != nil && t.deadline <= now {
+		t = t.next
+		n++
+	}
+	s.handBack(n)
+	if s.maxInFlight > 0 {
+		signal(s.room)
+	}
+	return true
+}
+
+// handBack returns the n oldest deliveries to the front of the queue in
+// their order, under q.mu.
+func (s *subscription) handBack(n int) {
+	t := s.head
+	for range n - 1 {
+		t = t.next
+	}
+	for ; n > 0; n-- {
+		prev := t.prev
+		s.unlink(t)
+		t.state = handedBack
+		s.q.ring.pushFront(t.e)
+		t = prev
+	}
+}
+
+// Receive returns 1..max deliveries (max below 1 counts as 1).
+func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Delivery, error) {
+	if max < 1 {
+		max = 1
+	}
+	q := s.q
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("membus: receive from %q: %w", s.dest, err)
+		}
+		q.mu.Lock()
+		if s.closed {
+			q.mu.Unlock()
+			return nil, fmt.Errorf("membus: receive from %q: %w", s.dest, driver.ErrClosed)
+		}
+		n := min(max, q.ring.n)
+		full := false
+		if s.maxInFlight > 0 && n > s.maxInFlight-s.inFlight {
+			n = max(s.maxInFlight-s.inFlight, 0)
+			full = n == 0
+		}
+		if n > 0 {
+			out := s.take(n)
+			wakeRecv := q.ring.n > 0 && q.recvWaiting > 0
+			wakePub := q.spaceWaiting > 0
+			q.mu.Unlock()
+			if wakeRecv {
+				signal(q.ready)
+			}
+			if wakePub {
+				signal(q.space)
+			}
+			return out, nil
+		}
+		// Wait for entries, or for room under MaxInFlight. A receiver that
+		// cannot take what is queued leaves the ready token to the others.
+		var ready chan struct{}
+		if full {
+			if q.ring.n > 0 && q.recvWaiting > 0 {
+				signal(q.ready)
+			}
+		} else {
+			ready = q.ready
+			q.recvWaiting++
+		}
+		q.mu.Unlock()
+		var err error
+		select {
+		case <-ready:
+		case <-s.room:
+		case <-s.done:
+			err = driver.ErrClosed
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		if ready != nil {
+			q.mu.Lock()
+			q.recvWaiting--
+			q.mu.Unlock()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("membus: receive from %q: %w", s.dest, err)
+		}
+	}
+}
+
+// take moves n entries from the queue into flight, under q.mu.
+func (s *subscription) take(n int) []*driver.Delivery {
+	q := s.q
+	deadline := q.b.now() + s.ackWait
+	out := make([]*driver.Delivery, n)
+	for i := range out {
+		e := q.ring.popFront()
+		e.attempt++
+		t := &tracked{sub: s, e: e, deadline: deadline}
+		t.d = driver.Delivery{Message: e.msg, Attempt: e.attempt, Handle: t}
+		s.link(t)
+		out[i] = &t.d
+	}
+	q.schedule(deadline)
+	return out
+}
+
+// Ack settles ds for good.
+func (s *subscription) Ack(ctx context.Context, ds []*driver.Delivery) error {
+	return s.settle("ack", ds, func(*tracked) {})
+}
+
+// Term settles ds for good without processing.
+func (s *subscription) Term(ctx context.Context, ds []*driver.Delivery) error {
+	return s.settle("term", ds, func(*tracked) {})
+}
+
+// Nack returns ds to the front of the queue, after delay when positive.
+func (s *subscription) Nack(ctx context.Context, ds []*driver.Delivery, delay time.Duration) error {
+	q := s.q
+	if delay <= 0 {
+		return s.settle("nack", ds, func(t *tracked) { q.ring.pushFront(t.e) })
+	}
+	due := q.b.now() + int64(delay)
+	return s.settle("nack", ds, func(t *tracked) { q.delay(t.e, due) })
+}
+
+// settle takes each valid delivery of ds out of flight and passes it to fn,
+// last first, so that requeueing at the front keeps the batch's order.
+func (s *subscription) settle(op string, ds []*driver.Delivery, fn func(*tracked)) error {
+	q := s.q
+	var bad int
+	var first error
+	q.mu.Lock()
+	if s.closed {
+		q.mu.Unlock()
+		return fmt.Errorf("membus: %s on %q: %w", op, s.dest, driver.ErrClosed)
+	}
+	requeued := false
+	for i := len(ds) - 1; i >= 0; i-- {
+		var t *tracked
+		if ds[i] != nil {
+			t, _ = ds[i].Handle.(*tracked)
+		}
+		var err error
+		switch {
+		case t == nil || t.sub != s:
+			err = ErrForeignDelivery
+		case t.state != inFlight:
+			err = ErrNotInFlight
+		}
+		if err != nil {
+			bad++
+			first = err
+			continue
+		}
+		s.unlink(t)
+		t.state = settled
+		fn(t)
+		requeued = true
+	}
+	wakeRecv := requeued && q.ring.n > 0 && q.recvWaiting > 0
+	q.mu.Unlock()
+	if wakeRecv {
+		signal(q.ready)
+	}
+	if requeued && s.maxInFlight > 0 {
+		signal(s.room)
+	}
+	if first != nil {
+		return fmt.Errorf("membus: %s on %q: %d of %d deliveries refused: %w", op, s.dest, bad, len(ds), first)
+	}
+	return nil
+}
+
+// Close stops the subscription and hands its unsettled deliveries back to
+// its group. It is idempotent.
+func (s *subscription) Close(ctx context.Context) error {
+	s.close()
+	c := s.conn
+	c.mu.Lock()
+	if c.subs != nil {
+		delete(c.subs, s)
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+func (s *subscription) close() {
+	q := s.q
+	b := q.b
+	b.mu.Lock()
+	q.mu.Lock()
+	if s.closed {
+		q.mu.Unlock()
+		b.mu.Unlock()
+		return
+	}
+	s.closed = true
+	close(s.done)
+	for i, m := range q.mem {
+		if m == s {
+			q.mem = append(q.mem[:i], q.mem[i+1:]...)
+			q.mem[len(q.mem)] = nil
+			break
+		}
+	}
+	q.members.Store(int32(len(q.mem)))
+	s.handBack(s.inFlight)
+	var stop, loopDone chan struct{}
+	if len(q.mem) == 0 {
+		stop, loopDone = q.loopStop, q.loopDone
+		q.loopStop, q.loopDone = nil, nil
+		q.timerAt = 0
+		if !q.durable {
+			q.removed = true
+			close(q.gone)
+			b.remove(s.dest, q)
+			q.ring = ring{}
+			q.delayed = nil
+		}
+	}
+	wakeRecv := q.ring.n > 0 && q.recvWaiting > 0
+	q.mu.Unlock()
+	b.mu.Unlock()
+	if wakeRecv {
+		signal(q.ready)
+	}
+	if stop != nil {
+		close(stop)
+		<-loopDone
+	}
+}

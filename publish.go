@@ -1,0 +1,96 @@
+package eventbus
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+// PublishEvent publishes m (m.Type required) to events.<type>. Every
+// subscribed group receives it once. It returns nil only after the backend
+// confirmed the message.
+func (b *Bus) PublishEvent(ctx context.Context, m *Message) error {
+	if err := checkMessage(m); err != nil {
+		return fmt.Errorf("eventbus: publish event: %w", err)
+	}
+	return b.publish(ctx, driver.NewDestination(driver.Event, m.Type), m)
+}
+
+// SendCommand sends m (m.Type required) to commands.<service>.<type>: exactly
+// one instance of service handles it. It returns once the backend confirmed.
+func (b *Bus) SendCommand(ctx context.Context, service string, m *Message) error {
+	if err := validateToken("service", service); err != nil {
+		return err
+	}
+	if err := checkMessage(m); err != nil {
+		return fmt.Errorf("eventbus: send command: %w", err)
+	}
+	return b.publish(ctx, driver.NewDestination(driver.Command, service, m.Type), m)
+}
+
+// Broadcast publishes m (m.Type required) to broadcast.<type>: every
+// subscribed instance receives it; nothing is persisted for instances that are
+// not running.
+func (b *Bus) Broadcast(ctx context.Context, m *Message) error {
+	if err := checkMessage(m); err != nil {
+		return fmt.Errorf("eventbus: broadcast: %w", err)
+	}
+	return b.publish(ctx, driver.NewDestination(driver.Broadcast, m.Type), m)
+}
+
+// PublishStream appends msgs to streams.<stream> in one batch. Messages with
+// the same Key are consumed in the order published. Each message needs a Type.
+func (b *Bus) PublishStream(ctx context.Context, stream string, msgs ...*Message) error {
+	if err := validateType("stream", stream); err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		if err := checkMessage(m); err != nil {
+			return fmt.Errorf("eventbus: publish stream %s: %w", stream, err)
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	dest := driver.NewDestination(driver.Stream, stream)
+	be, err := b.backendFor(dest)
+	if err != nil {
+		return fmt.Errorf("eventbus: publish %s: %w", dest.Name, err)
+	}
+	for _, m := range msgs {
+		b.fill(m)
+	}
+	if err := driver.CheckSize(msgs, be.caps.MaxMessageSize); err != nil {
+		return fmt.Errorf("eventbus: publish %s: %w", dest.Name, err)
+	}
+	if err := be.drv.Publish(ctx, dest, msgs); err != nil {
+		return fmt.Errorf("eventbus: publish %s via %s: %w", dest.Name, be.name, err)
+	}
+	return nil
+}
+
+func checkMessage(m *Message) error {
+	if m == nil {
+		return fmt.Errorf("%w: nil message", ErrMalformed)
+	}
+	return validateType("message type", m.Type)
+}
+
+func (b *Bus) publish(ctx context.Context, dest driver.Destination, m *Message) error {
+	be, err := b.backendFor(dest)
+	if err != nil {
+		return fmt.Errorf("eventbus: publish %s: %w", dest.Name, err)
+	}
+	b.fill(m)
+	if max := be.caps.MaxMessageSize; max > 0 {
+		if size := m.Size(); size > max {
+			return fmt.Errorf("eventbus: publish %s: %w", dest.Name, &driver.TooLargeError{Size: size, Limit: max})
+		}
+	}
+	one := [1]*Message{m}
+	if err := be.drv.Publish(ctx, dest, one[:]); err != nil {
+		return fmt.Errorf("eventbus: publish %s via %s: %w", dest.Name, be.name, err)
+	}
+	return nil
+}
