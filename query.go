@@ -126,11 +126,13 @@ func (c *consumer) answer(d *driver.Delivery) bool {
 		if reply.Extensions == nil {
 			reply.Extensions = make(map[string]string, 2)
 		}
-		reply.Extensions[driver.ExtError] = err.Error()
+		msg := err.Error()
 		var coded *CodedError
 		if errors.As(err, &coded) {
 			reply.Extensions[driver.ExtErrorCode] = coded.Code
+			msg = coded.Err.Error()
 		}
+		reply.Extensions[driver.ExtError] = msg
 	}
 	var serr error
 	switch {
