@@ -1,0 +1,157 @@
+// Command quickstart shows every messaging pattern of eventbus on one bus:
+// events with consumer groups, commands, queries with replies and typed
+// errors, a keyed stream processed in batches, and a broadcast.
+//
+//	go run ./examples/quickstart
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/membus"
+)
+
+type OrderPlaced struct {
+	OrderID string `json:"order_id"`
+	Amount  int    `json:"amount_cents"`
+}
+
+type Charge struct {
+	OrderID string `json:"order_id"`
+	Amount  int    `json:"amount_cents"`
+}
+
+func main() {
+	if err := run(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(ctx context.Context) error {
+	bus := eventbus.New(&eventbus.Options{Source: "quickstart"})
+	if err := bus.Register("memory", membus.New(nil)); err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(2 + 1 + 2 + 1) // two event groups, one command, two stream batches, one broadcast
+	say := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+
+	// Pub/sub: two groups each get every event.
+	for _, group := range []string{"billing", "analytics"} {
+		err := bus.SubscribeEvents([]string{"order.placed"}, group,
+			eventbus.Typed(func(ctx context.Context, m *eventbus.Message, o OrderPlaced) error {
+				say("[event → %s] order %s placed, %d cents", group, o.OrderID, o.Amount)
+				wg.Done()
+				return nil
+			}))
+		if err != nil {
+			return err
+		}
+	}
+	// Point-to-point: one instance of "payments" handles each command.
+	err := bus.HandleCommand("payments", "charge",
+		eventbus.Typed(func(ctx context.Context, m *eventbus.Message, c Charge) error {
+			say("[command → payments] charging %d cents for %s (correlation %s)", c.Amount, c.OrderID, m.CorrelationID)
+			wg.Done()
+			return nil
+		}))
+	if err != nil {
+		return err
+	}
+	// Request/response with a typed error.
+	err = bus.HandleQuery("inventory", "stock.get",
+		eventbus.TypedQuery(func(ctx context.Context, m *eventbus.Message, sku string) (int, error) {
+			if sku == "unknown" {
+				return 0, eventbus.Errorf("not_found", "no such sku %q", sku)
+			}
+			return 7, nil
+		}))
+	if err != nil {
+		return err
+	}
+	// Streams: batches of up to 3, ordered per key.
+	err = bus.ProcessStream("page-views", "analytics",
+		eventbus.TypedBatch(func(ctx context.Context, ms []*eventbus.Message, pages []string) error {
+			say("[stream batch] %d views of user %s: %v", len(pages), ms[0].Key, pages)
+			wg.Done()
+			return nil
+		}),
+		&eventbus.BatchOptions{Size: 3, MaxWait: 100 * time.Millisecond})
+	if err != nil {
+		return err
+	}
+	// Broadcast: every instance.
+	err = bus.SubscribeBroadcast([]string{"config.reloaded"}, eventbus.HandlerFunc(
+		func(ctx context.Context, m *eventbus.Message) error {
+			say("[broadcast] config reloaded: %s", m.Data)
+			wg.Done()
+			return nil
+		}))
+	if err != nil {
+		return err
+	}
+
+	if err := bus.Start(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		if err := bus.Close(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}()
+
+	order := OrderPlaced{OrderID: "o-1001", Amount: 4999}
+	m, err := bus.NewMessage("order.placed", order)
+	if err != nil {
+		return err
+	}
+	if err := bus.PublishEvent(ctx, m); err != nil {
+		return err
+	}
+	cmd, _ := bus.NewMessage("charge", Charge(order))
+	cmd.CorrelationID = m.ID
+	if err := bus.SendCommand(ctx, "payments", cmd); err != nil {
+		return err
+	}
+	stock, err := eventbus.Ask[int](ctx, bus, "inventory", "stock.get", "sku-42")
+	if err != nil {
+		return err
+	}
+	say("[query] stock of sku-42: %d", stock)
+	_, err = eventbus.Ask[int](ctx, bus, "inventory", "stock.get", "unknown")
+	var remote *eventbus.RemoteError
+	if errors.As(err, &remote) {
+		say("[query] typed remote error: code=%s message=%q", remote.Code, remote.Message)
+	}
+	var views []*eventbus.Message
+	for _, page := range []string{"/", "/shoes", "/cart", "/checkout"} {
+		v, _ := bus.NewMessage("page.viewed", page)
+		v.Key = "user-7"
+		views = append(views, v)
+	}
+	if err := bus.PublishStream(ctx, "page-views", views...); err != nil {
+		return err
+	}
+	b, _ := bus.NewMessage("config.reloaded", "v2")
+	if err := bus.Broadcast(ctx, b); err != nil {
+		return err
+	}
+
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		say("all patterns delivered")
+		return nil
+	case <-time.After(10 * time.Second):
+		return errors.New("timed out waiting for deliveries")
+	}
+}
