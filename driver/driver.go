@@ -59,11 +59,11 @@ type Driver interface {
 type Subscription interface {
 	// Receive returns between 1 and max deliveries. It blocks until at least one
 	// is available, ctx is done (ctx.Err()) or the subscription is closed
-	// (ErrClosed).
+	// (ErrClosed). The returned slice belongs to the caller.
 	Receive(ctx context.Context, max int) ([]*Delivery, error)
 
 	// Ack confirms that the deliveries were processed; they are not delivered
-	// again to this group.
+	// again to this group. Ack, Nack and Term must not retain ds.
 	Ack(ctx context.Context, ds []*Delivery) error
 
 	// Nack asks for redelivery after delay (0: as soon as possible). A driver
