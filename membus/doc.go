@@ -48,6 +48,8 @@
 // batch are settled even when others are refused. An Ack that arrives after
 // AckWait but before the broker handed the message back still counts.
 //
+// Receive takes nothing once its context is done, even when deliveries are
+// waiting, so that a stopping consumer holds nothing it will not settle.
 // SubscribeOptions.MaxInFlight, when positive, bounds the unsettled
 // deliveries of a subscription: Receive waits for settlements. Zero means no
 // bound beyond AckWait.

@@ -3,6 +3,7 @@ package membus
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/marty-msf/eventbus/driver"
@@ -108,68 +109,58 @@ func (s *subscription) handBack(n int) {
 	}
 }
 
-// Receive returns 1..max deliveries (max below 1 counts as 1).
-func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Delivery, error) {
-	if max < 1 {
-		max = 1
-	}
+// Receive returns 1..maxN deliveries (maxN below 1 counts as 1).
+func (s *subscription) Receive(ctx context.Context, maxN int) ([]*driver.Delivery, error) {
+	maxN = max(maxN, 1)
 	q := s.q
 	for {
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("membus: receive from %q: %w", s.dest, err)
-		}
 		q.mu.Lock()
+		err := ctx.Err()
 		if s.closed {
-			q.mu.Unlock()
-			return nil, fmt.Errorf("membus: receive from %q: %w", s.dest, driver.ErrClosed)
+			err = driver.ErrClosed
 		}
-		n := min(max, q.ring.n)
+		n := min(maxN, q.ring.n)
 		full := false
 		if s.maxInFlight > 0 && n > s.maxInFlight-s.inFlight {
 			n = max(s.maxInFlight-s.inFlight, 0)
 			full = n == 0
 		}
-		if n > 0 {
-			out := s.take(n)
-			wakeRecv := q.ring.n > 0 && q.recvWaiting > 0
-			wakePub := q.spaceWaiting > 0
-			q.mu.Unlock()
-			if wakeRecv {
-				signal(q.ready)
-			}
-			if wakePub {
-				signal(q.space)
-			}
-			return out, nil
+		var out []*driver.Delivery
+		if err == nil && n > 0 {
+			out = s.take(n)
 		}
-		// Wait for entries, or for room under MaxInFlight. A receiver that
-		// cannot take what is queued leaves the ready token to the others.
+		// Whoever does not take what is queued passes the ready token on, so
+		// that a wake-up it consumed is not lost to the other members.
+		wakeRecv := q.ring.n > 0 && q.recvWaiting > 0
+		wakePub := out != nil && q.spaceWaiting > 0
 		var ready chan struct{}
-		if full {
-			if q.ring.n > 0 && q.recvWaiting > 0 {
-				signal(q.ready)
-			}
-		} else {
+		if err == nil && out == nil && !full {
 			ready = q.ready
 			q.recvWaiting++
 		}
 		q.mu.Unlock()
-		var err error
+		if wakeRecv {
+			signal(q.ready)
+		}
+		if wakePub {
+			signal(q.space)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("membus: receive from %q: %w", s.dest, err)
+		}
+		if out != nil {
+			return out, nil
+		}
 		select {
 		case <-ready:
 		case <-s.room:
 		case <-s.done:
-			err = driver.ErrClosed
 		case <-ctx.Done():
-			err = ctx.Err()
 		}
 		if ready != nil {
 			q.mu.Lock()
 			q.recvWaiting--
 			q.mu.Unlock()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("membus: receive from %q: %w", s.dest, err)
 		}
 	}
 }
@@ -222,7 +213,7 @@ func (s *subscription) settle(op string, ds []*driver.Delivery, fn func(*tracked
 		q.mu.Unlock()
 		return fmt.Errorf("membus: %s on %q: %w", op, s.dest, driver.ErrClosed)
 	}
-	requeued := false
+	settledAny := false
 	for i := len(ds) - 1; i >= 0; i-- {
 		var t *tracked
 		if ds[i] != nil {
@@ -243,14 +234,14 @@ func (s *subscription) settle(op string, ds []*driver.Delivery, fn func(*tracked
 		s.unlink(t)
 		t.state = settled
 		fn(t)
-		requeued = true
+		settledAny = true
 	}
-	wakeRecv := requeued && q.ring.n > 0 && q.recvWaiting > 0
+	wakeRecv := settledAny && q.ring.n > 0 && q.recvWaiting > 0
 	q.mu.Unlock()
 	if wakeRecv {
 		signal(q.ready)
 	}
-	if requeued && s.maxInFlight > 0 {
+	if settledAny && s.maxInFlight > 0 {
 		signal(s.room)
 	}
 	if first != nil {
@@ -286,8 +277,7 @@ func (s *subscription) close() {
 	close(s.done)
 	for i, m := range q.mem {
 		if m == s {
-			q.mem = append(q.mem[:i], q.mem[i+1:]...)
-			q.mem[len(q.mem)] = nil
+			q.mem = slices.Delete(q.mem, i, i+1)
 			break
 		}
 	}
