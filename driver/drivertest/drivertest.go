@@ -1,0 +1,132 @@
+// Package drivertest is the conformance suite of the driver contract: every
+// driver of eventbus runs it against its real broker, from a test that is a
+// harness and one call.
+//
+//	func TestConformance(t *testing.T) {
+//		url := os.Getenv("MYBROKER_URL")
+//		drivertest.RunConformanceTests(t, drivertest.Harness{
+//			Open: func(ctx context.Context) (driver.Driver, error) {
+//				return mybus.Dial(ctx, url, nil)
+//			},
+//		})
+//	}
+//
+// Harness.Open must return a new, independent connection to the same broker
+// on every call: the suite opens several to play several service instances
+// (a publisher, competing members of a consumer group, a requester and a
+// responder), and closes each one it opens.
+//
+// # What the suite asserts
+//
+// Every subtest works on destinations, groups and message ids with a random
+// suffix, so that leftover state on an external broker (or its
+// de-duplication window) never interferes, and every wait is bounded: the
+// suite never hangs. The tests that a driver's Capabilities
+// do not call for are skipped with the name of the missing capability.
+//
+//   - Capabilities: Name is set, MaxMessageSize is positive, Patterns is
+//     non-empty and valid, and NativeRequestReply holds exactly when the
+//     driver implements [driver.RequestReplier].
+//   - PublishSubscribe: for every served pattern but Query, what is published
+//     after Subscribe returns is received once, with its content intact.
+//   - StartNew: a new subscription receives nothing published before it.
+//   - Attributes: every CloudEvents attribute and extension, Key, multi-valued
+//     headers, binary and empty data round-trip exactly; time keeps at least
+//     millisecond precision.
+//   - Groups (ConsumerGroups): members of one group share the messages, each
+//     delivered once and both members receiving some; different groups each
+//     receive every message. Private subscriptions (Group "") each receive
+//     every message.
+//   - Settlement: an acked or termed message is not redelivered. With
+//     Redelivery, a nacked message and one left unsettled past AckWait are,
+//     with Attempt incremented, and not before the Nack's delay with
+//     NativeDelay. With Durable, a delivery left unsettled by a member that
+//     leaves goes to the next member, and a durable group resumes with
+//     exactly the messages it did not ack, published before or while it was
+//     away. A subscription hands out no more than MaxInFlight unsettled
+//     deliveries.
+//   - OrderByKey (OrderingByKey): one consumer sees each key's messages in
+//     publish order.
+//   - MaxMessageSize: a message of exactly MaxMessageSize arrives intact; one
+//     byte more fails with [driver.ErrTooLarge] (a [*driver.TooLargeError]),
+//     alone or in a batch, and nothing of that batch is delivered.
+//   - RequestReply (NativeRequestReply): concurrent requests each get their
+//     own reply; a request nobody answers ends with the context's deadline;
+//     a request nobody subscribes to fails promptly with
+//     [driver.ErrNoResponders].
+//   - Batches: one Publish of 100 messages, which the driver does not retain
+//     (changing them after Publish returned changes nothing delivered);
+//     Receive never returns more than asked, nor an empty batch with a nil
+//     error.
+//   - Close: closing a subscription or the driver unblocks Receive with
+//     [driver.ErrClosed]; after Close, Publish, Subscribe, Request, and
+//     Receive, Ack, Nack and Term fail with ErrClosed; closing twice is safe; a cancelled context unblocks Receive
+//     with the context's error.
+//   - Load: 10,000 messages from 8 concurrent publishers, single and batched,
+//     reach a group of two members, one of them receiving from two goroutines
+//     at once; none is lost. Duplicates are logged, and fail the test only
+//     on a driver that does not claim Redelivery.
+//
+// Across all subtests, no delivery of a well-formed message has Err set, and
+// every Attempt is at least 1.
+//
+// # Timing
+//
+// The suite takes about ten seconds on the in-memory driver and fifteen on
+// JetStream, most of it spent proving that something does not happen (no
+// redelivery within the ack wait). The subtests that wait on the broker's
+// timers run in parallel. A driver that loses messages makes the suite wait
+// out its timeouts (ten seconds per wait), never longer.
+package drivertest
+
+import (
+	"context"
+	"testing"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+// Harness opens connections to one broker.
+type Harness struct {
+	// Open returns a new, independent connection to the same broker each time it
+	// is called; the suite calls it several times in one test to play several
+	// service instances, and closes every driver it opens.
+	Open func(ctx context.Context) (driver.Driver, error)
+}
+
+// RunConformanceTests runs every conformance test that the driver's
+// Capabilities call for, each as a subtest of t.
+func RunConformanceTests(t *testing.T, h Harness) {
+	t.Helper()
+	if h.Open == nil {
+		t.Fatal("drivertest: Harness.Open is nil")
+	}
+	s := &suite{h: h}
+	d := s.open(t)
+	s.caps = d.Capabilities()
+	_, s.implementsRR = d.(driver.RequestReplier)
+	closeDriver(t, d)
+
+	t.Run("Capabilities", s.testCapabilities)
+	t.Run("PublishSubscribe", s.testPublishSubscribe)
+	t.Run("StartNew", s.testStartNew)
+	t.Run("Attributes", s.testAttributes)
+	t.Run("CompetingConsumers", s.testCompetingConsumers)
+	t.Run("GroupFanOut", s.testGroupFanOut)
+	t.Run("PrivateSubscriptions", s.testPrivateSubscriptions)
+	t.Run("Settlement", s.testSettlement)
+	t.Run("OrderByKey", s.testOrderByKey)
+	t.Run("MaxMessageSize", s.testMaxMessageSize)
+	t.Run("RequestReply", s.testRequestReply)
+	t.Run("Batches", s.testBatches)
+	t.Run("Close", s.testClose)
+	t.Run("Load", s.testLoad)
+}
+
+// suite carries what every subtest needs: the harness and the capabilities
+// the driver claims.
+type suite struct {
+	h            Harness
+	caps         driver.Capabilities
+	implementsRR bool
+}
