@@ -2,8 +2,6 @@ package eventbus_test
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -15,10 +13,39 @@ import (
 
 	"github.com/marty-msf/eventbus"
 	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/driver/drivertest"
 	"github.com/marty-msf/eventbus/membus"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The patterns over the in-memory driver, with its native request/reply and
+// with the bus's generic reply-destination fallback.
+func TestPatternsOnMembus(t *testing.T) {
+	broker := membus.New(nil)
+	defer broker.Close(context.Background())
+	drivertest.RunBusTests(t, drivertest.Harness{Open: func(context.Context) (driver.Driver, error) {
+		return broker.Connect(), nil
+	}})
+}
+
+func TestPatternsOnMembusWithoutNativeRequestReply(t *testing.T) {
+	broker := membus.New(nil)
+	defer broker.Close(context.Background())
+	drivertest.RunBusTests(t, drivertest.Harness{Open: func(context.Context) (driver.Driver, error) {
+		return withoutNative{broker.Connect()}, nil
+	}})
+}
+
+// withoutNative hides a driver's native request/reply, so that the bus uses
+// its generic reply-destination fallback.
+type withoutNative struct{ driver.Driver }
+
+func (w withoutNative) Capabilities() driver.Capabilities {
+	c := w.Driver.Capabilities()
+	c.NativeRequestReply = false
+	return c
+}
 
 // fastRetry keeps redelivery tests short.
 var fastRetry = eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}
@@ -114,71 +141,6 @@ func event(t *testing.T, typ string, v any) *eventbus.Message {
 	return m
 }
 
-func TestEventsCompeteInGroupAndFanOutAcrossGroups(t *testing.T) {
-	broker := membus.New(nil)
-	defer broker.Close(context.Background())
-	billing1, billing2, audit := newRecorder(), newRecorder(), newRecorder()
-	instance(t, broker, "billing-1", func(b *eventbus.Bus) {
-		must(t, b.SubscribeEvents([]string{"order.created"}, "billing", billing1))
-	})
-	instance(t, broker, "billing-2", func(b *eventbus.Bus) {
-		must(t, b.SubscribeEvents([]string{"order.created"}, "billing", billing2))
-		must(t, b.SubscribeEvents([]string{"order.created"}, "audit", audit))
-	})
-	pub := instance(t, broker, "orders", nil)
-	const n = 200
-	for i := range n {
-		must(t, pub.PublishEvent(ctxT(t), event(t, "order.created", map[string]int{"n": i})))
-	}
-	got := audit.wait(t, n)
-	deadline := time.Now().Add(5 * time.Second)
-	for billing1.count()+billing2.count() < n && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if b1, b2 := billing1.count(), billing2.count(); b1+b2 != n {
-		t.Fatalf("billing group handled %d+%d events, want %d in all", b1, b2, n)
-	}
-	seen := map[string]bool{}
-	for _, m := range append(billing1.msgs, billing2.msgs...) {
-		if seen[m.ID] {
-			t.Fatalf("event %s handled twice in one group", m.ID)
-		}
-		seen[m.ID] = true
-	}
-	if len(got) != n || got[0].Source != "orders" || got[0].Type != "order.created" || string(got[0].Data) != `{"n":0}` {
-		t.Fatalf("audit got %d events, first %+v", len(got), got[0])
-	}
-}
-
-func TestCommandHandledByExactlyOneInstance(t *testing.T) {
-	broker := membus.New(nil)
-	defer broker.Close(context.Background())
-	var handled sync.Map
-	var count atomic.Int64
-	h := eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
-		if _, dup := handled.LoadOrStore(m.ID, true); dup {
-			t.Errorf("command %s handled twice", m.ID)
-		}
-		count.Add(1)
-		return nil
-	})
-	for i := range 3 {
-		instance(t, broker, fmt.Sprintf("billing-%d", i), func(b *eventbus.Bus) {
-			must(t, b.HandleCommand("billing", "charge", h))
-		})
-	}
-	client := instance(t, broker, "orders", nil)
-	for i := range 90 {
-		must(t, client.SendCommand(ctxT(t), "billing", event(t, "charge", i)))
-	}
-	waitFor(t, func() bool { return count.Load() == 90 })
-	time.Sleep(50 * time.Millisecond)
-	if c := count.Load(); c != 90 {
-		t.Fatalf("handled %d commands, want 90", c)
-	}
-}
-
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -187,154 +149,6 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached in 5s")
 		}
 		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-type price struct {
-	SKU   string `json:"sku"`
-	Cents int    `json:"cents"`
-}
-
-func queryServer(t *testing.T, broker driver.Driver) {
-	t.Helper()
-	b := eventbus.New(&eventbus.Options{Source: "catalog"})
-	must(t, b.Register("mem", broker))
-	must(t, b.HandleQuery("catalog", "price.get", eventbus.TypedQuery(func(ctx context.Context, m *eventbus.Message, sku string) (price, error) {
-		switch sku {
-		case "missing":
-			return price{}, eventbus.Errorf("not_found", "no sku %q", sku)
-		case "slow":
-			select {
-			case <-ctx.Done():
-			case <-time.After(500 * time.Millisecond):
-			}
-			return price{}, errors.New("too late")
-		case "panic":
-			panic("boom")
-		}
-		return price{SKU: sku, Cents: len(sku) * 100}, nil
-	})))
-	must(t, b.Start(context.Background()))
-	t.Cleanup(func() { must(t, b.Close(context.Background())) })
-}
-
-// withoutNative hides a driver's native request/reply, so that the bus uses
-// its generic reply-destination fallback.
-type withoutNative struct{ driver.Driver }
-
-func (w withoutNative) Capabilities() driver.Capabilities {
-	c := w.Driver.Capabilities()
-	c.NativeRequestReply = false
-	return c
-}
-
-func TestQuery(t *testing.T) {
-	for _, mode := range []string{"native", "fallback"} {
-		t.Run(mode, func(t *testing.T) {
-			broker := membus.New(nil)
-			defer broker.Close(context.Background())
-			conn := func() driver.Driver {
-				if mode == "native" {
-					return broker.Connect()
-				}
-				return withoutNative{broker.Connect()}
-			}
-			queryServer(t, conn())
-			client := eventbus.New(&eventbus.Options{Source: "shop"})
-			must(t, client.Register("mem", conn()))
-			must(t, client.Start(context.Background()))
-			defer client.Close(context.Background())
-
-			// Concurrent queries each get their own reply.
-			var wg sync.WaitGroup
-			for _, sku := range []string{"a", "bb", "ccc", "dddd"} {
-				wg.Go(func() {
-					p, err := eventbus.Ask[price](ctxT(t), client, "catalog", "price.get", sku)
-					if err != nil || p.SKU != sku || p.Cents != len(sku)*100 {
-						t.Errorf("Ask(%q) = %+v, %v", sku, p, err)
-					}
-				})
-			}
-			wg.Wait()
-
-			_, err := eventbus.Ask[price](ctxT(t), client, "catalog", "price.get", "missing")
-			var remote *eventbus.RemoteError
-			if !errors.As(err, &remote) || remote.Code != "not_found" || remote.Message == "" {
-				t.Fatalf("remote error: got %v", err)
-			}
-			_, err = eventbus.Ask[price](ctxT(t), client, "catalog", "price.get", "panic")
-			if !errors.As(err, &remote) {
-				t.Fatalf("panicking handler: got %v, want RemoteError", err)
-			}
-
-			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			defer cancel()
-			start := time.Now()
-			_, err = eventbus.Ask[price](ctx, client, "catalog", "price.get", "slow")
-			if !errors.Is(err, eventbus.ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
-				t.Fatalf("slow query: got %v, want ErrTimeout", err)
-			}
-			if time.Since(start) > time.Second {
-				t.Fatalf("timeout took %v", time.Since(start))
-			}
-
-			if mode == "native" {
-				_, err = eventbus.Ask[price](ctxT(t), client, "nobody", "price.get", "a")
-				if !errors.Is(err, eventbus.ErrNoResponders) {
-					t.Fatalf("no responders: got %v", err)
-				}
-			}
-		})
-	}
-}
-
-func TestStreamBatches(t *testing.T) {
-	broker := membus.New(nil)
-	defer broker.Close(context.Background())
-	var mu sync.Mutex
-	var sizes []int
-	var got []int
-	failOnce := true
-	batches := make(chan struct{}, 100)
-	proc := eventbus.TypedBatch(func(_ context.Context, ms []*eventbus.Message, vs []int) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if failOnce && slices.Contains(vs, 12) {
-			failOnce = false
-			return errors.New("transient")
-		}
-		sizes = append(sizes, len(vs))
-		got = append(got, vs...)
-		batches <- struct{}{}
-		return nil
-	})
-	b := eventbus.New(&eventbus.Options{Retry: fastRetry})
-	must(t, b.Register("mem", broker.Connect()))
-	must(t, b.ProcessStream("clicks", "analytics", proc, &eventbus.BatchOptions{Size: 10, MaxWait: 200 * time.Millisecond}))
-	must(t, b.Start(context.Background()))
-	defer b.Close(context.Background())
-
-	msgs := make([]*eventbus.Message, 25)
-	for i := range msgs {
-		msgs[i] = event(t, "click", i)
-		msgs[i].Key = "user-1"
-	}
-	must(t, b.PublishStream(ctxT(t), "clicks", msgs...))
-	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 25 })
-	mu.Lock()
-	defer mu.Unlock()
-	// The batch holding 12 failed once and was redelivered whole: nothing lost,
-	// nothing handled twice, and the 5 left over were flushed on MaxWait.
-	slices.Sort(got)
-	for i, v := range got {
-		if v != i {
-			t.Fatalf("handled %v, want 0..24 once each", got)
-		}
-	}
-	for _, s := range sizes {
-		if s > 10 {
-			t.Fatalf("batch sizes %v exceed 10", sizes)
-		}
 	}
 }
 
@@ -396,89 +210,51 @@ func TestStreamOrderPerKeyWithConcurrency(t *testing.T) {
 	}
 }
 
-func TestBroadcastReachesEveryInstance(t *testing.T) {
+
+// poisoning marks deliveries of type "poison" as unreadable, as a driver does
+// with bytes that are no envelope.
+type poisoning struct{ *membus.Driver }
+
+func (p poisoning) Subscribe(ctx context.Context, dest driver.Destination, o driver.SubscribeOptions) (driver.Subscription, error) {
+	s, err := p.Driver.Subscribe(ctx, dest, o)
+	return poisonedSub{s}, err
+}
+
+type poisonedSub struct{ driver.Subscription }
+
+func (s poisonedSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, error) {
+	ds, err := s.Subscription.Receive(ctx, max)
+	for _, d := range ds {
+		if d.Message.Type == "poison" {
+			d.Err = &driver.MalformedError{Reason: "missing ce-id header"}
+		}
+	}
+	return ds, err
+}
+
+func TestMalformedDeliveriesAreDeadLetteredNotHandled(t *testing.T) {
 	broker := membus.New(nil)
 	defer broker.Close(context.Background())
-	recs := []*recorder{newRecorder(), newRecorder(), newRecorder()}
-	for i, r := range recs {
-		instance(t, broker, fmt.Sprintf("cache-%d", i), func(b *eventbus.Bus) {
-			must(t, b.SubscribeBroadcast([]string{"cache.flush"}, r))
-		})
-	}
-	pub := instance(t, broker, "admin", nil)
-	must(t, pub.Broadcast(ctxT(t), event(t, "cache.flush", "all")))
-	for _, r := range recs {
-		if got := r.wait(t, 1); string(got[0].Data) != `"all"` {
-			t.Fatalf("broadcast data %q", got[0].Data)
-		}
-		r.quiet(t)
-	}
-}
-
-// deadLetters subscribes to the dead-letter destination of dest on broker.
-func deadLetters(t *testing.T, broker *membus.Driver, dest string) driver.Subscription {
-	t.Helper()
-	conn := broker.Connect()
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	sub, err := conn.Subscribe(ctxT(t), driver.DeadLetterOf(driver.Destination{Pattern: driver.Event, Name: dest}), driver.SubscribeOptions{})
+	inspector := broker.Connect()
+	defer inspector.Close(context.Background())
+	dlq, err := inspector.Subscribe(ctxT(t), driver.DeadLetterOf(driver.NewDestination(driver.Event, "poison")), driver.SubscribeOptions{})
 	must(t, err)
-	return sub
-}
-
-func receiveOne(t *testing.T, sub driver.Subscription) *driver.Delivery {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	ds, err := sub.Receive(ctx, 1)
+	var handled atomic.Int64
+	b := eventbus.New(nil)
+	must(t, b.Register("mem", poisoning{broker.Connect()}))
+	must(t, b.SubscribeEvents([]string{"poison"}, "g", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
+		handled.Add(1)
+		return nil
+	})))
+	must(t, b.Start(ctxT(t)))
+	defer b.Close(context.Background())
+	must(t, b.PublishEvent(ctxT(t), &eventbus.Message{Type: "poison", Data: []byte{0xde, 0xad}}))
+	ds, err := dlq.Receive(ctxT(t), 1)
 	must(t, err)
-	must(t, sub.Ack(ctx, ds))
-	return ds[0]
-}
-
-func TestFailuresAreRetriedThenDeadLettered(t *testing.T) {
-	cases := []struct {
-		name         string
-		handler      eventbus.Handler
-		wantAttempts int
-		wantReason   string
-	}{
-		{"error", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error { return errors.New("db down") }), 3, "db down"},
-		{"permanent", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
-			return eventbus.Permanent(errors.New("invalid order"))
-		}), 1, "invalid order"},
-		{"panic", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error { panic("nil map") }), 3, "handler panicked: nil map"},
-		{"undecodable", eventbus.Typed(func(context.Context, *eventbus.Message, price) error { return nil }), 1, "decode"},
+	if r := ds[0].Message.Extensions[driver.ExtDeadLetterReason]; !strings.Contains(r, "missing ce-id header") || string(ds[0].Message.Data) != "\xde\xad" {
+		t.Fatalf("dead letter %+v", ds[0].Message)
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			broker := membus.New(nil)
-			defer broker.Close(context.Background())
-			dlq := deadLetters(t, broker, "events.order.created")
-			var attempts atomic.Int64
-			counting := eventbus.HandlerFunc(func(ctx context.Context, m *eventbus.Message) error {
-				attempts.Add(1)
-				return tc.handler.Handle(ctx, m)
-			})
-			b := instance(t, broker, "svc", func(b *eventbus.Bus) {
-				must(t, b.SubscribeEvents([]string{"order.created"}, "g", counting))
-			})
-			m := &eventbus.Message{Type: "order.created", Data: []byte("not json"), Subject: "order-7"}
-			must(t, b.PublishEvent(ctxT(t), m))
-			d := receiveOne(t, dlq)
-			got := d.Message
-			if got.ID != m.ID || got.Subject != "order-7" || string(got.Data) != "not json" {
-				t.Fatalf("dead letter lost the original: %+v", got)
-			}
-			ext := got.Extensions
-			if ext[driver.ExtDeadLetterOrigin] != "events.order.created" || ext[driver.ExtDeadLetterAttempts] != fmt.Sprint(tc.wantAttempts) {
-				t.Fatalf("dead-letter attributes %v, want %d attempts", ext, tc.wantAttempts)
-			}
-			if !strings.Contains(ext[driver.ExtDeadLetterReason], tc.wantReason) {
-				t.Fatalf("reason %q, want it to mention %q", ext[driver.ExtDeadLetterReason], tc.wantReason)
-			}
-			if a := attempts.Load(); a != int64(tc.wantAttempts) {
-				t.Fatalf("handler ran %d times, want %d", a, tc.wantAttempts)
-			}
-		})
+	if handled.Load() != 0 {
+		t.Fatal("the handler saw a malformed message")
 	}
 }
