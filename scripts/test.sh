@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the project's checks, as CI does: starts the services the tests need,
+# then go vet and the race-enabled test suite. With CI set in the
+# environment, a test that cannot reach its service fails instead of
+# skipping (see internal/testenv). Exits non-zero if any step failed; the
+# go test output comes last so its closing lines tell the result.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
+
+echo "== scripts/services.sh (CI=${CI:-unset})"
+./scripts/services.sh
+
+status=0
+echo "== go vet ./..."
+go vet ./... || status=1
+
+if [[ -f bench/go.mod ]]; then
+	echo "== (cd bench && go vet ./...)"
+	(cd bench && go vet ./...) || status=1
+fi
+
+echo "== go test -race -count=1 -timeout 15m ./..."
+go test -race -count=1 -timeout 15m ./... || status=1
+
+if [[ $status -ne 0 ]]; then
+	echo "test.sh: FAILED (see go vet and go test output above)" >&2
+fi
+exit "$status"
