@@ -13,6 +13,14 @@ echo "== scripts/services.sh (CI=${CI:-unset})"
 ./scripts/services.sh
 
 status=0
+echo "== gofmt -l ."
+unformatted=$(gofmt -l .)
+if [[ -n $unformatted ]]; then
+	echo "not gofmt-formatted:" >&2
+	echo "$unformatted" >&2
+	status=1
+fi
+
 echo "== go vet ./..."
 go vet ./... || status=1
 
