@@ -210,7 +210,6 @@ func TestStreamOrderPerKeyWithConcurrency(t *testing.T) {
 	}
 }
 
-
 // poisoning marks deliveries of type "poison" as unreadable, as a driver does
 // with bytes that are no envelope.
 type poisoning struct{ *membus.Driver }

@@ -1,0 +1,293 @@
+package natsbus
+
+import (
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+// The CloudEvents NATS protocol binding, binary content mode: every attribute
+// and extension travels as a header named "ce-" + its name, with a
+// percent-encoded value; the body is the data, as is. The partition key
+// travels as the "partitionkey" extension.
+const (
+	cePrefix     = "ce-"
+	msgIDHeader  = "Nats-Msg-Id"
+	contentType  = "Content-Type"
+	partitionKey = "ce-" + driver.ExtPartitionKey
+)
+
+// ceHeader returns the header name of a CloudEvents attribute, without
+// allocating for the attributes every message carries.
+func ceHeader(name string) string {
+	switch name {
+	case "specversion":
+		return "ce-specversion"
+	case "id":
+		return "ce-id"
+	case "source":
+		return "ce-source"
+	case "type":
+		return "ce-type"
+	case "subject":
+		return "ce-subject"
+	case "time":
+		return "ce-time"
+	case "datacontenttype":
+		return "ce-datacontenttype"
+	case "dataschema":
+		return "ce-dataschema"
+	case driver.ExtCorrelationID:
+		return "ce-correlationid"
+	case driver.ExtCausationID:
+		return "ce-causationid"
+	case driver.ExtTraceParent:
+		return "ce-traceparent"
+	case driver.ExtTraceState:
+		return "ce-tracestate"
+	case driver.ExtReplyTo:
+		return "ce-replyto"
+	}
+	return cePrefix + name
+}
+
+// HeaderError reports a transport header that cannot travel in a NATS
+// message header.
+type HeaderError struct {
+	Name   string
+	Reason string
+}
+
+func (e *HeaderError) Error() string { return "header " + quote(e.Name) + ": " + e.Reason }
+
+func quote(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "…"
+	}
+	return `"` + s + `"`
+}
+
+// encode maps m onto a NATS message for subject, in CloudEvents binary
+// content mode. withMsgID adds the JetStream de-duplication header. The NATS
+// message shares nothing mutable with m: the caller may reuse m once the
+// message is published.
+func encode(subject string, m *driver.Message, withMsgID bool) (*nats.Msg, error) {
+	n := headerCount(m, withMsgID)
+	h := make(nats.Header, n+len(m.Header))
+	for k, vs := range m.Header {
+		if err := checkHeader(k, vs); err != nil {
+			return nil, err
+		}
+		h[k] = slices.Clone(vs)
+	}
+	// One backing array for the single values of the attributes, rather than
+	// one allocation per header.
+	vals := make([]string, 0, n)
+	set := func(name, value string) {
+		vals = append(vals, value)
+		h[name] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	m.EachAttribute(func(name, value string) { set(ceHeader(name), percentEncode(value)) })
+	if m.Key != "" {
+		set(partitionKey, percentEncode(m.Key))
+	}
+	if withMsgID && m.ID != "" {
+		set(msgIDHeader, m.ID)
+	}
+	return &nats.Msg{Subject: subject, Header: h, Data: slices.Clone(m.Data)}, nil
+}
+
+// headerCount is the number of CloudEvents and de-duplication headers that
+// encode writes for m, so that the header map is allocated once at its size.
+func headerCount(m *driver.Message, withMsgID bool) int {
+	n := 1 + len(m.Extensions) // specversion
+	for _, v := range [...]string{m.ID, m.Source, m.Type, m.Subject, m.DataContentType, m.DataSchema,
+		m.CorrelationID, m.CausationID, m.TraceParent, m.TraceState, m.ReplyTo, m.Key} {
+		if v != "" {
+			n++
+		}
+	}
+	if !m.Time.IsZero() {
+		n++
+	}
+	if withMsgID && m.ID != "" {
+		n++
+	}
+	return n
+}
+
+// checkHeader refuses a free header that would corrupt the NATS header block
+// or collide with the CloudEvents attributes.
+func checkHeader(name string, values []string) error {
+	if name == "" {
+		return &HeaderError{Name: name, Reason: "empty name"}
+	}
+	if len(name) >= len(cePrefix) && strings.EqualFold(name[:len(cePrefix)], cePrefix) {
+		return &HeaderError{Name: name, Reason: "the ce- prefix is reserved for CloudEvents attributes"}
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return &HeaderError{Name: name, Reason: "a name is printable ASCII without spaces or colons"}
+		}
+	}
+	for _, v := range values {
+		if strings.ContainsAny(v, "\r\n") {
+			return &HeaderError{Name: name, Reason: "a value cannot contain CR or LF"}
+		}
+	}
+	return nil
+}
+
+// decode reads a received NATS message as an envelope. It always returns a
+// message, holding whatever could be read and the raw body; the error, a
+// *driver.MalformedError, says why the message is not a valid envelope.
+func decode(h nats.Header, data []byte) (*driver.Message, error) {
+	for k, vs := range h {
+		if len(vs) > 0 && strings.EqualFold(k, contentType) && isStructured(vs[0]) {
+			return decodeStructured(h, k, data)
+		}
+	}
+	m := &driver.Message{Data: data}
+	var bad error
+	fail := func(err error) {
+		if bad == nil {
+			bad = err
+		}
+	}
+	sawSpecVersion := false
+	var fallbackContentType string
+	for k, vs := range h {
+		if len(vs) == 0 {
+			continue
+		}
+		if len(k) > len(cePrefix) && strings.EqualFold(k[:len(cePrefix)], cePrefix) {
+			name := strings.ToLower(k[len(cePrefix):])
+			v, err := headerValue(vs[0])
+			if err != nil {
+				fail(&driver.MalformedError{Reason: "header " + quote(k), Err: err})
+				continue
+			}
+			switch name {
+			case driver.ExtPartitionKey:
+				m.Key = v
+			case "specversion":
+				sawSpecVersion = true
+				fallthrough
+			default:
+				if err := m.SetAttribute(name, v); err != nil {
+					fail(err)
+				}
+			}
+			continue
+		}
+		switch {
+		case k == msgIDHeader:
+			continue
+		case strings.EqualFold(k, contentType):
+			// Some CloudEvents SDKs carry datacontenttype in Content-Type, as
+			// the HTTP binding does; read it when ce-datacontenttype is absent.
+			fallbackContentType = vs[0]
+			continue
+		}
+		if m.Header == nil {
+			m.Header = make(map[string][]string, len(h))
+		}
+		m.Header[k] = vs
+	}
+	if m.DataContentType == "" && fallbackContentType != "" {
+		m.DataContentType = fallbackContentType
+	}
+	if bad != nil {
+		return m, bad
+	}
+	if !sawSpecVersion {
+		return m, &driver.MalformedError{Reason: "missing specversion attribute (no ce-specversion header)"}
+	}
+	if err := m.Validate(); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+// needsEscape reports whether the binding requires c to be percent-encoded:
+// space, double quote, percent, and anything outside printable ASCII.
+func needsEscape(c byte) bool { return c <= ' ' || c == '"' || c == '%' || c >= 0x7f }
+
+func percentEncode(s string) string {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if needsEscape(s[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return s
+	}
+	const hexDigits = "0123456789ABCDEF"
+	b := make([]byte, 0, len(s)+2*n)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if needsEscape(c) {
+			b = append(b, '%', hexDigits[c>>4], hexDigits[c&15])
+		} else {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+type valueError string
+
+func (e valueError) Error() string { return string(e) }
+
+// headerValue decodes a header value: first the quoted-string form older
+// senders may use, then one round of percent-decoding. A percent sign that
+// does not start a valid escape is kept as it is, since senders that do not
+// percent-encode exist; a result that is not valid UTF-8 is refused, as the
+// binding requires.
+func headerValue(v string) (string, error) {
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		var b strings.Builder
+		for i := 1; i < len(v)-1; i++ {
+			if v[i] == '\\' && i+1 < len(v)-1 {
+				i++
+			}
+			b.WriteByte(v[i])
+		}
+		v = b.String()
+	}
+	if strings.IndexByte(v, '%') >= 0 {
+		b := make([]byte, 0, len(v))
+		for i := 0; i < len(v); i++ {
+			if v[i] == '%' && i+2 < len(v) && isHex(v[i+1]) && isHex(v[i+2]) {
+				b = append(b, unhex(v[i+1])<<4|unhex(v[i+2]))
+				i += 2
+				continue
+			}
+			b = append(b, v[i])
+		}
+		v = string(b)
+	}
+	if !utf8.ValidString(v) {
+		return "", valueError("value is not valid UTF-8 after percent-decoding")
+	}
+	return v, nil
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0'
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}

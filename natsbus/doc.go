@@ -1,0 +1,119 @@
+// Package natsbus is the eventbus driver for NATS: events, commands, streams
+// and dead letters are stored in JetStream; queries, broadcasts and replies
+// travel over core NATS. It also runs a NATS server inside the process, the
+// zero-configuration default of eventbus.
+//
+// # URLs and configuration
+//
+// [Open] connects from a [Config]: server URLs (nats://, tls://, ws://,
+// wss://; nats://127.0.0.1:4222 when empty), user and password, token, NKey
+// seed or credentials file, TLS (CA file, client certificate), reconnect
+// attempts and wait, and the [Options] of the driver: JetStream on or off,
+// stream names and limits, ack wait, message size. [Config.Validate] reports
+// every problem at once. Passwords and tokens never appear in an error, even
+// when they are part of a URL.
+//
+// [StartServer] runs a nats-server with JetStream file storage in
+// EmbeddedOptions.DataDir, either without any listener (in-process
+// connections only) or on a port that other processes join.
+// [OpenEmbedded] starts one and opens a driver on it, connected in memory;
+// closing that driver shuts the server down.
+//
+// # Mapping
+//
+// A logical destination name is its NATS subject ("events.order.created");
+// every token is checked to be a literal (no wildcard, no whitespace), so a
+// name never widens into a wildcard nor leaves its pattern. JetStream keeps
+// one stream per stored pattern, named from Options.StreamPrefix:
+// PREFIX_EVENTS (events.>), PREFIX_COMMANDS (commands.>), PREFIX_STREAMS
+// (streams.>) and PREFIX_DEADLETTER (deadletter.>). Open creates missing
+// streams and updates their limits; a stream whose subjects, retention or
+// storage differ fails Open with a [*StreamConflictError] naming each field.
+// A consumer group is a pull consumer named after the group and destination
+// (dots and other forbidden characters replaced, a hash of the exact pair
+// appended), filtered on the destination's subject, with explicit acks and
+// no delivery limit: the bus dead-letters at its own attempt limit and then
+// terms, so the server never stops delivering silently.
+//
+// Messages are CloudEvents in the binary content mode of the CloudEvents NATS
+// protocol binding: each attribute and extension is a "ce-" header
+// (ce-specversion, ce-id, ce-type...) with a percent-encoded value, the key is
+// the ce-partitionkey extension, free headers keep their multiple values, and
+// the body is the data. On receipt the driver also reads structured-mode
+// events (Content-Type application/cloudevents+json, the JSON event format),
+// which CloudEvents SDKs often send, and datacontenttype from a Content-Type
+// header when ce-datacontenttype is absent. Stored messages also carry
+// Nats-Msg-Id, the message id, so that the server drops a message published
+// twice within Streams.Duplicates (2 minutes by default): republishing an id
+// inside that window (a replay, say) is acknowledged but not stored again.
+// A received message that is not a
+// valid event (no ce-specversion, missing id, source or type, a malformed
+// time or encoding) is delivered with Delivery.Err set to a
+// [*driver.MalformedError] and its raw body, never dropped.
+//
+// # Delivery semantics per pattern
+//
+//   - Event, Command, Stream, DeadLetter (JetStream): at least once. Publish
+//     returns nil only when the server stored every message of the batch.
+//     Publishes are asynchronous and pipelined within Options.PublishWindow.
+//     A group receives each message once, its members compete; a durable
+//     group keeps its position and unacked messages while no member runs; a
+//     non-durable group disappears a minute after its last member; a private
+//     subscription (no group) is an ephemeral consumer, deleted when closed.
+//     Nack redelivers at once or after its delay (the server's NakWithDelay);
+//     an unsettled message is redelivered after the ack wait; Term never
+//     redelivers; Attempt is the server's delivery count. One consumer of a
+//     group sees each subject's messages in publish order.
+//   - Query: core NATS request/reply through an inbox; a group is a queue
+//     group, so one responder answers. A request nobody subscribes to fails at
+//     once with [driver.ErrNoResponders].
+//   - Broadcast and Reply: core NATS, at most once, nothing stored: Publish
+//     returns once the server has processed the messages; a subscriber that is
+//     not connected misses them; Nack and Term cannot redeliver.
+//
+// # Capabilities
+//
+// With JetStream (the default) the driver claims Durable, ConsumerGroups,
+// OrderingByKey, Redelivery, NativeDelay and NativeRequestReply, and serves
+// every pattern. MaxMessageSize is the server's max_payload less 8 KiB for
+// the header block (or Options.MaxMessageSize when lower).
+//
+// With Options.JetStream false it serves Event, Command, Query, Broadcast and
+// Reply over core NATS, at most once: groups are queue groups and order holds
+// per publisher, but nothing is durable, redelivered or delayed, and the
+// Stream and DeadLetter patterns are refused with [driver.ErrUnsupported]
+// (the bus refuses such routes at Start). A durable subscription is refused
+// the same way.
+//
+// The driver needs message headers (NATS 2.2) and, with JetStream, NATS 2.9
+// for the consumer API it uses; an older server, or a server without
+// JetStream while JetStream is asked for, fails Open with an error matching
+// [driver.ErrUnsupported] that says what is missing. Debian's nats-server
+// 2.9.10 passes the whole conformance suite.
+//
+// # Outages
+//
+// The connection reconnects (forever by default). While it is down, a
+// publish to JetStream waits for the reconnection within its context, then
+// publishes again what was not acknowledged, under the same ids; it never
+// reports a message the server did not acknowledge. Subscriptions resume by
+// themselves after a reconnect. A consumer deleted on the server ends Receive
+// with an error matching [driver.ErrUnavailable].
+//
+// # Escape hatches
+//
+// [New] wraps a *nats.Conn made by the caller, for options Config does not
+// cover; closing the driver leaves that connection open. [Driver.Conn],
+// [Driver.JetStream] and [Driver.StreamName] expose the connection, the
+// JetStream context and the stream names; [Server.NATSServer] the embedded
+// nats-server.
+//
+// # Errors and concurrency
+//
+// Errors are wrapped once with the package name and match the driver
+// sentinels with errors.Is: ErrClosed after Close, ErrUnavailable for a lost
+// server, ErrTooLarge, ErrNoResponders, ErrUnsupported, ErrMalformed. All
+// methods are safe for concurrent use. Close stops every subscription
+// (messages pulled but not handed out are given back at once), waits for
+// their goroutines, flushes outstanding acks and closes the connection.
+package natsbus

@@ -1,0 +1,126 @@
+package natsbus
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+// isStructured reports whether a Content-Type marks a structured-mode event:
+// the binding's rule is a media type of application/cloudevents, matched
+// case-insensitively (in practice application/cloudevents+json).
+func isStructured(contentType string) bool {
+	ct := strings.ToLower(strings.TrimSpace(contentType))
+	return strings.HasPrefix(ct, "application/cloudevents") && !strings.HasPrefix(ct, "application/cloudevents-batch")
+}
+
+// decodeStructured reads an event in structured content mode, JSON event
+// format: what CloudEvents SDKs send over NATS by default. The driver itself
+// always sends binary mode.
+func decodeStructured(h nats.Header, ctKey string, body []byte) (*driver.Message, error) {
+	m := &driver.Message{Data: body}
+	for k, vs := range h {
+		if k == ctKey || k == msgIDHeader {
+			continue
+		}
+		if m.Header == nil {
+			m.Header = make(map[string][]string, len(h))
+		}
+		m.Header[k] = vs
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return m, &driver.MalformedError{Reason: "structured event is not a JSON object", Err: err}
+	}
+	var data []byte
+	hasData := false
+	for name, raw := range fields {
+		switch name {
+		case "data":
+			data, hasData = raw, true
+			continue
+		case "data_base64":
+			var enc string
+			if err := json.Unmarshal(raw, &enc); err != nil {
+				return m, &driver.MalformedError{Reason: "data_base64 is not a string", Err: err}
+			}
+			b, err := base64.StdEncoding.DecodeString(enc)
+			if err != nil {
+				return m, &driver.MalformedError{Reason: "data_base64 is not base64", Err: err}
+			}
+			data, hasData = b, true
+			continue
+		}
+		v, err := attributeText(raw)
+		if err != nil {
+			return m, &driver.MalformedError{Reason: "attribute " + quote(name), Err: err}
+		}
+		if name == driver.ExtPartitionKey {
+			m.Key = v
+			continue
+		}
+		if err := m.SetAttribute(name, v); err != nil {
+			return m, err
+		}
+	}
+	if _, ok := fields["data"]; ok && isJSONString(data) && !isJSONType(m.DataContentType) {
+		// A string value under a non-JSON content type is the text itself.
+		var text string
+		if err := json.Unmarshal(data, &text); err == nil {
+			data = []byte(text)
+		}
+	}
+	if _, ok := fields["specversion"]; !ok {
+		return m, &driver.MalformedError{Reason: "missing specversion attribute"}
+	}
+	if err := m.Validate(); err != nil {
+		return m, err
+	}
+	// Only a valid event trades the raw body for its data.
+	m.Data = nil
+	if hasData {
+		m.Data = data
+	}
+	return m, nil
+}
+
+// attributeText is the canonical string of a JSON attribute value: strings
+// as they are, numbers and booleans as written.
+func attributeText(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) > 0 && raw[0] == '"' {
+		var s string
+		err := json.Unmarshal(raw, &s)
+		return s, err
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", err
+	}
+	switch v.(type) {
+	case float64, bool:
+		return string(raw), nil
+	}
+	return "", valueError("not a string, number or boolean")
+}
+
+func isJSONString(raw []byte) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && raw[0] == '"'
+}
+
+// isJSONType reports whether a datacontenttype is JSON, in which case data
+// in a structured event is the JSON value itself. An absent type means JSON.
+func isJSONType(ct string) bool {
+	ct = strings.ToLower(ct)
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.TrimSpace(ct)
+	return ct == "" || ct == "application/json" || ct == "text/json" || strings.HasSuffix(ct, "+json")
+}

@@ -1,0 +1,453 @@
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+// inactiveThreshold is how long the server keeps a non-durable consumer
+// without any member pulling from it.
+const inactiveThreshold = time.Minute
+
+// limiter bounds the deliveries handed out and not yet settled
+// (SubscribeOptions.MaxInFlight). A nil limiter bounds nothing.
+type limiter chan struct{}
+
+func newLimiter(n int) limiter {
+	if n <= 0 {
+		return nil
+	}
+	return make(limiter, n)
+}
+
+// acquire takes one slot, waiting for it.
+func (l limiter) acquire(ctx context.Context, done <-chan struct{}) error {
+	if l == nil {
+		return nil
+	}
+	select {
+	case l <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-done:
+		return driver.ErrClosed
+	}
+}
+
+// tryAcquire takes one slot if one is free.
+func (l limiter) tryAcquire() bool {
+	if l == nil {
+		return true
+	}
+	select {
+	case l <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// release frees n slots. Settling a delivery twice frees no slot it did not
+// take.
+func (l limiter) release(n int) {
+	for ; l != nil && n > 0; n-- {
+		select {
+		case <-l:
+		default:
+			return
+		}
+	}
+}
+
+// storedSub is a subscription on a JetStream pull consumer. One Consume loop
+// of the jetstream client pulls in batches (with heartbeats, and again after
+// a reconnect) and hands messages to Receive through a buffered channel.
+type storedSub struct {
+	d         *Driver
+	subject   string
+	stream    string
+	consumer  string
+	ephemeral bool
+	msgs      chan jetstream.Msg
+	inflight  limiter
+	cc        jetstream.ConsumeContext
+
+	closeOnce sync.Once
+	done      chan struct{} // closed by close
+	failOnce  sync.Once
+	failed    chan struct{} // closed when the consumer stopped for good
+	failErr   error
+}
+
+func (d *Driver) subscribeStored(ctx context.Context, dest driver.Destination, subj string, opts driver.SubscribeOptions) (*storedSub, error) {
+	stream := streamName(d.opts.StreamPrefix, dest.Pattern)
+	ackWait := opts.AckWait
+	if ackWait <= 0 {
+		ackWait = d.opts.AckWait
+	}
+	cfg := jetstream.ConsumerConfig{
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		FilterSubject: subj,
+		// The bus dead-letters at its own attempt limit and then terms; a
+		// server limit would silently stop deliveries before that.
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+	}
+	if opts.StartAt == driver.StartFirst {
+		cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+	}
+	if opts.MaxInFlight > 0 {
+		cfg.MaxAckPending = max(opts.MaxInFlight, 1000)
+	}
+	var cons jetstream.Consumer
+	var err error
+	s := &storedSub{
+		d:        d,
+		subject:  subj,
+		stream:   stream,
+		inflight: newLimiter(opts.MaxInFlight),
+		done:     make(chan struct{}),
+		failed:   make(chan struct{}),
+	}
+	if opts.Group == "" {
+		s.ephemeral = true
+		cfg.InactiveThreshold = inactiveThreshold
+		cons, err = d.js.CreateConsumer(ctx, stream, cfg)
+	} else {
+		name := consumerName(opts.Group, dest.Name)
+		if opts.Durable {
+			cfg.Durable = name
+		} else {
+			cfg.Name = name
+			cfg.InactiveThreshold = inactiveThreshold
+		}
+		cons, err = d.groupConsumer(ctx, stream, name, cfg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("consumer on stream %s: %w", stream, d.classify(err))
+	}
+	s.consumer = cons.CachedInfo().Name
+	prefetch := d.opts.Prefetch
+	if opts.MaxInFlight > 0 {
+		prefetch = min(prefetch, opts.MaxInFlight)
+	}
+	s.msgs = make(chan jetstream.Msg, prefetch)
+	s.cc, err = cons.Consume(s.handle,
+		jetstream.PullMaxMessages(prefetch),
+		jetstream.ConsumeErrHandler(s.onError))
+	if err != nil {
+		if s.ephemeral {
+			_ = d.js.DeleteConsumer(ctx, stream, s.consumer)
+		}
+		return nil, fmt.Errorf("consume %s: %w", s.consumer, d.classify(err))
+	}
+	return s, nil
+}
+
+// groupConsumer returns the group's consumer, creating it when it does not
+// exist. An existing group keeps its position; its ack wait and ack window
+// follow the newest member.
+func (d *Driver) groupConsumer(ctx context.Context, stream, name string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	for range 3 {
+		cons, err := d.js.Consumer(ctx, stream, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			cons, err = d.js.CreateConsumer(ctx, stream, cfg)
+			if errors.Is(err, jetstream.ErrConsumerExists) {
+				continue // another member created it first
+			}
+			return cons, err
+		}
+		if err != nil {
+			return nil, err
+		}
+		have := cons.CachedInfo().Config
+		if have.FilterSubject != cfg.FilterSubject {
+			return nil, fmt.Errorf("consumer %s exists with filter %q, not %q", name, have.FilterSubject, cfg.FilterSubject)
+		}
+		if have.AckWait != cfg.AckWait || (cfg.MaxAckPending > 0 && have.MaxAckPending != cfg.MaxAckPending) {
+			have.AckWait = cfg.AckWait
+			if cfg.MaxAckPending > 0 {
+				have.MaxAckPending = cfg.MaxAckPending
+			}
+			return d.js.UpdateConsumer(ctx, stream, have)
+		}
+		return cons, nil
+	}
+	return nil, fmt.Errorf("consumer %s: created and deleted concurrently", name)
+}
+
+// handle runs on the consume loop's goroutine; blocking here is the back
+// pressure that stops pulling while Receive is behind.
+func (s *storedSub) handle(m jetstream.Msg) {
+	select {
+	case s.msgs <- m:
+	case <-s.done:
+		// Closing: give it back now rather than after the ack wait.
+		_ = m.Nak()
+	}
+}
+
+func (s *storedSub) onError(_ jetstream.ConsumeContext, err error) {
+	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		s.fail(fmt.Errorf("natsbus: consumer %s on %q is gone: %w", s.consumer, s.subject, err))
+		return
+	}
+	s.d.opts.Logger.Warn("natsbus: consumer error", "subject", s.subject, "consumer", s.consumer, "err", err)
+}
+
+func (s *storedSub) fail(err error) {
+	s.failOnce.Do(func() {
+		s.failErr = err
+		close(s.failed)
+	})
+}
+
+func (s *storedSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, error) {
+	if max <= 0 {
+		max = 1
+	}
+	select {
+	case <-s.done:
+		return nil, fmt.Errorf("natsbus: receive from %q: %w", s.subject, driver.ErrClosed)
+	default:
+	}
+	if err := s.inflight.acquire(ctx, s.done); err != nil {
+		return nil, fmt.Errorf("natsbus: receive from %q: %w", s.subject, err)
+	}
+	var first jetstream.Msg
+	select {
+	case first = <-s.msgs:
+	case <-ctx.Done():
+		s.inflight.release(1)
+		return nil, ctx.Err()
+	case <-s.done:
+		s.inflight.release(1)
+		return nil, fmt.Errorf("natsbus: receive from %q: %w", s.subject, driver.ErrClosed)
+	case <-s.failed:
+		s.inflight.release(1)
+		return nil, fmt.Errorf("natsbus: receive from %q: %w: %w", s.subject, driver.ErrUnavailable, s.failErr)
+	}
+	out := make([]*driver.Delivery, 0, min(max, cap(s.msgs)+1))
+	out = append(out, storedDelivery(first))
+	for len(out) < max && s.inflight.tryAcquire() {
+		select {
+		case m := <-s.msgs:
+			out = append(out, storedDelivery(m))
+			continue
+		default:
+			s.inflight.release(1)
+		}
+		break
+	}
+	return out, nil
+}
+
+func storedDelivery(m jetstream.Msg) *driver.Delivery {
+	attempt := 1
+	if md, err := m.Metadata(); err == nil && md.NumDelivered > 0 {
+		attempt = int(md.NumDelivered)
+	}
+	msg, err := decode(m.Headers(), m.Data())
+	return &driver.Delivery{Message: msg, Attempt: attempt, Err: err, Handle: m}
+}
+
+// settle applies fn to the JetStream message of every delivery and frees
+// their in-flight slots. Acks are fire-and-forget publishes that the client
+// flushes in the background, batched with the pull requests.
+func (s *storedSub) settle(op string, ds []*driver.Delivery, fn func(jetstream.Msg) error) error {
+	select {
+	case <-s.done:
+		return fmt.Errorf("natsbus: %s on %q: %w", op, s.subject, driver.ErrClosed)
+	default:
+	}
+	var errs []error
+	n := 0
+	for _, dl := range ds {
+		m, ok := dl.Handle.(jetstream.Msg)
+		if !ok {
+			errs = append(errs, fmt.Errorf("natsbus: %s on %q: delivery not received from natsbus JetStream", op, s.subject))
+			continue
+		}
+		n++
+		if err := fn(m); err != nil {
+			errs = append(errs, fmt.Errorf("natsbus: %s on %q: %w", op, s.subject, s.d.classify(err)))
+		}
+	}
+	s.inflight.release(n)
+	return errors.Join(errs...)
+}
+
+func (s *storedSub) Ack(_ context.Context, ds []*driver.Delivery) error {
+	return s.settle("ack", ds, jetstream.Msg.Ack)
+}
+
+func (s *storedSub) Nack(_ context.Context, ds []*driver.Delivery, delay time.Duration) error {
+	if delay <= 0 {
+		return s.settle("nack", ds, jetstream.Msg.Nak)
+	}
+	return s.settle("nack", ds, func(m jetstream.Msg) error { return m.NakWithDelay(delay) })
+}
+
+func (s *storedSub) Term(_ context.Context, ds []*driver.Delivery) error {
+	return s.settle("term", ds, jetstream.Msg.Term)
+}
+
+func (s *storedSub) Close(ctx context.Context) error {
+	err := s.close(ctx)
+	s.d.forget(s)
+	return err
+}
+
+// close stops pulling, waits for the consume loop to end, and gives the
+// messages pulled but never handed out back to the server at once.
+func (s *storedSub) close(ctx context.Context) error {
+	err := fmt.Errorf("natsbus: close %q: %w", s.subject, driver.ErrClosed)
+	s.closeOnce.Do(func() {
+		err = nil
+		close(s.done)
+		s.cc.Stop()
+		select {
+		case <-s.cc.Closed():
+		case <-ctx.Done():
+			err = fmt.Errorf("natsbus: close %q: %w", s.subject, ctx.Err())
+		}
+		for {
+			select {
+			case m := <-s.msgs:
+				_ = m.Nak()
+				continue
+			default:
+			}
+			break
+		}
+		if s.ephemeral && s.d.nc.IsConnected() {
+			// A private subscription is gone when closed; the server would
+			// drop its consumer after inactiveThreshold anyway.
+			if derr := s.d.js.DeleteConsumer(ctx, s.stream, s.consumer); derr != nil && !errors.Is(derr, jetstream.ErrConsumerNotFound) {
+				s.d.opts.Logger.Warn("natsbus: delete consumer", "consumer", s.consumer, "err", derr)
+			}
+		}
+	})
+	return err
+}
+
+// coreSub is a core NATS subscription (a queue subscription for a group).
+// Nothing is stored: settling is a no-op and nothing is redelivered.
+type coreSub struct {
+	d        *Driver
+	subject  string
+	sub      *nats.Subscription
+	inflight limiter
+
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+func (d *Driver) subscribeCore(ctx context.Context, subj string, opts driver.SubscribeOptions) (*coreSub, error) {
+	var sub *nats.Subscription
+	var err error
+	if opts.Group == "" {
+		sub, err = d.nc.SubscribeSync(subj)
+	} else {
+		sub, err = d.nc.QueueSubscribeSync(subj, opts.Group)
+	}
+	if err != nil {
+		return nil, d.classify(err)
+	}
+	// Established means the server has it: later publishes reach it.
+	if err := d.flush(ctx); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	return &coreSub{d: d, subject: subj, sub: sub, inflight: newLimiter(opts.MaxInFlight), done: make(chan struct{})}, nil
+}
+
+func (s *coreSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, error) {
+	if max <= 0 {
+		max = 1
+	}
+	closed := func() error { return fmt.Errorf("natsbus: receive from %q: %w", s.subject, driver.ErrClosed) }
+	select {
+	case <-s.done:
+		return nil, closed()
+	default:
+	}
+	if err := s.inflight.acquire(ctx, s.done); err != nil {
+		return nil, fmt.Errorf("natsbus: receive from %q: %w", s.subject, err)
+	}
+	m, err := s.sub.NextMsgWithContext(ctx)
+	if err != nil {
+		s.inflight.release(1)
+		select {
+		case <-s.done:
+			return nil, closed()
+		default:
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("natsbus: receive from %q: %w", s.subject, s.d.classify(err))
+	}
+	out := []*driver.Delivery{coreDelivery(m)}
+	for len(out) < max && s.inflight.tryAcquire() {
+		m, err := s.sub.NextMsg(0)
+		if err != nil {
+			s.inflight.release(1)
+			break
+		}
+		out = append(out, coreDelivery(m))
+	}
+	return out, nil
+}
+
+func coreDelivery(m *nats.Msg) *driver.Delivery {
+	msg, err := decode(m.Header, m.Data)
+	return &driver.Delivery{Message: msg, Attempt: 1, Err: err, Handle: m}
+}
+
+func (s *coreSub) settle(ds []*driver.Delivery) error {
+	select {
+	case <-s.done:
+		return fmt.Errorf("natsbus: settle on %q: %w", s.subject, driver.ErrClosed)
+	default:
+	}
+	s.inflight.release(len(ds))
+	return nil
+}
+
+func (s *coreSub) Ack(_ context.Context, ds []*driver.Delivery) error { return s.settle(ds) }
+
+// Nack cannot redeliver: core NATS keeps nothing.
+func (s *coreSub) Nack(_ context.Context, ds []*driver.Delivery, _ time.Duration) error {
+	return s.settle(ds)
+}
+
+func (s *coreSub) Term(_ context.Context, ds []*driver.Delivery) error { return s.settle(ds) }
+
+func (s *coreSub) Close(ctx context.Context) error {
+	err := s.close(ctx)
+	s.d.forget(s)
+	return err
+}
+
+func (s *coreSub) close(context.Context) error {
+	err := fmt.Errorf("natsbus: close %q: %w", s.subject, driver.ErrClosed)
+	s.closeOnce.Do(func() {
+		err = nil
+		close(s.done)
+		if uerr := s.sub.Unsubscribe(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) && !errors.Is(uerr, nats.ErrBadSubscription) {
+			err = fmt.Errorf("natsbus: close %q: %w", s.subject, uerr)
+		}
+	})
+	return err
+}

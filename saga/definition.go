@@ -1,0 +1,195 @@
+package saga
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Definition describes a saga: a name and ordered steps. Register it with
+// Orchestrator.Register, which validates it.
+type Definition struct {
+	// Name identifies the saga type; Orchestrator.Start refers to it.
+	Name string
+	// Steps run in order; the saga completes when the last one succeeds.
+	Steps []Step
+	// Timeout bounds the whole forward run: when it passes before the last
+	// step succeeded, the saga compensates. Zero means no saga timeout.
+	Timeout time.Duration
+	// CompensationRetry governs every compensation command: a compensation
+	// that fails or times out is sent again after Backoff (doubling each
+	// time) until it succeeds or Attempts are spent, which fails the saga
+	// and leaves it for a person to look at. Default 10 attempts, 1s.
+	CompensationRetry Retry
+}
+
+// Step is one command to a participant service and the command that undoes
+// it.
+type Step struct {
+	// Name is unique within the definition; it may not contain '/'.
+	Name string
+	// Service is the participant service the commands are sent to.
+	Service string
+	// Command is the message type of the step's command.
+	Command string
+	// Compensation is the message type of the command that undoes the step.
+	// Every step but the last needs one: the last step's success completes
+	// the saga, so nothing after it can require undoing it.
+	Compensation string
+	// Timeout is how long the orchestrator waits for a reply to each attempt
+	// (and to each compensation attempt). Required.
+	Timeout time.Duration
+	// Retry says how often the step is attempted when the participant
+	// reports a transient failure or does not reply in time.
+	Retry Retry
+	// Input builds the command's payload from the saga's data and the
+	// replies of earlier steps. nil sends the saga's data. An error fails
+	// the step for good. The payload is computed once and persisted:
+	// retries and compensations send the same bytes.
+	Input func(in Input) (any, error)
+}
+
+// Retry is a retry policy: Attempts counts tries, the first included (zero
+// means one); Backoff is the wait before the second try, doubled for each
+// further one.
+type Retry struct {
+	Attempts int
+	Backoff  time.Duration
+}
+
+func (r Retry) attempts() int { return max(r.Attempts, 1) }
+
+// delay is the wait after attempt n failed.
+func (r Retry) delay(n int) time.Duration {
+	d := r.Backoff
+	for i := 1; i < n && d < time.Minute; i++ {
+		d *= 2
+	}
+	return d
+}
+
+// Input is what a step's Input function sees.
+type Input struct {
+	// SagaID is the saga instance's id.
+	SagaID string
+	// Data is the saga's data as given to Start, JSON encoded.
+	Data json.RawMessage
+	// Replies holds the JSON replies of the steps that completed, by step
+	// name.
+	Replies map[string]json.RawMessage
+}
+
+// Decode decodes the saga's data into v.
+func (in Input) Decode(v any) error {
+	if err := json.Unmarshal(in.Data, v); err != nil {
+		return fmt.Errorf("saga: decode data: %w", err)
+	}
+	return nil
+}
+
+// Reply decodes the reply of the earlier step into v.
+func (in Input) Reply(step string, v any) error {
+	r, ok := in.Replies[step]
+	if !ok {
+		return fmt.Errorf("saga: no reply from step %q", step)
+	}
+	if err := json.Unmarshal(r, v); err != nil {
+		return fmt.Errorf("saga: decode reply of step %q: %w", step, err)
+	}
+	return nil
+}
+
+// ErrInvalidDefinition is matched (errors.Is) by every problem Validate
+// reports; errors.As with *DefinitionError gives the details.
+var ErrInvalidDefinition = errors.New("invalid saga definition")
+
+// DefinitionError is one problem of a definition.
+type DefinitionError struct {
+	Saga    string
+	Step    string // empty when the problem is not about one step
+	Problem string
+}
+
+func (e *DefinitionError) Error() string {
+	if e.Step != "" {
+		return fmt.Sprintf("saga: definition %q, step %q: %s", e.Saga, e.Step, e.Problem)
+	}
+	return fmt.Sprintf("saga: definition %q: %s", e.Saga, e.Problem)
+}
+
+// Is reports whether target is ErrInvalidDefinition.
+func (e *DefinitionError) Is(target error) bool { return target == ErrInvalidDefinition }
+
+// Validate reports every problem of d at once, joined with errors.Join; each
+// is a *DefinitionError matching ErrInvalidDefinition.
+func (d *Definition) Validate() error {
+	var errs []error
+	bad := func(step, format string, args ...any) {
+		errs = append(errs, &DefinitionError{Saga: d.Name, Step: step, Problem: fmt.Sprintf(format, args...)})
+	}
+	if strings.TrimSpace(d.Name) == "" {
+		bad("", "empty name")
+	}
+	if len(d.Steps) == 0 {
+		bad("", "no steps")
+	}
+	if d.Timeout < 0 {
+		bad("", "negative timeout %v", d.Timeout)
+	}
+	if d.CompensationRetry.Attempts < 0 || d.CompensationRetry.Backoff < 0 {
+		bad("", "negative compensation retry")
+	}
+	seen := map[string]bool{}
+	for i, s := range d.Steps {
+		name := s.Name
+		switch {
+		case name == "":
+			name = fmt.Sprintf("#%d", i+1)
+			bad(name, "empty name")
+		case strings.Contains(name, "/"):
+			bad(name, "name contains '/'")
+		case seen[name]:
+			bad(name, "duplicate step name")
+		}
+		seen[s.Name] = true
+		if s.Service == "" {
+			bad(name, "no service")
+		}
+		if s.Command == "" {
+			bad(name, "no command type")
+		}
+		if s.Compensation == "" && i < len(d.Steps)-1 {
+			bad(name, "no compensation command (required on every step but the last)")
+		}
+		if s.Timeout <= 0 {
+			bad(name, "timeout must be positive, got %v", s.Timeout)
+		}
+		if s.Retry.Attempts < 0 || s.Retry.Backoff < 0 {
+			bad(name, "negative retry")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Definition) withDefaults() *Definition {
+	c := *d
+	c.Steps = append([]Step(nil), d.Steps...)
+	if c.CompensationRetry.Attempts == 0 {
+		c.CompensationRetry.Attempts = 10
+	}
+	if c.CompensationRetry.Backoff == 0 {
+		c.CompensationRetry.Backoff = time.Second
+	}
+	return &c
+}
+
+func (d *Definition) stepIndex(name string) int {
+	for i, s := range d.Steps {
+		if s.Name == name {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,152 @@
+package saga
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// State is the state of a saga instance.
+type State string
+
+// The states of a saga. Running and Compensating are active: the
+// orchestrator drives them. The others are final, except that Retry moves a
+// Failed saga back to Compensating.
+const (
+	// Running: steps are being executed in order.
+	Running State = "running"
+	// Compensating: a step failed for good, timed out or the saga was
+	// cancelled; completed steps are being undone in reverse order.
+	Compensating State = "compensating"
+	// Completed: every step succeeded.
+	Completed State = "completed"
+	// Compensated: every step that took effect was undone.
+	Compensated State = "compensated"
+	// Failed: a compensation kept failing; the saga needs attention. See
+	// Instance.Error, and Orchestrator.Retry to resume compensating.
+	Failed State = "failed"
+)
+
+// Active reports whether the orchestrator still drives a saga in state s.
+func (s State) Active() bool { return s == Running || s == Compensating }
+
+// StepState is the state of one step of a saga instance.
+type StepState string
+
+// The states of a step.
+const (
+	StepPending            StepState = "pending"
+	StepRunning            StepState = "running"
+	StepCompleted          StepState = "completed"
+	StepFailed             StepState = "failed"
+	StepCompensating       StepState = "compensating"
+	StepCompensated        StepState = "compensated"
+	StepCompensationFailed StepState = "compensation_failed"
+)
+
+// Instance is a saga instance: its state, every step's state and its
+// history. Stores persist it whole; Version guards every update.
+type Instance struct {
+	ID    string
+	Name  string
+	State State
+	// Data is the saga's data as given to Start, JSON encoded.
+	Data json.RawMessage
+	// Steps has one entry per step of the definition, in order.
+	Steps []StepStatus
+	// Current is the index of the step being executed (Running) or
+	// compensated (Compensating, Failed).
+	Current int
+	// Attempt is the current attempt of that step's command (or
+	// compensation).
+	Attempt int
+	// AttemptBase is the number of attempts made before Retry resumed the
+	// saga; the retry policy counts from it.
+	AttemptBase int `json:",omitempty"`
+	// Waiting is true while the orchestrator waits out a retry backoff
+	// rather than a reply.
+	Waiting bool
+	// Deadline is when the current attempt times out, or when the next
+	// attempt is due while Waiting.
+	Deadline time.Time
+	// SagaDeadline is when the forward run times out (Definition.Timeout);
+	// zero without one.
+	SagaDeadline time.Time
+	// Reason says why the saga compensates: the failed step's error, a
+	// timeout or "cancelled".
+	Reason string
+	// Error is the last compensation error of a Failed saga.
+	Error   string
+	History []Event
+	// Outbox is what the last transition sends: an orchestrator that takes
+	// the saga over from a dead one sends it again.
+	Outbox []Outgoing
+
+	Created time.Time
+	Updated time.Time
+
+	// Version counts persisted transitions; stores update an instance only
+	// when its version is still the one loaded.
+	Version int64
+	// Owner is the orchestrator instance holding the saga's lease until
+	// LeaseUntil.
+	Owner      string
+	LeaseUntil time.Time
+}
+
+// StepStatus is one step of a saga instance.
+type StepStatus struct {
+	Name  string
+	State StepState
+	// Attempts and CompensationAttempts count the commands sent.
+	Attempts             int `json:",omitempty"`
+	CompensationAttempts int `json:",omitempty"`
+	// Input is the payload sent with the step's commands.
+	Input json.RawMessage `json:",omitempty"`
+	// Reply is the participant's reply.
+	Reply json.RawMessage `json:",omitempty"`
+	Error string          `json:",omitempty"`
+	// Uncertain is true when an attempt went unanswered: the step may have
+	// taken effect, so it is compensated if the saga compensates.
+	Uncertain bool      `json:",omitempty"`
+	Started   time.Time `json:",omitzero"`
+	Finished  time.Time `json:",omitzero"`
+}
+
+// Event is one entry of a saga's history.
+type Event struct {
+	Time    time.Time
+	Kind    string // an event type such as EventStepCompleted, or "step.sent"
+	Step    string `json:",omitempty"`
+	Attempt int    `json:",omitempty"`
+	Error   string `json:",omitempty"`
+}
+
+// Outgoing is a message a transition sends: a step command (Step set) or a
+// lifecycle event.
+type Outgoing struct {
+	Kind    string // "do", "undo" or a lifecycle event type
+	Step    int    `json:",omitempty"`
+	Attempt int    `json:",omitempty"`
+	Error   string `json:",omitempty"`
+}
+
+// WakeAt is when the orchestrator must next look at the instance without a
+// reply: the earlier of its deadlines, zero for a final state.
+func (in *Instance) WakeAt() time.Time {
+	if !in.State.Active() {
+		return time.Time{}
+	}
+	w := in.Deadline
+	if in.State == Running && !in.SagaDeadline.IsZero() && (w.IsZero() || in.SagaDeadline.Before(w)) {
+		w = in.SagaDeadline
+	}
+	return w
+}
+
+func (in *Instance) clone() *Instance {
+	c := *in
+	c.Steps = append([]StepStatus(nil), in.Steps...)
+	c.History = append([]Event(nil), in.History...)
+	c.Outbox = append([]Outgoing(nil), in.Outbox...)
+	return &c
+}

@@ -1,0 +1,561 @@
+package saga
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/marty-msf/eventbus"
+)
+
+// Lifecycle event types the orchestrator publishes (unless
+// Options.DisableEvents). Each carries a LifecycleEvent; Subject and
+// CorrelationID are the saga id.
+const (
+	EventStarted         = "saga.started"
+	EventStepCompleted   = "saga.step.completed"
+	EventStepFailed      = "saga.step.failed"
+	EventStepCompensated = "saga.step.compensated"
+	EventCompleted       = "saga.completed"
+	EventCompensating    = "saga.compensating"
+	EventCompensated     = "saga.compensated"
+	EventFailed          = "saga.failed"
+)
+
+// ReplyType is the command type of participants' replies, sent to the
+// orchestrator's Options.Service.
+const ReplyType = "saga.reply"
+
+// LifecycleEvent is the payload of the lifecycle events.
+type LifecycleEvent struct {
+	SagaID string `json:"saga_id"`
+	Saga   string `json:"saga"`
+	State  State  `json:"state"`
+	Step   string `json:"step,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// Errors of the orchestrator; match them with errors.Is.
+var (
+	// ErrUnknownSaga: no definition is registered under that name.
+	ErrUnknownSaga = errors.New("saga: unknown saga")
+	// ErrDuplicateDefinition: a definition with that name is registered.
+	ErrDuplicateDefinition = errors.New("saga: duplicate definition")
+	// ErrNotRunning: Cancel found the saga compensating or finished.
+	ErrNotRunning = errors.New("saga: not running")
+	// ErrNotFailed: Retry found the saga in another state than Failed.
+	ErrNotFailed = errors.New("saga: not failed")
+	// ErrAlreadyRunning: Run was called while it runs.
+	ErrAlreadyRunning = errors.New("saga: orchestrator already running")
+)
+
+// Options configures an Orchestrator. The zero value is valid.
+type Options struct {
+	// Service is the service name under which the orchestrator receives
+	// participants' replies. Orchestrator instances of one store share it;
+	// default "saga".
+	Service string
+	// Instance names this orchestrator instance as lease owner. Default
+	// random.
+	Instance string
+	// PollInterval is how often Run looks for passed deadlines and expired
+	// leases. Default 500ms.
+	PollInterval time.Duration
+	// Lease is how long an instance holds a saga after it last touched it;
+	// Run renews the leases it holds every Lease/3. When an instance dies,
+	// its sagas are taken over this long after its last renewal. Default 10s.
+	Lease time.Duration
+	// Concurrency bounds the replies handled and due sagas processed at
+	// once. Default 16.
+	Concurrency int
+	// DisableEvents turns off the lifecycle events.
+	DisableEvents bool
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Orchestrator drives sagas: it starts them, sends their commands through
+// the bus, applies participants' replies and fires deadlines, persisting
+// every transition in its Store before sending what the transition sends.
+// It is also the manager API: Start, Get, List, Cancel and Retry.
+//
+// Create it with NewOrchestrator before the bus starts (it registers the
+// reply handler), register definitions, start the bus, then keep Run running.
+// Its methods are safe for concurrent use.
+type Orchestrator struct {
+	bus   *eventbus.Bus
+	store Store
+	opts  Options
+	log   *slog.Logger
+
+	mu   sync.RWMutex
+	defs map[string]*Definition
+
+	running atomic.Bool
+	cache   instanceCache
+}
+
+// NewOrchestrator returns an orchestrator on bus and store, and registers
+// its reply handler (command ReplyType of Options.Service) on bus, so it must
+// be called before bus.Start. It neither starts nor closes bus or store.
+func NewOrchestrator(bus *eventbus.Bus, store Store, opts *Options) (*Orchestrator, error) {
+	if bus == nil || store == nil {
+		return nil, errors.New("saga: new orchestrator: nil bus or store")
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Service == "" {
+		o.Service = "saga"
+	}
+	if o.Instance == "" {
+		o.Instance = randomID()
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 500 * time.Millisecond
+	}
+	if o.Lease <= 0 {
+		o.Lease = 10 * time.Second
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 16
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	orc := &Orchestrator{bus: bus, store: store, opts: o, log: log, defs: map[string]*Definition{}}
+	h := eventbus.HandlerFunc(orc.handleReply)
+	if err := bus.HandleCommand(o.Service, ReplyType, h, eventbus.WithConcurrency(o.Concurrency)); err != nil {
+		return nil, fmt.Errorf("saga: new orchestrator: %w", err)
+	}
+	return orc, nil
+}
+
+// Register validates and adds definitions. Every instance of an orchestrator
+// sharing a store must register the same definitions.
+func (o *Orchestrator) Register(defs ...Definition) error {
+	var errs []error
+	for i := range defs {
+		if err := defs[i].Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, d := range defs {
+		if o.defs[d.Name] != nil {
+			return fmt.Errorf("%w: %q", ErrDuplicateDefinition, d.Name)
+		}
+	}
+	for i := range defs {
+		o.defs[defs[i].Name] = defs[i].withDefaults()
+	}
+	return nil
+}
+
+func (o *Orchestrator) definition(name string) (*Definition, error) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	if d := o.defs[name]; d != nil {
+		return d, nil
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnknownSaga, name)
+}
+
+// StartOption tunes Start.
+type StartOption func(*startOptions)
+
+type startOptions struct{ id string }
+
+// WithID gives the saga a chosen id instead of a random one. Start then
+// fails with ErrExists when the id is taken, which makes starting idempotent.
+func WithID(id string) StartOption { return func(s *startOptions) { s.id = id } }
+
+// Start begins a saga of the registered definition name with data (encoded
+// as JSON) and returns its id once its first transition is persisted. Its
+// first command is sent before Start returns; if sending fails, the saga is
+// resent by Run.
+func (o *Orchestrator) Start(ctx context.Context, name string, data any, opts ...StartOption) (string, error) {
+	def, err := o.definition(name)
+	if err != nil {
+		return "", err
+	}
+	var so startOptions
+	for _, opt := range opts {
+		opt(&so)
+	}
+	if so.id == "" {
+		so.id = randomID()
+	}
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return "", fmt.Errorf("saga: start %s: encode data: %w", name, err)
+	}
+	now := time.Now()
+	in := &Instance{ID: so.id, Name: name, Data: raw, Created: now, Updated: now, Version: 1,
+		Owner: o.opts.Instance, LeaseUntil: now.Add(o.opts.Lease)}
+	(&machine{def: def, in: in, now: now}).start()
+	if err := o.store.Create(ctx, in); err != nil {
+		return "", fmt.Errorf("saga: start %s: %w", name, err)
+	}
+	o.cache.put(in)
+	o.emit(ctx, in)
+	return in.ID, nil
+}
+
+// Get returns the saga instance with its step states and history.
+func (o *Orchestrator) Get(ctx context.Context, id string) (*Instance, error) {
+	in, err := o.store.Load(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("saga: get: %w", err)
+	}
+	return in, nil
+}
+
+// List returns the saga instances matching f.
+func (o *Orchestrator) List(ctx context.Context, f ListFilter) ([]*Instance, error) {
+	ins, err := o.store.List(ctx, f)
+	if err != nil {
+		return nil, fmt.Errorf("saga: list: %w", err)
+	}
+	return ins, nil
+}
+
+// Cancel stops a running saga and compensates the steps that took effect,
+// in reverse order. It fails with ErrNotRunning when the saga is already
+// compensating or finished.
+func (o *Orchestrator) Cancel(ctx context.Context, id string) error {
+	_, err := o.apply(ctx, id, false, func(m *machine) (bool, error) {
+		if m.in.State != Running {
+			return false, fmt.Errorf("saga: cancel %s (%s): %w", id, m.in.State, ErrNotRunning)
+		}
+		return m.cancel(), nil
+	})
+	return err
+}
+
+// Retry resumes compensating a Failed saga where its compensation gave up.
+func (o *Orchestrator) Retry(ctx context.Context, id string) error {
+	_, err := o.apply(ctx, id, false, func(m *machine) (bool, error) {
+		if m.in.State != Failed {
+			return false, fmt.Errorf("saga: retry %s (%s): %w", id, m.in.State, ErrNotFailed)
+		}
+		m.retry()
+		return true, nil
+	})
+	return err
+}
+
+// Run fires deadlines, takes over sagas whose owner's lease expired and
+// renews the leases this instance holds, until ctx ends; then it returns nil.
+// Replies are handled by the bus, whether Run runs or not.
+func (o *Orchestrator) Run(ctx context.Context) error {
+	if !o.running.CompareAndSwap(false, true) {
+		return ErrAlreadyRunning
+	}
+	defer o.running.Store(false)
+	tick := time.NewTicker(o.opts.PollInterval)
+	defer tick.Stop()
+	var renewed time.Time
+	for {
+		if now := time.Now(); now.Sub(renewed) >= o.opts.Lease/3 {
+			if err := o.store.RenewLeases(ctx, o.opts.Instance, now.Add(o.opts.Lease)); err != nil && ctx.Err() == nil {
+				o.log.Warn("saga: renew leases", "err", err)
+			} else {
+				renewed = now
+			}
+		}
+		o.poll(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// poll processes every due saga, Concurrency at a time.
+func (o *Orchestrator) poll(ctx context.Context) {
+	for ctx.Err() == nil {
+		ids, err := o.store.Due(ctx, time.Now(), 256)
+		if err != nil {
+			if ctx.Err() == nil {
+				o.log.Warn("saga: poll", "err", err)
+			}
+			return
+		}
+		if len(ids) == 0 {
+			return
+		}
+		sem := make(chan struct{}, o.opts.Concurrency)
+		var wg sync.WaitGroup
+		var failed atomic.Bool
+		for _, id := range ids {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				if _, err := o.apply(ctx, id, false, o.due); err != nil {
+					failed.Store(true)
+					if ctx.Err() == nil {
+						o.log.Warn("saga: process due saga", "saga", id, "err", err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		// A full batch that went through entirely may be followed by more;
+		// sagas that failed wait for the next tick, not a busy loop.
+		if len(ids) < 256 || failed.Load() {
+			return
+		}
+	}
+}
+
+func (o *Orchestrator) due(m *machine) (bool, error) {
+	if m.onDue() {
+		return true, nil
+	}
+	if m.in.LeaseUntil.After(m.now) {
+		return false, nil
+	}
+	// The owner died (or failed to send): send the last transition's
+	// messages again. Their ids are those of the first sending, so brokers
+	// and participants drop what arrived already.
+	m.record("takeover", "", 0, o.opts.Instance)
+	m.in.Outbox = m.prev.Outbox
+	return true, nil
+}
+
+// apply runs one transition on saga id: load, change, persist with the
+// version check (reloading on a conflict), then send the outbox. With
+// cached, it may start from the instance as this orchestrator last persisted
+// it instead of loading it: the version check catches a stale copy, and a
+// decision to change nothing is only taken on a fresh load.
+func (o *Orchestrator) apply(ctx context.Context, id string, cached bool, fn func(*machine) (bool, error)) (*Instance, error) {
+	for {
+		var cur *Instance
+		if cached {
+			cur = o.cache.get(id)
+			cached = false
+		}
+		fromCache := cur != nil
+		if cur == nil {
+			var err error
+			if cur, err = o.store.Load(ctx, id); err != nil {
+				return nil, fmt.Errorf("saga: %w", err)
+			}
+		}
+		def, err := o.definition(cur.Name)
+		if err != nil {
+			return nil, err
+		}
+		next := cur.clone()
+		next.Outbox = nil
+		now := time.Now()
+		m := &machine{def: def, in: next, now: now, prev: cur}
+		changed, err := fn(m)
+		if fromCache && (err != nil || !changed) {
+			continue
+		}
+		if err != nil || !changed {
+			return cur, err
+		}
+		next.Version = cur.Version + 1
+		next.Updated = now
+		next.Owner, next.LeaseUntil = o.opts.Instance, now.Add(o.opts.Lease)
+		if err := o.store.Update(ctx, next); errors.Is(err, ErrConflict) {
+			o.cache.forget(id)
+			continue
+		} else if err != nil {
+			o.cache.forget(id)
+			return nil, fmt.Errorf("saga: %w", err)
+		}
+		o.cache.put(next)
+		o.emit(ctx, next)
+		return next, nil
+	}
+}
+
+// instanceCache holds the instances this orchestrator persisted last, so
+// that a reply needs no load. Entries are never modified.
+type instanceCache struct {
+	mu sync.Mutex
+	m  map[string]*Instance
+}
+
+// maxCached bounds the cache; when it is full it starts over.
+const maxCached = 10000
+
+func (c *instanceCache) get(id string) *Instance {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[id]
+}
+
+func (c *instanceCache) put(in *Instance) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !in.State.Active() {
+		delete(c.m, in.ID)
+		return
+	}
+	if c.m == nil || len(c.m) >= maxCached {
+		c.m = make(map[string]*Instance)
+	}
+	c.m[in.ID] = in
+}
+
+func (c *instanceCache) forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, id)
+}
+
+// emit sends a persisted transition's outbox. On failure it gives up the
+// lease, so that Run (of any instance) sends the outbox again soon.
+func (o *Orchestrator) emit(ctx context.Context, in *Instance) {
+	for _, out := range in.Outbox {
+		var err error
+		switch out.Kind {
+		case actionDo, actionUndo:
+			err = o.sendCommand(ctx, in, out)
+		default:
+			if !o.opts.DisableEvents {
+				err = o.publishEvent(ctx, in, out)
+			}
+		}
+		if err != nil {
+			o.log.Warn("saga: send", "saga", in.ID, "kind", out.Kind, "err", err)
+			if err := o.store.ReleaseLease(context.WithoutCancel(ctx), in.ID, o.opts.Instance); err != nil {
+				o.log.Warn("saga: release lease", "saga", in.ID, "err", err)
+			}
+			return
+		}
+	}
+}
+
+// Extension attributes of step commands and replies.
+const (
+	extSagaID  = "sagaid"
+	extSaga    = "saganame"
+	extStep    = "sagastep"
+	extAction  = "sagaaction"
+	extAttempt = "sagaattempt"
+	extReplyTo = "sagareplyto"
+	extOutcome = "sagaoutcome"
+	extError   = "sagaerror"
+)
+
+// CommandID is the id of the command of a saga step: deterministic, so that
+// brokers and participants recognise a command sent again.
+func CommandID(sagaID, step string, compensation bool, attempt int) string {
+	action := actionDo
+	if compensation {
+		action = actionUndo
+	}
+	return sagaID + "/" + step + "/" + action + "/" + strconv.Itoa(attempt)
+}
+
+func (o *Orchestrator) sendCommand(ctx context.Context, in *Instance, out Outgoing) error {
+	def, err := o.definition(in.Name)
+	if err != nil {
+		return err
+	}
+	step := def.Steps[out.Step]
+	typ := step.Command
+	if out.Kind == actionUndo {
+		typ = step.Compensation
+	}
+	m := &eventbus.Message{
+		ID:              CommandID(in.ID, step.Name, out.Kind == actionUndo, out.Attempt),
+		Type:            typ,
+		Subject:         in.ID,
+		CorrelationID:   in.ID,
+		Key:             in.ID,
+		DataContentType: "application/json",
+		Data:            in.Steps[out.Step].Input,
+		Extensions: map[string]string{
+			extSagaID:  in.ID,
+			extSaga:    in.Name,
+			extStep:    step.Name,
+			extAction:  out.Kind,
+			extAttempt: strconv.Itoa(out.Attempt),
+			extReplyTo: o.opts.Service,
+		},
+	}
+	if err := o.bus.SendCommand(ctx, step.Service, m); err != nil {
+		return fmt.Errorf("saga: send %s to %s: %w", typ, step.Service, err)
+	}
+	return nil
+}
+
+func (o *Orchestrator) publishEvent(ctx context.Context, in *Instance, out Outgoing) error {
+	ev := LifecycleEvent{SagaID: in.ID, Saga: in.Name, State: in.State, Error: out.Error}
+	if out.Step >= 0 && out.Step < len(in.Steps) {
+		ev.Step = in.Steps[out.Step].Name
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("saga: encode event: %w", err)
+	}
+	m := &eventbus.Message{
+		ID:              in.ID + "/event/" + strconv.Itoa(out.Attempt),
+		Type:            out.Kind,
+		Subject:         in.ID,
+		CorrelationID:   in.ID,
+		Key:             in.ID,
+		DataContentType: "application/json",
+		Data:            data,
+	}
+	if err := o.bus.PublishEvent(ctx, m); err != nil {
+		return fmt.Errorf("saga: publish %s: %w", out.Kind, err)
+	}
+	return nil
+}
+
+func (o *Orchestrator) handleReply(ctx context.Context, m *eventbus.Message) error {
+	r, err := parseReply(m)
+	if err != nil {
+		return eventbus.Permanent(err)
+	}
+	_, err = o.apply(ctx, r.SagaID, true, func(mc *machine) (bool, error) {
+		return mc.onReply(r), nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		o.log.Warn("saga: reply for unknown saga", "saga", r.SagaID)
+		return nil
+	}
+	return err
+}
+
+func parseReply(m *eventbus.Message) (*reply, error) {
+	x := m.Extensions
+	r := &reply{SagaID: x[extSagaID], Step: x[extStep], Action: x[extAction], Outcome: x[extOutcome], Error: x[extError], Data: m.Data}
+	attempt, err := strconv.Atoi(x[extAttempt])
+	if err != nil || r.SagaID == "" || r.Step == "" || r.Outcome == "" {
+		return nil, fmt.Errorf("saga: malformed reply %s: missing saga attributes", m.ID)
+	}
+	r.Attempt = attempt
+	return r, nil
+}
+
+func randomID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

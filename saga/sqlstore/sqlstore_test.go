@@ -1,0 +1,234 @@
+package sqlstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/marty-msf/eventbus/internal/testenv"
+	"github.com/marty-msf/eventbus/saga"
+	"github.com/marty-msf/eventbus/saga/sqlstore"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func forEachStore(t *testing.T, fn func(t *testing.T, s *sqlstore.Store, reopen func() *sqlstore.Store)) {
+	ctx := context.Background()
+	t.Run("sqlite", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "s.db")
+		open := func() *sqlstore.Store {
+			s, err := sqlstore.OpenSQLite(ctx, path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+		fn(t, open(), open)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		url := testenv.DatabaseURL(t)
+		prefix := fmt.Sprintf("st%d_", time.Now().UnixNano()%1e9)
+		open := func() *sqlstore.Store {
+			s, err := sqlstore.OpenPostgres(ctx, url, &sqlstore.Options{TablePrefix: prefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+		s := open()
+		t.Cleanup(func() {
+			_, _ = s.DB().Exec("DROP TABLE IF EXISTS " + prefix + "instances")
+			_, _ = s.DB().Exec("DROP TABLE IF EXISTS " + prefix + "records")
+		})
+		fn(t, s, open)
+	})
+}
+
+func instance(id string, state saga.State, deadline time.Time, owner string, lease time.Time) *saga.Instance {
+	return &saga.Instance{ID: id, Name: "n", State: state, Version: 1, Deadline: deadline, Owner: owner, LeaseUntil: lease,
+		Steps: []saga.StepStatus{{Name: "a", State: saga.StepRunning, Input: []byte(`{"x":1}`)}}, Created: time.Now()}
+}
+
+func TestInstances(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *sqlstore.Store, reopen func() *sqlstore.Store) {
+		ctx := context.Background()
+		now := time.Now()
+		if err := s.Create(ctx, instance("i1", saga.Running, now.Add(time.Hour), "A", now.Add(time.Hour))); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Create(ctx, instance("i1", saga.Running, now, "A", now)); !errors.Is(err, saga.ErrExists) {
+			t.Fatalf("second Create: %v, want ErrExists", err)
+		}
+		if _, err := s.Load(ctx, "nope"); !errors.Is(err, saga.ErrNotFound) {
+			t.Fatalf("Load missing: %v, want ErrNotFound", err)
+		}
+		// Opening again is idempotent and sees the same data.
+		in, err := reopen().Load(ctx, "i1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.Version != 1 || in.Owner != "A" || string(in.Steps[0].Input) != `{"x":1}` || !in.Deadline.Equal(now.Add(time.Hour)) {
+			t.Fatalf("loaded %+v", in)
+		}
+
+		// Optimistic versioning: of two writers of version 2, one wins.
+		a, b := *in, *in
+		a.Version, b.Version = 2, 2
+		a.State = saga.Completed
+		if err := s.Update(ctx, &a); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Update(ctx, &b); !errors.Is(err, saga.ErrConflict) {
+			t.Fatalf("stale Update: %v, want ErrConflict", err)
+		}
+		got, _ := s.Load(ctx, "i1")
+		if got.State != saga.Completed || got.Version != 2 {
+			t.Fatalf("after update: %s v%d", got.State, got.Version)
+		}
+
+		// Due: passed deadlines and expired leases of active sagas only.
+		for _, in := range []*saga.Instance{
+			instance("due-deadline", saga.Running, now.Add(-time.Second), "A", now.Add(time.Hour)),
+			instance("due-lease", saga.Compensating, now.Add(time.Hour), "B", now.Add(-time.Second)),
+			instance("not-due", saga.Running, now.Add(time.Hour), "A", now.Add(time.Hour)),
+			instance("final", saga.Compensated, time.Time{}, "B", now.Add(-time.Second)),
+		} {
+			if err := s.Create(ctx, in); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ids, err := s.Due(ctx, now, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(ids) != "[due-deadline due-lease]" {
+			t.Fatalf("Due = %v", ids)
+		}
+		if err := s.RenewLeases(ctx, "B", now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if ids, _ := s.Due(ctx, now, 10); fmt.Sprint(ids) != "[due-deadline]" {
+			t.Fatalf("Due after renewal = %v", ids)
+		}
+		if err := s.ReleaseLease(ctx, "not-due", "A"); err != nil {
+			t.Fatal(err)
+		}
+		if ids, _ := s.Due(ctx, now, 10); fmt.Sprint(ids) != "[due-deadline not-due]" {
+			t.Fatalf("Due after release = %v", ids)
+		}
+
+		list, err := s.List(ctx, saga.ListFilter{State: saga.Running})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, in := range list {
+			names = append(names, in.ID)
+		}
+		if fmt.Sprint(names) != "[due-deadline not-due]" {
+			t.Fatalf("List(running) = %v", names)
+		}
+		if all, _ := s.List(ctx, saga.ListFilter{Limit: 2}); len(all) != 2 {
+			t.Fatalf("List limit 2 returned %d", len(all))
+		}
+	})
+}
+
+func TestRecords(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *sqlstore.Store, _ func() *sqlstore.Store) {
+		ctx := context.Background()
+		now := time.Now()
+		rec, claimed, err := s.Claim(ctx, "k", "A", now.Add(time.Hour))
+		if err != nil || !claimed || rec.Done {
+			t.Fatalf("first Claim: %+v %v %v", rec, claimed, err)
+		}
+		if rec, claimed, _ := s.Claim(ctx, "k", "B", now.Add(time.Hour)); claimed || rec.Done {
+			t.Fatalf("Claim of a running record: %+v claimed %v, want busy", rec, claimed)
+		}
+		if err := s.Complete(ctx, "k", "B", &saga.Record{Outcome: saga.OutcomeOK}); !errors.Is(err, saga.ErrConflict) {
+			t.Fatalf("Complete by a non-owner: %v", err)
+		}
+		if err := s.Complete(ctx, "k", "A", &saga.Record{Outcome: saga.OutcomeOK, Reply: []byte(`{"r":1}`)}); err != nil {
+			t.Fatal(err)
+		}
+		if rec, err := s.Lookup(ctx, "k"); err != nil || rec == nil || !rec.Done || string(rec.Reply) != `{"r":1}` {
+			t.Fatalf("Lookup of a done record: %+v %v", rec, err)
+		}
+		if rec, err := s.Lookup(ctx, "none"); err != nil || rec != nil {
+			t.Fatalf("Lookup of a missing record: %+v %v", rec, err)
+		}
+		rec, claimed, err = s.Claim(ctx, "k", "B", now.Add(time.Hour))
+		if err != nil || claimed || !rec.Done || rec.Outcome != saga.OutcomeOK || string(rec.Reply) != `{"r":1}` {
+			t.Fatalf("Claim of a done record: %+v %v %v", rec, claimed, err)
+		}
+
+		// An expired claim is taken over; a released one is free again.
+		if _, claimed, _ := s.Claim(ctx, "k2", "A", now.Add(-time.Second)); !claimed {
+			t.Fatal("k2 not claimed")
+		}
+		if _, claimed, _ := s.Claim(ctx, "k2", "B", now.Add(time.Hour)); !claimed {
+			t.Fatal("expired claim not taken over")
+		}
+		if err := s.Release(ctx, "k2", "B"); err != nil {
+			t.Fatal(err)
+		}
+		if _, claimed, _ := s.Claim(ctx, "k2", "C", now.Add(time.Hour)); !claimed {
+			t.Fatal("released claim not free")
+		}
+
+		// Concurrent claims: exactly one wins.
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		wins := 0
+		for i := range 8 {
+			wg.Go(func() {
+				_, claimed, err := s.Claim(ctx, "k3", fmt.Sprint(i), now.Add(time.Hour))
+				if err != nil {
+					t.Error(err)
+				}
+				if claimed {
+					mu.Lock()
+					wins++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if wins != 1 {
+			t.Fatalf("%d concurrent claims won, want 1", wins)
+		}
+	})
+}
+
+func TestBadPrefix(t *testing.T) {
+	_, err := sqlstore.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "x.db"), &sqlstore.Options{TablePrefix: "a;drop"})
+	if err == nil {
+		t.Fatal("a prefix with ';' was accepted")
+	}
+}
+
+func ExampleOpenSQLite() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "sqlstore")
+	defer os.RemoveAll(dir)
+	store, err := sqlstore.OpenSQLite(ctx, filepath.Join(dir, "saga.db"), nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer store.Close()
+	_, err = store.Load(ctx, "unknown")
+	fmt.Println(errors.Is(err, saga.ErrNotFound))
+	// Output: true
+}
