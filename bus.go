@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/natsbus"
 )
 
 // Options configures a Bus. The zero value is valid: every field has a
@@ -51,6 +52,12 @@ type Options struct {
 
 	// Logger receives operational logs. nil discards them.
 	Logger *slog.Logger
+
+	// DataDir is where the embedded default keeps its data when no backend
+	// is registered: an in-process NATS server with JetStream file storage.
+	// Default "eventbus-data" in the working directory. One process at a
+	// time may use a data directory.
+	DataDir string
 }
 
 // RetryPolicy says how often and how fast a failed message is redelivered
@@ -234,12 +241,18 @@ func (b *Bus) Start(ctx context.Context) error {
 	if b.started {
 		return fmt.Errorf("eventbus: start: %w", ErrStarted)
 	}
+	var embedded *backend
+	if len(b.backends) == 0 {
+		// Zero configuration: real persistence on an in-process NATS server.
+		be, err := b.openEmbedded(ctx)
+		if err != nil {
+			return err
+		}
+		embedded = be
+	}
 	var problems []error
 	rt, errs := newRouter(b.opts.Routes, b.opts.DefaultBackend, b.backends, b.byName)
 	problems = append(problems, errs...)
-	if len(b.backends) == 0 {
-		problems = append(problems, fmt.Errorf("%w: register at least one backend", ErrNoBackend))
-	}
 	if rt != nil {
 		for _, r := range b.regs {
 			be, err := rt.resolve(r.dest)
@@ -254,6 +267,9 @@ func (b *Bus) Start(ctx context.Context) error {
 		}
 	}
 	if len(problems) > 0 {
+		if embedded != nil {
+			b.dropEmbedded(ctx, embedded)
+		}
 		return &ConfigError{Problems: problems}
 	}
 	b.routes.Store(rt)
@@ -264,6 +280,9 @@ func (b *Bus) Start(ctx context.Context) error {
 	fail := func(err error) error {
 		for _, c := range opened {
 			_ = c.sub.Close(context.WithoutCancel(ctx))
+		}
+		if embedded != nil {
+			b.dropEmbedded(ctx, embedded)
 		}
 		return err
 	}
@@ -326,6 +345,34 @@ func (b *Bus) Close(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// EmbeddedBackend is the name under which Start registers the embedded NATS
+// server when no backend was registered.
+const EmbeddedBackend = "embedded"
+
+func (b *Bus) openEmbedded(ctx context.Context) (*backend, error) {
+	dir := b.opts.DataDir
+	if dir == "" {
+		dir = "eventbus-data"
+	}
+	d, err := natsbus.OpenEmbedded(ctx,
+		&natsbus.EmbeddedOptions{DataDir: dir, Logger: b.opts.Logger},
+		&natsbus.Config{Name: b.source, Options: natsbus.Options{Logger: b.opts.Logger}})
+	if err != nil {
+		return nil, fmt.Errorf("eventbus: start the embedded NATS server in %q: %w", dir, err)
+	}
+	be := &backend{name: EmbeddedBackend, drv: d, caps: d.Capabilities(), rr: d}
+	b.backends = append(b.backends, be)
+	b.byName[be.name] = be
+	return be, nil
+}
+
+// dropEmbedded undoes openEmbedded after a failed Start.
+func (b *Bus) dropEmbedded(ctx context.Context, be *backend) {
+	_ = be.drv.Close(context.WithoutCancel(ctx))
+	b.backends = b.backends[:len(b.backends)-1]
+	delete(b.byName, be.name)
 }
 
 // NewMessage returns a message of type msgType whose data is v encoded with

@@ -139,9 +139,6 @@ func TestStartReportsEveryProblemAtOnce(t *testing.T) {
 	if err := b.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := eventbus.New(nil).Start(context.Background()); !errors.Is(err, eventbus.ErrNoBackend) {
-		t.Fatalf("start without backends: %v", err)
-	}
 }
 
 func TestRoutingAcrossBackends(t *testing.T) {
@@ -253,5 +250,60 @@ func TestCloseDeadlineCancelsHandlers(t *testing.T) {
 	defer cancel()
 	if err := b.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Close past its deadline: %v", err)
+	}
+}
+
+// With no backend registered the bus runs on the embedded NATS server, and
+// what it stores survives a restart of the process's bus.
+func TestEmbeddedDefaultPersists(t *testing.T) {
+	dir := t.TempDir()
+	got := make(chan string, 10)
+	start := func(subscribe bool) *eventbus.Bus {
+		b := eventbus.New(&eventbus.Options{DataDir: dir, Source: "ledger"})
+		if subscribe {
+			must(t, b.SubscribeEvents([]string{"entry.posted"}, "ledger", eventbus.Typed(func(_ context.Context, _ *eventbus.Message, v string) error {
+				got <- v
+				return nil
+			})))
+		}
+		must(t, b.Start(ctxT(t)))
+		if names := b.Backends(); len(names) != 1 || names[0] != eventbus.EmbeddedBackend {
+			t.Fatalf("backends %v, want the embedded one", names)
+		}
+		return b
+	}
+	b := start(true)
+	must(t, b.PublishEvent(ctxT(t), event(t, "entry.posted", "first")))
+	if v := <-got; v != "first" {
+		t.Fatalf("got %q", v)
+	}
+	must(t, b.Close(ctxT(t)))
+
+	// Published while the group's only member is down...
+	b = start(false)
+	must(t, b.PublishEvent(ctxT(t), event(t, "entry.posted", "second")))
+	must(t, b.Close(ctxT(t)))
+
+	// ...and handled once it is back, from the data directory.
+	b = start(true)
+	defer b.Close(context.Background())
+	select {
+	case v := <-got:
+		if v != "second" {
+			t.Fatalf("after restart got %q, want second", v)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the event published while the group was down never arrived")
+	}
+}
+
+func TestEmbeddedDefaultFailsCleanly(t *testing.T) {
+	b := eventbus.New(&eventbus.Options{DataDir: t.TempDir(), Routes: []eventbus.Route{{Backend: "ghost"}}})
+	err := b.Start(ctxT(t))
+	if !errors.Is(err, eventbus.ErrUnknownBackend) {
+		t.Fatalf("start: %v", err)
+	}
+	if n := len(b.Backends()); n != 0 {
+		t.Fatalf("a failed Start left %d backends registered", n)
 	}
 }

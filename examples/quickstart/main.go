@@ -2,20 +2,22 @@
 // events with consumer groups, commands, queries with replies and typed
 // errors, a keyed stream processed in batches, and a broadcast.
 //
-//	go run ./examples/quickstart
+// No backend is registered, so the bus runs on its embedded default: a NATS
+// server with JetStream file storage inside this process. Nothing to install.
+//
+//	go run ./examples/quickstart [-data dir]
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/marty-msf/eventbus"
-	"github.com/marty-msf/eventbus/membus"
 )
 
 type OrderPlaced struct {
@@ -29,19 +31,27 @@ type Charge struct {
 }
 
 func main() {
-	if err := run(context.Background()); err != nil {
+	data := flag.String("data", "", "data directory of the embedded NATS server (default: a temporary one)")
+	flag.Parse()
+	dir := *data
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "eventbus-quickstart-")
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	if err := run(context.Background(), dir); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(ctx context.Context) error {
-	bus := eventbus.New(&eventbus.Options{Source: "quickstart"})
-	if err := bus.Register("memory", membus.New(nil)); err != nil {
-		return err
-	}
+func run(ctx context.Context, dataDir string) error {
+	bus := eventbus.New(&eventbus.Options{Source: "quickstart", DataDir: dataDir})
 
-	var wg sync.WaitGroup
-	wg.Add(2 + 1 + 2 + 1) // two event groups, one command, two stream batches, one broadcast
+	// Every handler reports what it handled; main waits for all of it.
+	handled := make(chan string, 64)
 	say := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
 
 	// Pub/sub: two groups each get every event.
@@ -49,7 +59,7 @@ func run(ctx context.Context) error {
 		err := bus.SubscribeEvents([]string{"order.placed"}, group,
 			eventbus.Typed(func(ctx context.Context, m *eventbus.Message, o OrderPlaced) error {
 				say("[event → %s] order %s placed, %d cents", group, o.OrderID, o.Amount)
-				wg.Done()
+				handled <- "event"
 				return nil
 			}))
 		if err != nil {
@@ -60,7 +70,7 @@ func run(ctx context.Context) error {
 	err := bus.HandleCommand("payments", "charge",
 		eventbus.Typed(func(ctx context.Context, m *eventbus.Message, c Charge) error {
 			say("[command → payments] charging %d cents for %s (correlation %s)", c.Amount, c.OrderID, m.CorrelationID)
-			wg.Done()
+			handled <- "command"
 			return nil
 		}))
 	if err != nil {
@@ -81,7 +91,9 @@ func run(ctx context.Context) error {
 	err = bus.ProcessStream("page-views", "analytics",
 		eventbus.TypedBatch(func(ctx context.Context, ms []*eventbus.Message, pages []string) error {
 			say("[stream batch] %d views of user %s: %v", len(pages), ms[0].Key, pages)
-			wg.Done()
+			for range pages {
+				handled <- "view"
+			}
 			return nil
 		}),
 		&eventbus.BatchOptions{Size: 3, MaxWait: 100 * time.Millisecond})
@@ -92,7 +104,7 @@ func run(ctx context.Context) error {
 	err = bus.SubscribeBroadcast([]string{"config.reloaded"}, eventbus.HandlerFunc(
 		func(ctx context.Context, m *eventbus.Message) error {
 			say("[broadcast] config reloaded: %s", m.Data)
-			wg.Done()
+			handled <- "broadcast"
 			return nil
 		}))
 	if err != nil {
@@ -145,13 +157,21 @@ func run(ctx context.Context) error {
 		return err
 	}
 
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		say("all patterns delivered")
-		return nil
-	case <-time.After(10 * time.Second):
-		return errors.New("timed out waiting for deliveries")
+	want := map[string]int{"event": 2, "command": 1, "view": 4, "broadcast": 1}
+	timeout := time.After(10 * time.Second)
+	for n := 8; n > 0; n-- {
+		select {
+		case kind := <-handled:
+			want[kind]--
+		case <-timeout:
+			return fmt.Errorf("timed out; still missing %v", want)
+		}
 	}
+	for kind, missing := range want {
+		if missing != 0 {
+			return fmt.Errorf("%s: %d more or fewer than expected", kind, missing)
+		}
+	}
+	say("all patterns delivered on %s", bus.Backends()[0])
+	return nil
 }

@@ -6,7 +6,7 @@ import (
 )
 
 func TestQuickstartRuns(t *testing.T) {
-	if err := run(context.Background()); err != nil {
+	if err := run(context.Background(), t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
 }
