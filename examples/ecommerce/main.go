@@ -190,6 +190,22 @@ func run(ctx context.Context, dataDir string, failPayment bool) error {
 		fmt.Printf("  step %-18s %s\n", st.Name, st.State)
 	}
 	s.print("after: ")
+	return s.check(in.State, order, failPayment)
+}
+
+// check verifies the business outcome: a completed order moved stock into a
+// reservation and held the money; a compensated one left everything as it was.
+func (s *shop) check(state saga.State, o Order, failPayment bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want, reserved, held := saga.Completed, o.Quantity, o.Amount
+	if failPayment {
+		want, reserved, held = saga.Compensated, 0, 0
+	}
+	if state != want || s.reserved[o.SKU] != reserved || s.stock[o.SKU]+s.reserved[o.SKU] != 10 || s.held[o.Customer] != held {
+		return fmt.Errorf("unexpected outcome: saga %s (want %s), reserved %d, stock %d, authorized %d",
+			state, want, s.reserved[o.SKU], s.stock[o.SKU], s.held[o.Customer])
+	}
 	return nil
 }
 
