@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestBadInput(t *testing.T) {
+	url := startServer(t).ClientURL()
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		stdin string
+		have  string
+	}{
+		{"invalid JSON", []string{"publish", "order.created", `{"id":`}, "", "payload is not valid JSON"},
+		{"invalid JSON on stdin", []string{"publish", "order.created"}, "{nope}", "payload is not valid JSON"},
+		{"no payload", []string{"publish", "order.created"}, " \n", "no payload"},
+		{"bad event type", []string{"publish", "order..created", `{}`}, "", "invalid name"},
+		{"wildcard type", []string{"publish", "order.*", `{}`}, "", "invalid name"},
+		{"bad command service", []string{"publish", "x", `{}`, "--command", "bil.ling"}, "", "invalid name"},
+		{"bad stream", []string{"publish", "x", `{}`, "--stream", "a b"}, "", "invalid name"},
+		{"two kinds", []string{"publish", "x", `{}`, "--broadcast", "--command", "billing"}, "", "none of the others can be"},
+		{"too many arguments", []string{"publish", "x", `{}`, `{}`}, "", "expected TYPE [JSON|-]"},
+		{"no type", []string{"publish"}, "", "expected TYPE"},
+		{"bad listen type", []string{"listen", "a.>"}, "", "invalid name"},
+		{"bad group", []string{"listen", "a", "--group", "g.1"}, "", "invalid name"},
+		{"negative count", []string{"listen", "a", "--count", "-1"}, "", "--count"},
+		{"group on broadcast", []string{"listen", "a", "--broadcast", "--group", "g"}, "", "--group does not apply"},
+		{"from-start without group", []string{"listen", "a", "--from-start"}, "", "needs --group"},
+		{"listen nothing", []string{"listen"}, "", "at least one TYPE"},
+		{"bad query service", []string{"query", "in.ventory", "stock.get", `1`}, "", "invalid name"},
+		{"query bad JSON", []string{"query", "inventory", "stock.get", `'x'`}, "", "not valid JSON"},
+		{"bad timeout", []string{"query", "inventory", "stock.get", `1`, "--timeout", "0s"}, "", "--timeout"},
+		{"unknown flag", []string{"publish", "x", `{}`, "--nope"}, "", "unknown flag"},
+		{"unknown command", []string{"subscribe"}, "", "unknown command"},
+		{"server argument", []string{"server", "extra"}, "", "unexpected argument"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if args[0] != "server" && len(args) > 1 {
+				args = append(args, "--url", url)
+			}
+			r := execute(t, tc.stdin, args...)
+			if r.code != exitUsage || !strings.Contains(r.stderr, tc.have) || r.stdout != "" {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", r.code, r.stdout, r.stderr, exitUsage, tc.have)
+			}
+		})
+	}
+}
+
+// An unreachable server fails fast, and no secret appears in the output,
+// whether it came in the URL, a flag or the environment.
+func TestUnreachableServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+	}{
+		{map[string]string{"NATS_URL": "nats://alice:url-s3cret@" + addr}, []string{"publish", "order.created", `{}`}},
+		{map[string]string{"NATS_URL": "nats://" + addr, "NATS_TOKEN": "env-t0ken"}, []string{"publish", "order.created", `{}`}},
+		{nil, []string{"publish", "order.created", `{}`, "--url", "nats://flag-t0ken@" + addr}},
+		{nil, []string{"listen", "order.created", "--url", addr, "--user", "bob", "--password", "flag-s3cret"}},
+		{map[string]string{"NATS_PASSWORD": "env-s3cret", "NATS_USER": "dave"}, []string{"query", "inventory", "stock.get", `1`, "--url", "nats://127.0.0.1:1,nats://carol:other-s3cret@" + addr}},
+	} {
+		args := tc.args
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		var out, errOut bytes.Buffer
+		began := time.Now()
+		code := run(ctx, args, func(k string) string { return tc.env[k] }, strings.NewReader(""), &out, &errOut)
+		took := time.Since(began)
+		cancel()
+		if code != exitFailure || !strings.Contains(errOut.String(), "cannot connect to") {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d, cannot connect", args, code, errOut.String(), exitFailure)
+		}
+		if took > 5*time.Second {
+			t.Errorf("%v: took %v to fail", args, took)
+		}
+		for _, secret := range []string{"s3cret", "t0ken"} {
+			if strings.Contains(errOut.String()+out.String(), secret) {
+				t.Errorf("%v: output shows a secret: %q", args, errOut.String())
+			}
+		}
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":            "nats://127.0.0.1:4222",
+		"nats://alice:pw@h:4222":           "nats://***@h:4222",
+		"tls://tok@h:4222":                 "tls://***@h:4222",
+		"nats://a:p w%zz@h:1":              "***@h:1",
+		"h:4222":                           "h:4222",
+		"wss://u:p@example.com/path?x=1#f": "wss://***@example.com/path?x=1#f",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A server that accepts connections but never answers is given up on after
+// --connect-timeout.
+func TestSilentServerTimesOut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	defer func() {
+		ln.Close()
+		for c := range accepted {
+			c.Close()
+		}
+	}()
+	began := time.Now()
+	r := execute(t, "", "publish", "order.created", `{}`, "--url", ln.Addr().String(), "--connect-timeout", "300ms")
+	if took := time.Since(began); r.code != exitFailure || !strings.Contains(r.stderr, "cannot connect to nats://"+ln.Addr().String()) || took > 3*time.Second {
+		t.Fatalf("exit %d after %v, stderr %q; want exit %d within the connect timeout", r.code, took, r.stderr, exitFailure)
+	}
+}
+
+// Defaults taken from the environment never show in help.
+func TestHelpShowsNoSecret(t *testing.T) {
+	var out, errOut bytes.Buffer
+	env := map[string]string{"NATS_URL": "nats://u:url-s3cret@h:1", "NATS_PASSWORD": "env-s3cret", "NATS_TOKEN": "env-s3cret"}
+	code := run(context.Background(), []string{"publish", "--help"}, func(k string) string { return env[k] }, strings.NewReader(""), &out, &errOut)
+	if code != 0 || !strings.Contains(out.String(), "--password") || strings.Contains(out.String()+errOut.String(), "s3cret") {
+		t.Fatalf("exit %d, help %q", code, out.String())
+	}
+}

@@ -1,0 +1,73 @@
+// Command eventbus is an operations tool for developers poking at a running
+// eventbus system over NATS: it runs a server, publishes, listens and queries
+// through the same Bus API that services use, so what it sends and prints is
+// exactly what services send and receive.
+//
+// # Commands
+//
+//	eventbus server [--data DIR] [--host 127.0.0.1] [--port 4222]
+//
+// runs a NATS server with JetStream file storage in DIR (default
+// ./eventbus-data) until interrupted (SIGINT or SIGTERM), and prints the URL
+// that other processes connect to. --port -1 picks a free port.
+//
+//	eventbus publish TYPE [JSON|-] [--command SERVICE | --broadcast | --stream NAME] [--key K] [--subject S] [--source SRC]
+//
+// publishes an event of type TYPE (default), a command to SERVICE, a broadcast
+// or a message on stream NAME. The payload is the JSON argument, or standard
+// input when it is absent or "-"; it must be valid JSON. Once the server
+// confirmed the message, its id is printed.
+//
+//	eventbus listen TYPE... [--group G] [--from-start] [--broadcast] [--count N]
+//
+// prints every event (or, with --broadcast, every broadcast) of the given types
+// as one JSON line in the CloudEvents JSON format: the attributes, and "data"
+// (JSON payloads), a string (other text) or "data_base64" (binary). Without a
+// group it sees every message published while it runs; with --group it joins
+// that consumer group, competing with its other members, and --from-start
+// replays what the server retains when the group is new. It stops after N
+// messages (--count, 0 means no limit) or when interrupted; a message received
+// after the N-th is given back for redelivery, never acknowledged unprinted;
+// the tool retries without limit, so what it gives back is never
+// dead-lettered by it.
+//
+//	eventbus query SERVICE TYPE [JSON|-] [--timeout 5s] [--source SRC]
+//
+// sends a query and prints the reply's data.
+//
+// # Connection flags
+//
+// Every command but server takes --url (default $NATS_URL, else
+// nats://127.0.0.1:4222; several URLs separated by commas; a bare host:port
+// means nats://host:port), --user, --password, --token and --creds (defaults
+// $NATS_USER, $NATS_PASSWORD, $NATS_TOKEN and $NATS_CREDS, which keep secrets
+// off the command line), --tls-ca, --tls-cert and --tls-key, --connect-timeout
+// (default 3s), and --stream-prefix and --subject-prefix, which must match the
+// services' natsbus Options. Credentials are never printed: URLs are shown
+// without their user information, and help never shows values taken from the
+// environment. Like any service's bus, the client commands create the
+// JetStream streams they need, or update their limits, when they connect.
+//
+// # Exit status
+//
+// 0 on success (an interrupted listen or server included), 1 on a failure
+// (unreachable server, refused publish...), 2 on a usage error (unknown
+// command or flag, wrong arguments, invalid JSON or names). query adds 3 when
+// no reply came in time, 4 when nobody handles the query and 5 when the
+// handler returned an error, printed with its code. Errors go to standard
+// error.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

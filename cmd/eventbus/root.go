@@ -1,0 +1,293 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/natsbus"
+)
+
+// Exit statuses; see the package documentation.
+const (
+	exitOK = iota
+	exitFailure
+	exitUsage
+	exitTimeout
+	exitNoResponders
+	exitRemote
+)
+
+const defaultURL = "nats://127.0.0.1:4222"
+
+// maxInput bounds a payload read from standard input, above any broker's
+// message size, so that a runaway pipe fails instead of exhausting memory.
+const maxInput = 64 << 20
+
+// usageError is a mistake in the command line itself: exit status 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
+
+// exitError carries a specific exit status with its error.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// run executes the command line args and returns the exit status. getenv
+// supplies the environment, so that tests need not change the process's.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+	started := false
+	root := newRoot(getenv, stdin, &started)
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "error:", err)
+	var ee *exitError
+	var ue *usageError
+	switch {
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.As(err, &ue), errors.Is(err, eventbus.ErrInvalidName):
+		return exitUsage
+	case !started:
+		return exitUsage
+	default:
+		return exitFailure
+	}
+}
+
+// connFlags are the connection settings shared by the client commands.
+type connFlags struct {
+	url, user, password, token, creds string
+	tlsCA, tlsCert, tlsKey            string
+	connectTimeout                    time.Duration
+	streamPrefix, subjectPrefix       string
+}
+
+func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "eventbus",
+		Short:         "Publish, listen to and query an eventbus system over NATS",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+
+	cf := &connFlags{}
+	client := func(cmd *cobra.Command) *cobra.Command {
+		f := cmd.Flags()
+		// Defaults from the environment are applied after parsing, so that
+		// help never prints a password taken from it.
+		f.StringVar(&cf.url, "url", "", "server URLs, comma separated; host:port means nats:// (default $NATS_URL, else "+defaultURL+")")
+		f.StringVar(&cf.user, "user", "", "user name (default $NATS_USER)")
+		f.StringVar(&cf.password, "password", "", "password (default $NATS_PASSWORD)")
+		f.StringVar(&cf.token, "token", "", "authentication token (default $NATS_TOKEN)")
+		f.StringVar(&cf.creds, "creds", "", "JWT credentials file (default $NATS_CREDS)")
+		f.StringVar(&cf.tlsCA, "tls-ca", "", "PEM file of the authorities of the server's certificate")
+		f.StringVar(&cf.tlsCert, "tls-cert", "", "PEM client certificate")
+		f.StringVar(&cf.tlsKey, "tls-key", "", "PEM key of the client certificate")
+		f.DurationVar(&cf.connectTimeout, "connect-timeout", 3*time.Second, "how long to try reaching the server")
+		f.StringVar(&cf.streamPrefix, "stream-prefix", "", "JetStream stream name prefix of the services (default EVENTBUS)")
+		f.StringVar(&cf.subjectPrefix, "subject-prefix", "", "subject prefix of the services, if they use one")
+		cmd.PreRunE = func(*cobra.Command, []string) error { return cf.fromEnv(getenv) }
+		return cmd
+	}
+	root.AddCommand(
+		newServerCmd(),
+		client(newPublishCmd(cf, stdin)),
+		client(newListenCmd(cf)),
+		client(newQueryCmd(cf, stdin)),
+	)
+	// Cobra reports unknown commands, bad flags and wrong arguments before
+	// RunE; started tells such usage errors from failures.
+	for _, cmd := range root.Commands() {
+		runE := cmd.RunE
+		cmd.RunE = func(cmd *cobra.Command, args []string) error {
+			*started = true
+			return runE(cmd, args)
+		}
+	}
+	return root
+}
+
+func (cf *connFlags) fromEnv(getenv func(string) string) error {
+	for _, v := range []struct {
+		dst *string
+		env string
+	}{
+		{&cf.url, "NATS_URL"}, {&cf.user, "NATS_USER"}, {&cf.password, "NATS_PASSWORD"},
+		{&cf.token, "NATS_TOKEN"}, {&cf.creds, "NATS_CREDS"},
+	} {
+		if *v.dst == "" {
+			*v.dst = getenv(v.env)
+		}
+	}
+	if cf.url == "" {
+		cf.url = defaultURL
+	}
+	if cf.connectTimeout <= 0 {
+		return usagef("--connect-timeout must be positive")
+	}
+	return nil
+}
+
+func (cf *connFlags) config() *natsbus.Config {
+	cfg := &natsbus.Config{
+		Name:            "eventbus-cli",
+		User:            cf.user,
+		Password:        cf.password,
+		Token:           cf.token,
+		CredentialsFile: cf.creds,
+		ConnectTimeout:  cf.connectTimeout,
+		Options: natsbus.Options{
+			StreamPrefix:  cf.streamPrefix,
+			SubjectPrefix: cf.subjectPrefix,
+		},
+	}
+	for _, u := range strings.Split(cf.url, ",") {
+		u = strings.TrimSpace(u)
+		if u != "" && !strings.Contains(u, "://") {
+			u = "nats://" + u
+		}
+		if u != "" {
+			cfg.Servers = append(cfg.Servers, u)
+		}
+	}
+	if cf.tlsCA != "" || cf.tlsCert != "" || cf.tlsKey != "" {
+		cfg.TLS = &natsbus.TLSConfig{CAFile: cf.tlsCA, CertFile: cf.tlsCert, KeyFile: cf.tlsKey}
+	}
+	return cfg
+}
+
+// servers lists the configured URLs without their user information, the
+// only form in which the tool shows them.
+func (cf *connFlags) servers() string {
+	var out []string
+	for _, s := range cf.config().Servers {
+		out = append(out, redactURL(s))
+	}
+	return strings.Join(out, ",")
+}
+
+// redactURL removes user information, which for NATS may be a bare token as
+// well as user:password.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		if i := strings.LastIndex(s, "@"); i >= 0 {
+			return "***@" + s[i+1:]
+		}
+		return s
+	}
+	if u.User == nil {
+		return s
+	}
+	u.User = nil
+	return strings.Replace(u.String(), "//", "//***@", 1)
+}
+
+// openBus connects to NATS and starts a bus on it after setup registered its
+// handlers. The bus never dead-letters: a message the tool gives back is
+// redelivered to its group rather than lost to the dead-letter stream.
+func openBus(ctx context.Context, cf *connFlags, source string, setup func(*eventbus.Bus) error) (*eventbus.Bus, error) {
+	cfg := cf.config()
+	if err := cfg.Validate(); err != nil {
+		return nil, &usageError{err}
+	}
+	// Open also creates or updates the JetStream streams, which may take a
+	// little longer than reaching the server.
+	octx, cancel := context.WithTimeout(ctx, cf.connectTimeout+5*time.Second)
+	defer cancel()
+	d, err := natsbus.Open(octx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to %s: %w", cf.servers(), err)
+	}
+	bus := eventbus.New(&eventbus.Options{
+		Source: source,
+		Retry:  eventbus.RetryPolicy{MaxAttempts: 1 << 30},
+	})
+	if err := bus.Register("nats", d); err != nil {
+		_ = d.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	if setup != nil {
+		if err := setup(bus); err != nil {
+			_ = bus.Close(context.WithoutCancel(ctx))
+			return nil, err
+		}
+	}
+	if err := bus.Start(octx); err != nil {
+		_ = bus.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return bus, nil
+}
+
+// closeBus closes bus even when ctx was cancelled by an interrupt, within a
+// bound, and reports the first of err and Close's error.
+func closeBus(ctx context.Context, bus *eventbus.Bus, err error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if cerr := bus.Close(cctx); cerr != nil && err == nil {
+		return cerr
+	}
+	return err
+}
+
+// readPayload returns the JSON payload from args[i] or, when it is absent or
+// "-", from stdin. It must be valid JSON.
+func readPayload(args []string, i int, stdin io.Reader) ([]byte, error) {
+	var data []byte
+	if i < len(args) && args[i] != "-" {
+		data = []byte(args[i])
+	} else {
+		b, err := io.ReadAll(io.LimitReader(stdin, maxInput+1))
+		if err != nil {
+			return nil, fmt.Errorf("read standard input: %w", err)
+		}
+		if len(b) > maxInput {
+			return nil, usagef("payload on standard input exceeds %d bytes", maxInput)
+		}
+		data = b
+	}
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 {
+		return nil, usagef("no payload: give JSON as an argument or on standard input")
+	}
+	if !json.Valid(data) {
+		var v any
+		err := json.Unmarshal(data, &v)
+		return nil, usagef("payload is not valid JSON: %v", err)
+	}
+	return data, nil
+}
+
+// newMessage builds a JSON message of msgType carrying data.
+func newMessage(msgType string, data []byte) *eventbus.Message {
+	return &eventbus.Message{Type: msgType, DataContentType: "application/json", Data: data}
+}

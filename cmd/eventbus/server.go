@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/marty-msf/eventbus/natsbus"
+)
+
+func newServerCmd() *cobra.Command {
+	opts := natsbus.EmbeddedOptions{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a NATS server with JetStream file storage until interrupted",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.DataDir == "" {
+				return usagef("--data must name a directory")
+			}
+			if opts.Port < -1 || opts.Port > 65535 {
+				return usagef("--port %d out of range (-1 for a free port)", opts.Port)
+			}
+			return serve(cmd.Context(), &opts, cmd)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.DataDir, "data", "eventbus-data", "JetStream storage directory")
+	f.StringVar(&opts.Host, "host", "127.0.0.1", "listening address")
+	f.IntVar(&opts.Port, "port", 4222, "listening port, -1 for a free one")
+	return cmd
+}
+
+func serve(ctx context.Context, opts *natsbus.EmbeddedOptions, cmd *cobra.Command) error {
+	srv, err := natsbus.StartServer(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("start server: %w", err)
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), srv.ClientURL())
+	fmt.Fprintf(cmd.ErrOrStderr(), "serving with data in %s; interrupt to stop\n", opts.DataDir)
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shut down server: %w", err)
+	}
+	return nil
+}
+
+func noArgs(_ *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	return nil
+}
