@@ -132,6 +132,9 @@ type Bus struct {
 	handlerCx context.Context // work plus the bus, for typed helpers
 
 	pending sync.Map // request id → chan *Message, for the generic query fallback
+
+	destMu sync.RWMutex
+	dests  map[destKey]driver.Destination
 }
 
 type backend struct {
@@ -156,6 +159,7 @@ func New(opts *Options) *Bus {
 		log:     o.Logger,
 		byName:  map[string]*backend{},
 		regKeys: map[string]bool{},
+		dests:   map[destKey]driver.Destination{},
 	}
 	if b.source == "" {
 		b.source = "eventbus"

@@ -14,7 +14,7 @@ func (b *Bus) PublishEvent(ctx context.Context, m *Message) error {
 	if err := checkMessage(m); err != nil {
 		return fmt.Errorf("eventbus: publish event: %w", err)
 	}
-	return b.publish(ctx, driver.NewDestination(driver.Event, m.Type), m)
+	return b.publish(ctx, b.destination(driver.Event, m.Type, ""), m)
 }
 
 // SendCommand sends m (m.Type required) to commands.<service>.<type>: exactly
@@ -26,7 +26,7 @@ func (b *Bus) SendCommand(ctx context.Context, service string, m *Message) error
 	if err := checkMessage(m); err != nil {
 		return fmt.Errorf("eventbus: send command: %w", err)
 	}
-	return b.publish(ctx, driver.NewDestination(driver.Command, service, m.Type), m)
+	return b.publish(ctx, b.destination(driver.Command, service, m.Type), m)
 }
 
 // Broadcast publishes m (m.Type required) to broadcast.<type>: every
@@ -36,7 +36,7 @@ func (b *Bus) Broadcast(ctx context.Context, m *Message) error {
 	if err := checkMessage(m); err != nil {
 		return fmt.Errorf("eventbus: broadcast: %w", err)
 	}
-	return b.publish(ctx, driver.NewDestination(driver.Broadcast, m.Type), m)
+	return b.publish(ctx, b.destination(driver.Broadcast, m.Type, ""), m)
 }
 
 // PublishStream appends msgs to streams.<stream> in one batch. Messages with
@@ -53,7 +53,7 @@ func (b *Bus) PublishStream(ctx context.Context, stream string, msgs ...*Message
 	if len(msgs) == 0 {
 		return nil
 	}
-	dest := driver.NewDestination(driver.Stream, stream)
+	dest := b.destination(driver.Stream, stream, "")
 	be, err := b.backendFor(dest)
 	if err != nil {
 		return fmt.Errorf("eventbus: publish %s: %w", dest.Name, err)
@@ -93,4 +93,37 @@ func (b *Bus) publish(ctx context.Context, dest driver.Destination, m *Message) 
 		return fmt.Errorf("eventbus: publish %s via %s: %w", dest.Name, be.name, err)
 	}
 	return nil
+}
+
+// destKey identifies a destination by its parts, so that the hot path finds
+// the built name without allocating.
+type destKey struct {
+	pattern driver.Pattern
+	a, b    string
+}
+
+// maxCachedDestinations bounds the cache: names beyond it are built per call.
+const maxCachedDestinations = 4096
+
+// destination returns the logical destination of pattern p and its parts
+// (one or two), from a cache of names already built.
+func (b *Bus) destination(p driver.Pattern, a, second string) driver.Destination {
+	k := destKey{p, a, second}
+	b.destMu.RLock()
+	d, ok := b.dests[k]
+	b.destMu.RUnlock()
+	if ok {
+		return d
+	}
+	if second == "" {
+		d = driver.NewDestination(p, a)
+	} else {
+		d = driver.NewDestination(p, a, second)
+	}
+	b.destMu.Lock()
+	if len(b.dests) < maxCachedDestinations {
+		b.dests[k] = d
+	}
+	b.destMu.Unlock()
+	return d
 }

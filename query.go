@@ -26,7 +26,7 @@ func (b *Bus) Query(ctx context.Context, service string, m *Message) (*Message, 
 	if err := checkMessage(m); err != nil {
 		return nil, fmt.Errorf("eventbus: query: %w", err)
 	}
-	dest := driver.NewDestination(driver.Query, service, m.Type)
+	dest := b.destination(driver.Query, service, m.Type)
 	be, err := b.backendFor(dest)
 	if err != nil {
 		return nil, fmt.Errorf("eventbus: query %s: %w", dest.Name, err)

@@ -72,21 +72,31 @@ func quote(s string) string {
 }
 
 // encode maps m onto a NATS message for subject, in CloudEvents binary
-// content mode. withMsgID adds the JetStream de-duplication header. The NATS
-// message shares nothing mutable with m: the caller may reuse m once the
-// message is published.
-func encode(subject string, m *driver.Message, withMsgID bool) (*nats.Msg, error) {
-	n := headerCount(m, withMsgID)
+// content mode. stored adds the JetStream de-duplication header and copies
+// what the NATS message would otherwise share with m: the jetstream client
+// keeps an asynchronously published message and may send it again (after a
+// no-responders answer) even once Publish gave up and returned, when the
+// caller may be reusing m. A core NATS message is written to the connection's
+// buffer before the publish returns, so it shares m's body and header values.
+func encode(subject string, m *driver.Message, stored bool) (*nats.Msg, error) {
+	n := headerCount(m, stored)
 	h := make(nats.Header, n+len(m.Header))
 	for k, vs := range m.Header {
 		if err := checkHeader(k, vs); err != nil {
 			return nil, err
 		}
-		h[k] = slices.Clone(vs)
+		if stored {
+			vs = slices.Clone(vs)
+		}
+		h[k] = vs
 	}
 	// One backing array for the single values of the attributes, rather than
-	// one allocation per header.
-	vals := make([]string, 0, n)
+	// one allocation per header, allocated with the message when it fits.
+	w := new(wireMsg)
+	vals := w.vals[:0]
+	if n > len(w.vals) {
+		vals = make([]string, 0, n)
+	}
 	set := func(name, value string) {
 		vals = append(vals, value)
 		h[name] = vals[len(vals)-1 : len(vals) : len(vals)]
@@ -95,10 +105,22 @@ func encode(subject string, m *driver.Message, withMsgID bool) (*nats.Msg, error
 	if m.Key != "" {
 		set(partitionKey, percentEncode(m.Key))
 	}
-	if withMsgID && m.ID != "" {
-		set(msgIDHeader, m.ID)
+	data := m.Data
+	if stored {
+		if m.ID != "" {
+			set(msgIDHeader, m.ID)
+		}
+		data = slices.Clone(data)
 	}
-	return &nats.Msg{Subject: subject, Header: h, Data: slices.Clone(m.Data)}, nil
+	w.msg = nats.Msg{Subject: subject, Header: h, Data: data}
+	return &w.msg, nil
+}
+
+// wireMsg is a NATS message and room for the header values of the
+// attributes a message usually carries.
+type wireMsg struct {
+	msg  nats.Msg
+	vals [12]string
 }
 
 // headerCount is the number of CloudEvents and de-duplication headers that
@@ -146,12 +168,21 @@ func checkHeader(name string, values []string) error {
 // message, holding whatever could be read and the raw body; the error, a
 // *driver.MalformedError, says why the message is not a valid envelope.
 func decode(h nats.Header, data []byte) (*driver.Message, error) {
+	m := new(driver.Message)
+	return m, decodeInto(m, h, data)
+}
+
+// decodeInto is decode into a zero message that the caller allocated, so
+// that a batch of deliveries can share one allocation.
+func decodeInto(m *driver.Message, h nats.Header, data []byte) error {
 	for k, vs := range h {
 		if len(vs) > 0 && strings.EqualFold(k, contentType) && isStructured(vs[0]) {
-			return decodeStructured(h, k, data)
+			sm, err := decodeStructured(h, k, data)
+			*m = *sm
+			return err
 		}
 	}
-	m := &driver.Message{Data: data}
+	m.Data = data
 	var bad error
 	fail := func(err error) {
 		if bad == nil {
@@ -202,15 +233,12 @@ func decode(h nats.Header, data []byte) (*driver.Message, error) {
 		m.DataContentType = fallbackContentType
 	}
 	if bad != nil {
-		return m, bad
+		return bad
 	}
 	if !sawSpecVersion {
-		return m, &driver.MalformedError{Reason: "missing specversion attribute (no ce-specversion header)"}
+		return &driver.MalformedError{Reason: "missing specversion attribute (no ce-specversion header)"}
 	}
-	if err := m.Validate(); err != nil {
-		return m, err
-	}
-	return m, nil
+	return m.Validate()
 }
 
 // needsEscape reports whether the binding requires c to be percent-encoded:

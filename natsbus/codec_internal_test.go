@@ -281,3 +281,22 @@ func TestDecodeStructured(t *testing.T) {
 		}
 	}
 }
+
+func TestNumDelivered(t *testing.T) {
+	for _, tc := range []struct {
+		reply string
+		want  int
+	}{
+		{"$JS.ACK.EVENTS.orders.3.17.5.1700000000000000000.0", 3},
+		{"$JS.ACK._.ABCHASH.EVENTS.orders.7.17.5.1700000000000000000.0.rnd", 7},
+		{"$JS.ACK.hub.ABCHASH.EVENTS.orders.12.17.5.1700000000000000000.0", 12},
+		{"$JS.ACK.EVENTS.orders.x.17.5.1700000000000000000.0", 1},
+		{"$JS.ACK.EVENTS.orders.3.17.5.1700000000000000000.0.x", 1},
+		{"_INBOX.abc", 1},
+		{"", 1},
+	} {
+		if got := numDelivered(tc.reply); got != tc.want {
+			t.Errorf("numDelivered(%q) = %d, want %d", tc.reply, got, tc.want)
+		}
+	}
+}

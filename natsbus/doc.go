@@ -68,8 +68,9 @@
 //     group, so one responder answers. A request nobody subscribes to fails at
 //     once with [driver.ErrNoResponders].
 //   - Broadcast and Reply: core NATS, at most once, nothing stored: Publish
-//     returns once the server has processed the messages; a subscriber that is
-//     not connected misses them; Nack and Term cannot redeliver.
+//     returns once the server has processed the messages (concurrent
+//     publishers share the PING/PONG round trip that proves it); a subscriber
+//     that is not connected misses them; Nack and Term cannot redeliver.
 //
 // # Capabilities
 //

@@ -27,9 +27,11 @@ type Driver struct {
 	caps     driver.Capabilities
 	// window holds one token per asynchronous publish awaiting its ack.
 	window chan struct{}
-	// pending maps each *nats.Msg awaiting its ack to its *pubBatch.
-	pending sync.Map
-	closed  atomic.Bool
+	// pending maps each *nats.Msg awaiting its ack to its batch.
+	pendingMu sync.Mutex
+	pending   map[*nats.Msg]*pubBatch
+	closed    atomic.Bool
+	flusher   flusher
 
 	mu   sync.Mutex
 	subs map[subscription]struct{}
@@ -110,6 +112,7 @@ func newDriver(ctx context.Context, nc *nats.Conn, o Options, owns bool) (*Drive
 		ownsConn: owns,
 		opts:     o,
 		window:   make(chan struct{}, o.PublishWindow),
+		pending:  make(map[*nats.Msg]*pubBatch),
 		subs:     make(map[subscription]struct{}),
 		done:     make(chan struct{}),
 	}
@@ -126,6 +129,7 @@ func newDriver(ctx context.Context, nc *nats.Conn, o Options, owns bool) (*Drive
 		// pattern (a stream is replayed and consumed in batches from storage)
 		// nor dead letters (nobody might be listening when they are written).
 		d.caps.Patterns = []driver.Pattern{driver.Event, driver.Command, driver.Query, driver.Broadcast, driver.Reply}
+		d.flusher.start(d)
 		return d, nil
 	}
 	if !versionAtLeast(version, minJetStreamVersion) {
@@ -156,6 +160,7 @@ func newDriver(ctx context.Context, nc *nats.Conn, o Options, owns bool) (*Drive
 	d.caps.Redelivery = true
 	d.caps.NativeDelay = true
 	d.caps.Patterns = []driver.Pattern{driver.Event, driver.Command, driver.Query, driver.Stream, driver.Broadcast, driver.Reply, driver.DeadLetter}
+	d.flusher.start(d)
 	return d, nil
 }
 
@@ -205,7 +210,7 @@ func (d *Driver) checkDest(op string, dest driver.Destination) (string, error) {
 
 // Publish sends msgs to dest. On a JetStream destination it returns nil once
 // the server stored every message; on a core NATS one, once they were written
-// and flushed to the server.
+// and a flush that started afterwards completed.
 func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*driver.Message) error {
 	subj, err := d.checkDest("publish", dest)
 	if err != nil {
@@ -241,7 +246,7 @@ func (d *Driver) publishCore(ctx context.Context, nms []*nats.Msg) error {
 			return d.classify(err)
 		}
 	}
-	return d.flush(ctx)
+	return d.flusher.wait(ctx)
 }
 
 // flush waits until the server has processed everything written so far.
@@ -340,9 +345,13 @@ func (b *pubBatch) settle(m *nats.Msg, err error) {
 // settlePublish records the outcome of m, once: the first of the client's
 // handlers and publishOnce giving up to claim m frees its window slot.
 func (d *Driver) settlePublish(m *nats.Msg, err error) {
-	if b, ok := d.pending.LoadAndDelete(m); ok {
+	d.pendingMu.Lock()
+	b, ok := d.pending[m]
+	delete(d.pending, m)
+	d.pendingMu.Unlock()
+	if ok {
 		<-d.window
-		b.(*pubBatch).settle(m, err)
+		b.settle(m, err)
 	}
 }
 
@@ -375,7 +384,9 @@ func (d *Driver) publishOnce(ctx context.Context, nms []*nats.Msg) ([]*nats.Msg,
 			b.settle(m, driver.ErrClosed)
 			continue
 		}
-		d.pending.Store(m, b)
+		d.pendingMu.Lock()
+		d.pending[m] = b
+		d.pendingMu.Unlock()
 		if _, err := d.js.PublishMsgAsync(m); err != nil {
 			d.settlePublish(m, err)
 		}
@@ -578,6 +589,7 @@ func (d *Driver) Close(ctx context.Context) error {
 		return fmt.Errorf("natsbus: close: %w", driver.ErrClosed)
 	}
 	close(d.done)
+	d.flusher.stop(ctx)
 	d.mu.Lock()
 	subs := make([]subscription, 0, len(d.subs))
 	for s := range d.subs {
