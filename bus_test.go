@@ -2,6 +2,7 @@ package eventbus_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -255,5 +256,43 @@ func TestMalformedDeliveriesAreDeadLetteredNotHandled(t *testing.T) {
 	}
 	if handled.Load() != 0 {
 		t.Fatal("the handler saw a malformed message")
+	}
+}
+
+// noRedelivery presents a broker that never redelivers, as core NATS is.
+type noRedelivery struct{ *membus.Driver }
+
+func (n noRedelivery) Capabilities() driver.Capabilities {
+	c := n.Driver.Capabilities()
+	c.Redelivery, c.NativeDelay, c.Durable = false, false, false
+	return c
+}
+
+// Without broker redelivery the bus retries in place: a failing handler still
+// gets its attempts, and nothing is lost to a nack the broker would ignore.
+func TestRetriesInPlaceWithoutRedelivery(t *testing.T) {
+	broker := membus.New(nil)
+	defer broker.Close(context.Background())
+	var calls atomic.Int64
+	done := make(chan int, 1)
+	b := eventbus.New(&eventbus.Options{Retry: fastRetry})
+	must(t, b.Register("core", noRedelivery{broker.Connect()}))
+	must(t, b.HandleCommand("mailer", "send", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
+		if n := calls.Add(1); n < 3 {
+			return errors.New("smtp busy")
+		}
+		done <- int(calls.Load())
+		return nil
+	})))
+	must(t, b.Start(ctxT(t)))
+	defer b.Close(context.Background())
+	must(t, b.SendCommand(ctxT(t), "mailer", event(t, "send", "hi")))
+	select {
+	case n := <-done:
+		if n != 3 {
+			t.Fatalf("handled on call %d, want 3", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("never succeeded after %d calls", calls.Load())
 	}
 }

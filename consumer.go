@@ -164,12 +164,34 @@ func (c *consumer) handle(d *driver.Delivery) bool {
 		c.deadLetter([]*driver.Delivery{d}, d.Err)
 		return false
 	}
-	err := safely(func() error { return c.reg.handler.Handle(c.bus.handlerCx, d.Message) })
+	call := func() error { return c.reg.handler.Handle(c.bus.handlerCx, d.Message) }
+	err := safely(call)
+	// A broker that never redelivers (core NATS) would lose the message on a
+	// nack: retry here instead, with the same policy.
+	for err != nil && !c.be.caps.Redelivery && !IsPermanent(err) && d.Attempt < c.bus.retry.MaxAttempts {
+		if !c.sleep(c.bus.retry.backoff(d.Attempt)) {
+			break
+		}
+		d.Attempt++
+		err = safely(call)
+	}
 	if err == nil {
 		return true
 	}
 	c.fail([]*driver.Delivery{d}, err)
 	return false
+}
+
+// sleep waits for d and reports false if the bus began closing first.
+func (c *consumer) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.bus.intake.Done():
+		return false
+	}
 }
 
 // fail settles deliveries whose handling failed: dead-letter those whose error
@@ -202,12 +224,7 @@ func (c *consumer) fail(ds []*driver.Delivery, err error) {
 // waits here (in-place retry) unless the bus is closing.
 func (c *consumer) nack(ds []*driver.Delivery, delay time.Duration) {
 	if !c.be.caps.NativeDelay && delay > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-c.bus.intake.Done():
-			t.Stop()
-		}
+		c.sleep(delay)
 		delay = 0
 	}
 	if err := c.sub.Nack(c.bus.work, ds, delay); err != nil {
@@ -221,6 +238,11 @@ func (c *consumer) nack(ds []*driver.Delivery, delay time.Duration) {
 func (c *consumer) deadLetter(ds []*driver.Delivery, reason error) {
 	dl := driver.DeadLetterOf(c.dest)
 	if !c.be.caps.Serves(driver.DeadLetter) {
+		if !c.be.caps.Redelivery {
+			c.bus.log.Error("eventbus: message dropped: the backend neither dead-letters nor redelivers", "destination", c.dest.Name, "backend", c.be.name, "count", len(ds), "reason", reason)
+			_ = c.sub.Term(c.bus.work, ds)
+			return
+		}
 		c.bus.log.Error("eventbus: backend cannot dead-letter; message kept for redelivery", "destination", c.dest.Name, "backend", c.be.name, "reason", reason)
 		c.nack(ds, c.bus.retry.MaxBackoff)
 		return
