@@ -37,6 +37,10 @@
 //     its reason, attempt count and origin; Permanent(err) dead-letters at
 //     once. Malformed messages and undecodable payloads are dead-lettered, not
 //     retried. A panicking handler is an error (*PanicError), never a crash.
+//     On a backend that never redelivers (core NATS without JetStream) the bus
+//     retries in place with the same policy; one that can neither redeliver
+//     nor dead-letter drops a message whose attempts are spent, with an
+//     error log — route work that must not be lost to a Durable backend.
 //   - Stream batches are acked only after the batch handler succeeds.
 //   - Query returns the reply or a typed error: ErrTimeout, ErrNoResponders,
 //     or *RemoteError with the handler's error.
