@@ -330,7 +330,8 @@ const rawStream, rawSubject = "RAW", "raw.bench"
 
 // rawJetStream creates the raw rows' stream (file storage, limits retention,
 // as natsbus's) and starts a durable pull consumer that acks every message
-// it gets from Messages(). stop ends the consumer.
+// it gets from Messages(), with the same pull heartbeat and expiry as natsbus
+// (short, so that a stalled pull recovers in seconds). stop ends the consumer.
 func rawJetStream(ctx context.Context, env *natsEnv, tr *tracker) (js jetstream.JetStream, stop func(), err error) {
 	js, sjs, err := rawStreams(ctx, env)
 	if err != nil {
@@ -370,7 +371,7 @@ func rawConsumer(ctx context.Context, sjs jetstream.JetStream, tr *tracker) (sto
 	if err != nil {
 		return nil, err
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(jetstream.PullHeartbeat(time.Second), jetstream.PullExpiry(10*time.Second))
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,19 @@ import (
 // without any member pulling from it.
 const inactiveThreshold = time.Minute
 
+// The consume loop's pull requests ask the server for an idle heartbeat every
+// pullHeartbeat; the jetstream client pulls again after two of them go
+// missing. That is also its only way out when it stops pulling on its own:
+// a pull request that falls due while the previous one is still being sent
+// is skipped, and if the messages already asked for then all arrive, nothing
+// asks for more while the stream still holds messages. With the client's
+// defaults (15 s heartbeats) such a stall lasted 30 s; with these it lasts
+// about 2 s, for one server heartbeat a second per idle subscription.
+const (
+	pullHeartbeat = time.Second
+	pullExpiry    = 10 * time.Second
+)
+
 // limiter bounds the deliveries handed out and not yet settled
 // (SubscribeOptions.MaxInFlight). A nil limiter bounds nothing.
 type limiter chan struct{}
@@ -146,6 +159,8 @@ func (d *Driver) subscribeStored(ctx context.Context, dest driver.Destination, s
 	s.msgs = make(chan jetstream.Msg, prefetch)
 	s.cc, err = cons.Consume(s.handle,
 		jetstream.PullMaxMessages(prefetch),
+		jetstream.PullHeartbeat(pullHeartbeat),
+		jetstream.PullExpiry(pullExpiry),
 		jetstream.ConsumeErrHandler(s.onError))
 	if err != nil {
 		if s.ephemeral {
