@@ -14,19 +14,42 @@
 //     connection and flushed). On error, none of the batch may be assumed
 //     delivered, though some may have been (at-least-once).
 //   - A message whose [Message.Size] exceeds Capabilities.MaxMessageSize is
-//     refused with a [*TooLargeError] before anything is written to the wire.
+//     refused with a [*TooLargeError] before anything is written to the wire,
+//     and so is one that [CheckEnvelope] refuses, with its [*InvalidError]:
+//     every driver accepts and refuses the same envelopes.
+//   - A broker that de-duplicates does so by (source, id, destination), never
+//     by id alone: the same id from two sources or to two destinations is two
+//     messages. When the broker drops a publish as a duplicate, Publish
+//     returns an error matching [ErrDuplicate] (after storing the rest of the
+//     batch).
 //   - Receive blocks until at least one delivery is available, the context is
 //     done, or the subscription is closed ([ErrClosed]). It never returns an
 //     empty batch with a nil error.
 //   - Every delivery is eventually settled by the caller with Ack, Nack or
 //     Term. A delivery that is neither acked nor termed is redelivered
 //     (Attempt+1) on persistent drivers; Term means "never redeliver".
+//   - A settlement is sent to the broker when Ack, Nack or Term is called (or
+//     within a few milliseconds, if the driver coalesces), never held back
+//     for other deliveries.
+//   - While its subscription is open, a delivery the driver received from the
+//     broker and that is not settled yet — waiting in the driver's buffer,
+//     handed out by Receive, running in a handler — never passes the broker's
+//     ack deadline: the driver extends it (JetStream in-progress acks, SQS
+//     visibility, ...) or prefetches only what can be handed out before it.
+//     SubscribeOptions.AckWait is how long a dead process holds a message.
+//   - Subscription.Close gives every message the driver received but Receive
+//     did not hand out back to the broker at once, so another member of the
+//     group receives it without waiting for an ack deadline. Deliveries
+//     handed out and not settled are given back too (the caller settles what
+//     it handled before it closes).
 //   - All methods are safe for concurrent use. After Close, every method returns
 //     an error that matches [ErrClosed] with errors.Is, and Close returns only
-//     when the driver's goroutines have ended.
+//     when the driver's goroutines have ended. Every Close honours its
+//     context: with the broker gone for good it returns by ctx's deadline.
 //
 // Optional powers are separate interfaces checked with a type assertion:
-// [RequestReplier] for native request/reply.
+// [RequestReplier] for native request/reply, [GroupDeclarer] to create a
+// durable group without consuming.
 package driver
 
 import (
@@ -107,6 +130,14 @@ type RequestReplier interface {
 	// Reply answers the request carried by d. The subscription that produced d
 	// must have been opened by this driver on a Query destination.
 	Reply(ctx context.Context, d *Delivery, reply *Message) error
+}
+
+// GroupDeclarer is implemented by durable drivers that can create a consumer
+// group (and whatever the broker needs behind it) without consuming from it,
+// so that messages published before the group's first member starts are kept
+// for it. Declaring a group that exists already changes nothing.
+type GroupDeclarer interface {
+	DeclareGroup(ctx context.Context, dest Destination, opts SubscribeOptions) error
 }
 
 // StartPosition says where a new subscription or group starts reading.

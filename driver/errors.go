@@ -19,6 +19,15 @@ var (
 	// ErrUnsupported: the driver cannot do what was asked (a capability it
 	// does not have).
 	ErrUnsupported = errors.New("unsupported")
+	// ErrInvalid: a message to publish has an attribute, extension or header
+	// that cannot travel unchanged (see CheckEnvelope). It was not sent.
+	ErrInvalid = errors.New("invalid message")
+	// ErrDuplicate: the broker recognised a published message as a duplicate
+	// of one it already stored (same source, id and destination within its
+	// de-duplication window) and did not store it again. A caller retrying a
+	// publish may treat it as success; anyone else learns that the message
+	// was not delivered a second time.
+	ErrDuplicate = errors.New("duplicate message")
 	// ErrUnavailable: the broker cannot be reached; the operation may succeed
 	// when retried.
 	ErrUnavailable = errors.New("broker unavailable")

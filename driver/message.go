@@ -49,7 +49,25 @@ type Message struct {
 
 	// Data is the payload, encoded as DataContentType says.
 	Data []byte
+
+	// Mode is the CloudEvents content mode the message is sent in. The zero
+	// value is binary mode; Structured asks for the JSON event format in the
+	// body, for consumers that read only that. Drivers read both modes on
+	// receive whatever this says, and set it on received messages to the mode
+	// they arrived in.
+	Mode ContentMode
 }
+
+// ContentMode is a CloudEvents content mode.
+type ContentMode uint8
+
+const (
+	// Binary carries attributes as transport headers and Data as the body.
+	Binary ContentMode = iota
+	// Structured carries the whole event as one JSON object in the body
+	// (content type application/cloudevents+json).
+	Structured
+)
 
 // CloudEvents names of the extensions carried in Message fields, and of the
 // attributes the bus adds when it dead-letters a message.

@@ -1,0 +1,168 @@
+package driver
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// InvalidError reports a message refused before the wire because one of its
+// attributes, extensions or headers cannot travel unchanged on every broker.
+// It matches [ErrInvalid].
+type InvalidError struct {
+	// Field names what is wrong: "id", "extension \"Foo\"", "header \"X Bad\""...
+	Field  string
+	Reason string
+}
+
+func (e *InvalidError) Error() string { return "invalid message: " + e.Field + ": " + e.Reason }
+
+// Is reports whether target is ErrInvalid.
+func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+
+// reservedNames are the CloudEvents attribute names and the extensions that
+// Message carries in fields of their own: an entry in Message.Extensions must
+// not shadow them.
+var reservedNames = map[string]bool{
+	"specversion": true, "id": true, "source": true, "type": true, "subject": true,
+	"time": true, "datacontenttype": true, "dataschema": true, "data": true, "data_base64": true,
+	ExtCorrelationID: true, ExtCausationID: true, ExtTraceParent: true, ExtTraceState: true,
+	ExtReplyTo: true,
+}
+
+// CheckEnvelope validates the messages of a publish the same way for every
+// driver, so that what one broker accepts every broker accepts, and what is
+// accepted arrives unchanged. Every driver calls it in Publish, before the
+// wire; the first problem is returned as an [*InvalidError]:
+//
+//   - Attribute and extension values are valid CloudEvents strings: UTF-8
+//     without control characters (U+0000–U+001F, U+007F–U+009F), and without
+//     leading or trailing white space (brokers whose headers are text, such as
+//     NATS, trim it, and two distinct ids would arrive as one).
+//   - Extension names follow the CloudEvents naming rule — lower-case ASCII
+//     letters and digits, at most 20 characters — and do not shadow an
+//     attribute or an extension that Message carries in a field of its own.
+//   - Header names are tokens (RFC 9110: letters, digits and !#$%&'*+-.^_`|~)
+//     that do not start with a CloudEvents prefix (ce- or ce_, any case);
+//     header values carry no control characters but horizontal tab, and no
+//     leading or trailing white space.
+//   - The key carries no control characters.
+func CheckEnvelope(msgs []*Message) error {
+	for _, m := range msgs {
+		if err := m.check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Message) check() error {
+	var err error
+	m.EachAttribute(func(name, value string) {
+		if err != nil {
+			return
+		}
+		if problem := attributeValueProblem(value); problem != "" {
+			field := name
+			if _, ext := m.Extensions[name]; ext {
+				field = "extension " + quote(name)
+			}
+			err = &InvalidError{Field: field, Reason: problem}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for name := range m.Extensions {
+		if problem := ExtensionNameProblem(name); problem != "" {
+			return &InvalidError{Field: "extension " + quote(name), Reason: problem}
+		}
+	}
+	for name, vs := range m.Header {
+		if problem := HeaderNameProblem(name); problem != "" {
+			return &InvalidError{Field: "header " + quote(name), Reason: problem}
+		}
+		for _, v := range vs {
+			if problem := headerValueProblem(v); problem != "" {
+				return &InvalidError{Field: "header " + quote(name), Reason: problem}
+			}
+		}
+	}
+	if i := strings.IndexFunc(m.Key, isControl); i >= 0 {
+		return &InvalidError{Field: "key", Reason: fmt.Sprintf("control character %U", []rune(m.Key[i:])[0])}
+	}
+	return nil
+}
+
+// ExtensionNameProblem says why name cannot be a CloudEvents extension name,
+// or returns "" when it can.
+func ExtensionNameProblem(name string) string {
+	switch {
+	case name == "":
+		return "empty name"
+	case len(name) > 20:
+		return "longer than 20 characters"
+	case reservedNames[name]:
+		return "shadows a CloudEvents attribute or a Message field"
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return "only lower-case ASCII letters and digits are allowed"
+		}
+	}
+	return ""
+}
+
+// HeaderNameProblem says why name cannot be a free header name, or returns ""
+// when it can.
+func HeaderNameProblem(name string) string {
+	if name == "" {
+		return "empty name"
+	}
+	if len(name) >= 3 && (strings.EqualFold(name[:3], "ce-") || strings.EqualFold(name[:3], "ce_")) {
+		return "the ce- and ce_ prefixes are reserved for CloudEvents attributes"
+	}
+	for i := 0; i < len(name); i++ {
+		if !isTokenChar(name[i]) {
+			return fmt.Sprintf("character %q is not allowed in a header name", name[i])
+		}
+	}
+	return ""
+}
+
+func attributeValueProblem(v string) string {
+	if !utf8.ValidString(v) {
+		return "not valid UTF-8"
+	}
+	if i := strings.IndexFunc(v, isControl); i >= 0 {
+		return fmt.Sprintf("control character %U", []rune(v[i:])[0])
+	}
+	if strings.TrimSpace(v) != v {
+		return "leading or trailing white space"
+	}
+	return ""
+}
+
+func headerValueProblem(v string) string {
+	if !utf8.ValidString(v) {
+		return "not valid UTF-8"
+	}
+	if i := strings.IndexFunc(v, func(r rune) bool { return r != '\t' && isControl(r) }); i >= 0 {
+		return fmt.Sprintf("control character %U", []rune(v[i:])[0])
+	}
+	if strings.TrimSpace(v) != v {
+		return "leading or trailing white space"
+	}
+	return ""
+}
+
+func isControl(r rune) bool { return r < 0x20 || (r >= 0x7f && r <= 0x9f) }
+
+func isTokenChar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
