@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/marty-msf/eventbus/driver"
-	"github.com/marty-msf/eventbus/natsbus"
 )
 
 // Options configures a Bus. The zero value is valid: every field has a
@@ -52,18 +51,16 @@ type Options struct {
 
 	// Logger receives operational logs. nil discards them.
 	Logger *slog.Logger
-
-	// DataDir is where the embedded default keeps its data when no backend
-	// is registered: an in-process NATS server with JetStream file storage.
-	// Default "eventbus-data" in the working directory. One process at a
-	// time may use a data directory.
-	DataDir string
 }
 
 // RetryPolicy says how often and how fast a failed message is redelivered
-// before it is dead-lettered.
+// before it is dead-lettered. Options.Retry sets it for the bus, WithRetry
+// for one subscription. A handler error always counts an attempt; an error
+// marked Permanent dead-letters at once, whatever the policy.
 type RetryPolicy struct {
 	// MaxAttempts counts deliveries, the first included. Default 5.
+	// RetryForever (or any negative value) redelivers a failing message
+	// until it succeeds and never dead-letters it.
 	MaxAttempts int
 	// InitialBackoff is the delay before the second attempt. Default 100ms.
 	InitialBackoff time.Duration
@@ -71,8 +68,11 @@ type RetryPolicy struct {
 	MaxBackoff time.Duration
 }
 
+// RetryForever is the RetryPolicy.MaxAttempts that never gives up.
+const RetryForever = -1
+
 func (p RetryPolicy) withDefaults() RetryPolicy {
-	if p.MaxAttempts <= 0 {
+	if p.MaxAttempts == 0 {
 		p.MaxAttempts = 5
 	}
 	if p.InitialBackoff <= 0 {
@@ -82,6 +82,12 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 		p.MaxBackoff = 30 * time.Second
 	}
 	return p
+}
+
+// exhausted reports whether a message that failed on its attempt-th delivery
+// is to be dead-lettered.
+func (p RetryPolicy) exhausted(attempt int) bool {
+	return p.MaxAttempts > 0 && attempt >= p.MaxAttempts
 }
 
 // backoff is the delay before attempt+1, exponential with ±25% jitter.
@@ -116,8 +122,9 @@ type Bus struct {
 	mu        sync.Mutex
 	backends  []*backend
 	byName    map[string]*backend
-	regs      []*registration
+	regs      []*registration // registered before Start
 	regKeys   map[string]bool
+	subs      map[*Subscription]struct{}
 	started   bool
 	closed    atomic.Bool
 	stateOnce sync.Once
@@ -129,7 +136,8 @@ type Bus struct {
 	work      context.Context // cancelled when Close's deadline passes: stop handlers
 	stopWork  context.CancelFunc
 	consumers sync.WaitGroup
-	handlerCx context.Context // work plus the bus, for typed helpers
+	replies   []*consumer // generic reply subscriptions, one per backend that needs one
+	stats     counters
 
 	pending sync.Map // request id → chan *Message, for the generic query fallback
 
@@ -159,6 +167,7 @@ func New(opts *Options) *Bus {
 		log:     o.Logger,
 		byName:  map[string]*backend{},
 		regKeys: map[string]bool{},
+		subs:    map[*Subscription]struct{}{},
 		dests:   map[destKey]driver.Destination{},
 	}
 	if b.source == "" {
@@ -180,7 +189,6 @@ func New(opts *Options) *Bus {
 	b.replyTo = driver.NewDestination(driver.Reply, instance).Name
 	b.intake, b.stopIntk = context.WithCancel(context.Background())
 	b.work, b.stopWork = context.WithCancel(context.Background())
-	b.handlerCx = context.WithValue(b.work, busKey{}, b)
 	return b
 }
 
@@ -245,35 +253,20 @@ func (b *Bus) Start(ctx context.Context) error {
 	if b.started {
 		return fmt.Errorf("eventbus: start: %w", ErrStarted)
 	}
-	var embedded *backend
 	if len(b.backends) == 0 {
-		// Zero configuration: real persistence on an in-process NATS server.
-		be, err := b.openEmbedded(ctx)
-		if err != nil {
-			return err
-		}
-		embedded = be
+		// The root package links no broker: the embedded default is a URL
+		// that the user's code opens, with natsbus imported.
+		return &ConfigError{Problems: []error{fmt.Errorf("%w registered: register one with Register or RegisterURL; "+
+			"the zero-configuration default is bus.RegisterURL(ctx, %q, %q) with %s imported",
+			ErrNoBackend, "embedded", "embedded:eventbus-data", "github.com/marty-msf/eventbus/natsbus")}}
 	}
 	var problems []error
 	rt, errs := newRouter(b.opts.Routes, b.opts.DefaultBackend, b.backends, b.byName)
 	problems = append(problems, errs...)
 	if rt != nil {
-		for _, r := range b.regs {
-			be, err := rt.resolve(r.dest)
-			if err == nil {
-				err = checkCapabilities(be, r)
-			}
-			if err != nil {
-				problems = append(problems, err)
-				continue
-			}
-			r.backend = be
-		}
+		problems = append(problems, bind(rt, b.regs)...)
 	}
 	if len(problems) > 0 {
-		if embedded != nil {
-			b.dropEmbedded(ctx, embedded)
-		}
 		return &ConfigError{Problems: problems}
 	}
 	b.routes.Store(rt)
@@ -284,9 +277,6 @@ func (b *Bus) Start(ctx context.Context) error {
 	fail := func(err error) error {
 		for _, c := range opened {
 			_ = c.sub.Close(context.WithoutCancel(ctx))
-		}
-		if embedded != nil {
-			b.dropEmbedded(ctx, embedded)
 		}
 		return err
 	}
@@ -299,18 +289,23 @@ func (b *Bus) Start(ctx context.Context) error {
 		if err != nil {
 			return fail(fmt.Errorf("eventbus: start: reply subscription on %s: %w", be.name, err))
 		}
-		c := &consumer{bus: b, be: be, dest: dest, sub: sub, kind: kindReply}
+		c := newReplyConsumer(b, be, dest, sub)
 		be.replyS = c
 		opened = append(opened, c)
 	}
+	replies := len(opened)
 	for _, r := range b.regs {
 		sub, err := r.backend.drv.Subscribe(ctx, r.dest, r.subscribeOptions())
 		if err != nil {
 			return fail(fmt.Errorf("eventbus: start: subscribe %s on %s: %w", r.dest.Name, r.backend.name, err))
 		}
-		opened = append(opened, newConsumer(b, r, sub))
+		c := newConsumer(b, r, sub)
+		r.sub.consumers = append(r.sub.consumers, c)
+		opened = append(opened, c)
 	}
 	b.started = true
+	b.regs = nil
+	b.replies = opened[:replies]
 	for _, c := range opened {
 		b.consumers.Add(1)
 		go c.run()
@@ -319,30 +314,36 @@ func (b *Bus) Start(ctx context.Context) error {
 }
 
 // Close stops intake at once (publishes and queries then fail with ErrClosed),
-// lets in-flight handlers finish and flushes partial stream batches, closes
-// every subscription and driver, and returns when all of the bus's goroutines
-// have ended. If ctx ends first, handlers' contexts are cancelled and Close
-// still waits for them to return, then reports ctx's error.
+// starts no further handler, gives every message received but not started
+// back to its backend, lets in-flight handlers finish and flushes partial
+// stream batches, closes every subscription and driver, and returns when all
+// of the bus's goroutines have ended.
+//
+// Close keeps ctx's deadline: when it passes, handlers' contexts are
+// cancelled, and Close returns within a short grace period after it with an
+// error matching ctx's — even if a handler ignores its context (its goroutine
+// then outlives Close). A bus with nothing in flight closes without error
+// even with a context that is already done.
 func (b *Bus) Close(ctx context.Context) error {
 	if !b.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	b.stopIntk()
-	done := make(chan struct{})
-	go func() { b.consumers.Wait(); close(done) }()
-	var errs []error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		b.stopWork()
-		<-done
-		errs = append(errs, fmt.Errorf("eventbus: close: handlers did not drain in time: %w", ctx.Err()))
-	}
-	b.stopWork()
 	b.mu.Lock()
+	var consumers []*consumer
+	for s := range b.subs {
+		consumers = append(consumers, s.consumers...)
+	}
+	consumers = append(consumers, b.replies...)
 	backends := b.backends
 	b.mu.Unlock()
-	closeCtx := context.WithoutCancel(ctx)
+	b.stopIntk()
+	var errs []error
+	if err := closeConsumers(ctx, consumers); err != nil {
+		errs = append(errs, err)
+	}
+	b.stopWork()
+	closeCtx, cancel := graceContext(ctx)
+	defer cancel()
 	for _, be := range backends {
 		if err := be.drv.Close(closeCtx); err != nil && !errors.Is(err, ErrClosed) {
 			errs = append(errs, fmt.Errorf("eventbus: close backend %s: %w", be.name, err))
@@ -351,32 +352,34 @@ func (b *Bus) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// EmbeddedBackend is the name under which Start registers the embedded NATS
-// server when no backend was registered.
-const EmbeddedBackend = "embedded"
-
-func (b *Bus) openEmbedded(ctx context.Context) (*backend, error) {
-	dir := b.opts.DataDir
-	if dir == "" {
-		dir = "eventbus-data"
-	}
-	d, err := natsbus.OpenEmbedded(ctx,
-		&natsbus.EmbeddedOptions{DataDir: dir, Logger: b.opts.Logger},
-		&natsbus.Config{Name: b.source, Options: natsbus.Options{Logger: b.opts.Logger}})
-	if err != nil {
-		return nil, fmt.Errorf("eventbus: start the embedded NATS server in %q: %w", dir, err)
-	}
-	be := &backend{name: EmbeddedBackend, drv: d, caps: d.Capabilities(), rr: d}
-	b.backends = append(b.backends, be)
-	b.byName[be.name] = be
-	return be, nil
+// Stats counts what the bus's consumers did since New.
+type Stats struct {
+	// Handled counts messages whose handler succeeded (each message of a
+	// successful batch counts).
+	Handled uint64
+	// Failed counts handler failures (each attempt counts).
+	Failed uint64
+	// DeadLettered counts messages published to a dead-letter destination.
+	DeadLettered uint64
+	// Dropped counts messages terminated without being handled or
+	// dead-lettered: refused even in reduced form by the dead-letter
+	// destination, or given back at close to a backend that never
+	// redelivers. Each is also logged at error level.
+	Dropped uint64
 }
 
-// dropEmbedded undoes openEmbedded after a failed Start.
-func (b *Bus) dropEmbedded(ctx context.Context, be *backend) {
-	_ = be.drv.Close(context.WithoutCancel(ctx))
-	b.backends = b.backends[:len(b.backends)-1]
-	delete(b.byName, be.name)
+type counters struct {
+	handled, failed, deadLettered, dropped atomic.Uint64
+}
+
+// Stats returns the bus's counters.
+func (b *Bus) Stats() Stats {
+	return Stats{
+		Handled:      b.stats.handled.Load(),
+		Failed:       b.stats.failed.Load(),
+		DeadLettered: b.stats.deadLettered.Load(),
+		Dropped:      b.stats.dropped.Load(),
+	}
 }
 
 // NewMessage returns a message of type msgType whose data is v encoded with

@@ -39,36 +39,36 @@ func TestInvalidInputGetsTypedErrors(t *testing.T) {
 	must(t, b.Register("mem", broker))
 	h := eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error { return nil })
 	for name, err := range map[string]error{
-		"empty type":         b.SubscribeEvents([]string{""}, "", h),
-		"no types":           b.SubscribeEvents(nil, "", h),
-		"space in type":      b.SubscribeEvents([]string{"order created"}, "", h),
-		"empty token":        b.SubscribeEvents([]string{"order..created"}, "", h),
-		"wildcard":           b.SubscribeEvents([]string{"order.*"}, "", h),
-		"dotted service":     b.HandleCommand("billing.eu", "charge", h),
-		"empty service":      b.HandleQuery("", "price", eventbus.QueryHandlerFunc(nil)),
-		"bad group":          b.SubscribeEvents([]string{"a"}, "g/1", h),
-		"long type":          b.SubscribeEvents([]string{strings.Repeat("a", 200)}, "", h),
-		"bad stream":         b.ProcessStream("", "g", eventbus.BatchHandlerFunc(nil), nil),
+		"empty type":         errOnly(b.SubscribeEvents(context.Background(), []string{""}, "", h)),
+		"no types":           errOnly(b.SubscribeEvents(context.Background(), nil, "", h)),
+		"space in type":      errOnly(b.SubscribeEvents(context.Background(), []string{"order created"}, "", h)),
+		"empty token":        errOnly(b.SubscribeEvents(context.Background(), []string{"order..created"}, "", h)),
+		"wildcard":           errOnly(b.SubscribeEvents(context.Background(), []string{"order.*"}, "", h)),
+		"dotted service":     errOnly(b.HandleCommand(context.Background(), "billing.eu", "charge", h)),
+		"empty service":      errOnly(b.HandleQuery(context.Background(), "", "price", eventbus.QueryHandlerFunc(nil))),
+		"bad group":          errOnly(b.SubscribeEvents(context.Background(), []string{"a"}, "g/1", h)),
+		"long type":          errOnly(b.SubscribeEvents(context.Background(), []string{strings.Repeat("a", 200)}, "", h)),
+		"bad stream":         errOnly(b.ProcessStream(context.Background(), "", "g", eventbus.BatchHandlerFunc(nil), nil)),
 		"bad backend name":   b.Register("", membus.New(nil)),
-		"empty batch group":  b.ProcessStream("clicks", "", eventbus.BatchHandlerFunc(nil), nil),
+		"empty batch group":  errOnly(b.ProcessStream(context.Background(), "clicks", "", eventbus.BatchHandlerFunc(nil), nil)),
 		"dot in backend":     b.Register("a.b", membus.New(nil)),
-		"leading dash token": b.SubscribeEvents([]string{"-a"}, "", h),
+		"leading dash token": errOnly(b.SubscribeEvents(context.Background(), []string{"-a"}, "", h)),
 	} {
 		if !errors.Is(err, eventbus.ErrInvalidName) {
 			t.Errorf("%s: got %v, want ErrInvalidName", name, err)
 		}
 	}
-	if err := b.SubscribeEvents([]string{"a"}, "", nil); !errors.Is(err, eventbus.ErrNilHandler) {
+	if _, err := b.SubscribeEvents(context.Background(), []string{"a"}, "", nil); !errors.Is(err, eventbus.ErrNilHandler) {
 		t.Errorf("nil handler: %v", err)
 	}
-	if err := b.HandleCommand("billing", "charge", nil); !errors.Is(err, eventbus.ErrNilHandler) {
+	if _, err := b.HandleCommand(context.Background(), "billing", "charge", nil); !errors.Is(err, eventbus.ErrNilHandler) {
 		t.Errorf("nil command handler: %v", err)
 	}
-	must(t, b.HandleCommand("billing", "charge", h))
-	if err := b.HandleCommand("billing", "charge", h); !errors.Is(err, eventbus.ErrDuplicateHandler) {
+	must(t, errOnly(b.HandleCommand(context.Background(), "billing", "charge", h)))
+	if _, err := b.HandleCommand(context.Background(), "billing", "charge", h); !errors.Is(err, eventbus.ErrDuplicateHandler) {
 		t.Errorf("duplicate: %v", err)
 	}
-	if err := b.SubscribeEvents([]string{"x", "x"}, "g", h); !errors.Is(err, eventbus.ErrDuplicateHandler) {
+	if _, err := b.SubscribeEvents(context.Background(), []string{"x", "x"}, "g", h); !errors.Is(err, eventbus.ErrDuplicateHandler) {
 		t.Errorf("duplicate in one call: %v", err)
 	}
 	if err := b.Register("mem", membus.New(nil)); err == nil {
@@ -98,8 +98,8 @@ func TestInvalidInputGetsTypedErrors(t *testing.T) {
 	if !errors.Is(err, eventbus.ErrTooLarge) || !errors.As(err, &tooLarge) || tooLarge.Limit != 1<<20 {
 		t.Errorf("oversize: %v", err)
 	}
-	if err := b.HandleCommand("late", "x", h); !errors.Is(err, eventbus.ErrStarted) {
-		t.Errorf("register after start: %v", err)
+	if _, err := b.HandleCommand(context.Background(), "late", "", h); !errors.Is(err, eventbus.ErrInvalidName) {
+		t.Errorf("register after start, invalid: %v", err)
 	}
 	if err := b.Start(ctx); !errors.Is(err, eventbus.ErrStarted) {
 		t.Errorf("second start: %v", err)
@@ -117,7 +117,7 @@ func TestStartReportsEveryProblemAtOnce(t *testing.T) {
 	})
 	must(t, b.Register("mem", membus.New(nil)))
 	must(t, b.Register("cache", named{Driver: membus.New(nil), name: "redis", patterns: []driver.Pattern{driver.Event, driver.Broadcast}}))
-	must(t, b.ProcessStream("clicks", "analytics", eventbus.BatchHandlerFunc(func(context.Context, []*eventbus.Message) error { return nil }), nil))
+	must(t, errOnly(b.ProcessStream(context.Background(), "clicks", "analytics", eventbus.BatchHandlerFunc(func(context.Context, []*eventbus.Message) error { return nil }), nil)))
 	err := b.Start(context.Background())
 	var cfg *eventbus.ConfigError
 	if !errors.As(err, &cfg) {
@@ -206,12 +206,12 @@ func TestCloseDrainsInFlightHandlersAndRefusesWork(t *testing.T) {
 	finished.Add(1)
 	b := eventbus.New(nil)
 	must(t, b.Register("mem", broker.Connect()))
-	must(t, b.HandleCommand("worker", "job", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
+	must(t, errOnly(b.HandleCommand(context.Background(), "worker", "job", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
 		close(started)
 		time.Sleep(200 * time.Millisecond)
 		finished.Done()
 		return nil
-	})))
+	}))))
 	must(t, b.Start(context.Background()))
 	must(t, b.SendCommand(ctxT(t), "worker", event(t, "job", 1)))
 	<-started
@@ -238,11 +238,11 @@ func TestCloseDeadlineCancelsHandlers(t *testing.T) {
 	started := make(chan struct{})
 	b := eventbus.New(nil)
 	must(t, b.Register("mem", broker.Connect()))
-	must(t, b.HandleCommand("worker", "job", eventbus.HandlerFunc(func(ctx context.Context, _ *eventbus.Message) error {
+	must(t, errOnly(b.HandleCommand(context.Background(), "worker", "job", eventbus.HandlerFunc(func(ctx context.Context, _ *eventbus.Message) error {
 		close(started)
 		<-ctx.Done()
 		return ctx.Err()
-	})))
+	}))))
 	must(t, b.Start(context.Background()))
 	must(t, b.SendCommand(ctxT(t), "worker", event(t, "job", 1)))
 	<-started
@@ -250,60 +250,5 @@ func TestCloseDeadlineCancelsHandlers(t *testing.T) {
 	defer cancel()
 	if err := b.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Close past its deadline: %v", err)
-	}
-}
-
-// With no backend registered the bus runs on the embedded NATS server, and
-// what it stores survives a restart of the process's bus.
-func TestEmbeddedDefaultPersists(t *testing.T) {
-	dir := t.TempDir()
-	got := make(chan string, 10)
-	start := func(subscribe bool) *eventbus.Bus {
-		b := eventbus.New(&eventbus.Options{DataDir: dir, Source: "ledger"})
-		if subscribe {
-			must(t, b.SubscribeEvents([]string{"entry.posted"}, "ledger", eventbus.Typed(func(_ context.Context, _ *eventbus.Message, v string) error {
-				got <- v
-				return nil
-			})))
-		}
-		must(t, b.Start(ctxT(t)))
-		if names := b.Backends(); len(names) != 1 || names[0] != eventbus.EmbeddedBackend {
-			t.Fatalf("backends %v, want the embedded one", names)
-		}
-		return b
-	}
-	b := start(true)
-	must(t, b.PublishEvent(ctxT(t), event(t, "entry.posted", "first")))
-	if v := <-got; v != "first" {
-		t.Fatalf("got %q", v)
-	}
-	must(t, b.Close(ctxT(t)))
-
-	// Published while the group's only member is down...
-	b = start(false)
-	must(t, b.PublishEvent(ctxT(t), event(t, "entry.posted", "second")))
-	must(t, b.Close(ctxT(t)))
-
-	// ...and handled once it is back, from the data directory.
-	b = start(true)
-	defer b.Close(context.Background())
-	select {
-	case v := <-got:
-		if v != "second" {
-			t.Fatalf("after restart got %q, want second", v)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the event published while the group was down never arrived")
-	}
-}
-
-func TestEmbeddedDefaultFailsCleanly(t *testing.T) {
-	b := eventbus.New(&eventbus.Options{DataDir: t.TempDir(), Routes: []eventbus.Route{{Backend: "ghost"}}})
-	err := b.Start(ctxT(t))
-	if !errors.Is(err, eventbus.ErrUnknownBackend) {
-		t.Fatalf("start: %v", err)
-	}
-	if n := len(b.Backends()); n != 0 {
-		t.Fatalf("a failed Start left %d backends registered", n)
 	}
 }

@@ -3,9 +3,11 @@ package eventbus
 import (
 	"context"
 	"errors"
-	"hash/maphash"
+	"fmt"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/marty-msf/eventbus/driver"
@@ -13,40 +15,178 @@ import (
 
 // consumer drives one driver subscription: it receives, runs the handler,
 // and settles every delivery — ack, nack with backoff, or dead-letter + term.
+//
+// Settlements go through a settler goroutine, so that a delivery is settled
+// on the broker as soon as its handler returned, whatever its neighbours do;
+// the settler coalesces those that are ready together.
 type consumer struct {
-	bus  *Bus
-	be   *backend
-	dest driver.Destination
-	sub  driver.Subscription
-	kind consumerKind
-	reg  *registration
-	seed maphash.Seed
+	bus   *Bus
+	be    *backend
+	dest  driver.Destination
+	sub   driver.Subscription
+	kind  consumerKind
+	reg   *registration
+	retry RetryPolicy
+
+	intake     context.Context // cancelled when closing begins: take nothing new
+	stopIntake context.CancelFunc
+	work       context.Context // cancelled when the close deadline passed
+	stopWork   context.CancelFunc
+	handlerCx  context.Context // work plus the bus, for typed helpers
+	closeCtx   atomic.Pointer[context.Context]
+	done       chan struct{} // closed when run returned
+	running    atomic.Int32  // handler calls in progress
+
+	settles chan settlement
+}
+
+type settleOp uint8
+
+const (
+	opAck settleOp = iota
+	opNack
+	opTerm
+)
+
+type settlement struct {
+	d  *driver.Delivery
+	op settleOp
 }
 
 // receiveBatch is how many deliveries one Receive asks for.
 const receiveBatch = 64
 
+// closeGrace is how long a close waits, after its deadline cancelled the
+// handlers' contexts, for handlers to return and for the backend to close.
+const closeGrace = 500 * time.Millisecond
+
 func newConsumer(b *Bus, r *registration, sub driver.Subscription) *consumer {
-	return &consumer{bus: b, be: r.backend, dest: r.dest, sub: sub, kind: r.kind, reg: r, seed: maphash.MakeSeed()}
+	c := &consumer{bus: b, be: r.backend, dest: r.dest, sub: sub, kind: r.kind, reg: r, retry: b.retry}
+	if r.opts.retry != nil {
+		c.retry = *r.opts.retry
+	}
+	c.init()
+	return c
+}
+
+func newReplyConsumer(b *Bus, be *backend, dest driver.Destination, sub driver.Subscription) *consumer {
+	c := &consumer{bus: b, be: be, dest: dest, sub: sub, kind: kindReply, retry: b.retry}
+	c.init()
+	return c
+}
+
+func (c *consumer) init() {
+	c.intake, c.stopIntake = context.WithCancel(c.bus.intake)
+	c.work, c.stopWork = context.WithCancel(c.bus.work)
+	c.handlerCx = context.WithValue(c.work, busKey{}, c.bus)
+	c.done = make(chan struct{})
+	c.settles = make(chan settlement, receiveBatch)
 }
 
 func (c *consumer) run() {
 	defer c.bus.consumers.Done()
-	defer func() {
-		if err := c.sub.Close(context.WithoutCancel(c.bus.work)); err != nil && !errors.Is(err, ErrClosed) {
-			c.bus.log.Warn("eventbus: close subscription", "destination", c.dest.Name, "backend", c.be.name, "error", err)
-		}
+	defer close(c.done)
+	settled := make(chan struct{})
+	go func() {
+		defer close(settled)
+		c.settleLoop()
 	}()
-	if c.kind == kindBatch {
+	switch {
+	case c.kind == kindBatch:
 		c.runBatches()
-		return
+	case c.reg != nil && c.reg.opts.concurrency > 1:
+		c.runWorkers(c.reg.opts.concurrency)
+	default:
+		c.runInline()
 	}
-	c.runMessages()
+	close(c.settles)
+	<-settled
+	ctx := c.bus.work
+	if p := c.closeCtx.Load(); p != nil {
+		ctx = *p
+	}
+	ctx, cancel := graceContext(ctx)
+	defer cancel()
+	if err := c.sub.Close(ctx); err != nil && !errors.Is(err, ErrClosed) {
+		c.bus.log.Warn("eventbus: close subscription", "destination", c.dest.Name, "backend", c.be.name, "error", err)
+	}
+}
+
+// graceContext returns ctx, or, when ctx is already done, a context that
+// gives closeGrace more: enough for a driver to release what it holds.
+func graceContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx.Err() == nil {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), closeGrace)
+}
+
+// beginClose stops intake; ctx is the deadline of the close that began.
+func (c *consumer) beginClose(ctx context.Context) {
+	c.closeCtx.CompareAndSwap(nil, &ctx)
+	c.stopIntake()
+}
+
+// closeConsumers closes cs: intake stops at once, in-flight handlers may
+// finish until ctx ends, then their contexts are cancelled and closeConsumers
+// waits closeGrace more at most. It reports a drain failure only if a
+// consumer had not ended by ctx's end.
+func closeConsumers(ctx context.Context, cs []*consumer) error {
+	for _, c := range cs {
+		c.beginClose(ctx)
+	}
+	var late []*consumer
+	for _, c := range cs {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			late = append(late, c)
+		}
+	}
+	if len(late) == 0 {
+		return nil
+	}
+	// The deadline passed: cancel the handlers, and give the consumers a
+	// short grace to return what they hold.
+	interrupted := 0
+	for _, c := range late {
+		if c.running.Load() > 0 {
+			interrupted++
+		}
+		c.stopWork()
+	}
+	grace := time.NewTimer(closeGrace)
+	defer grace.Stop()
+	stuck := 0
+	for _, c := range late {
+		select {
+		case <-c.done:
+		case <-grace.C:
+			stuck++
+		}
+	}
+	switch {
+	case stuck > 0:
+		return fmt.Errorf("eventbus: close: %d subscription(s) did not drain in time, a handler ignores its context: %w", stuck, ctx.Err())
+	case interrupted > 0:
+		return fmt.Errorf("eventbus: close: handlers did not drain in time: %w", ctx.Err())
+	}
+	return nil
+}
+
+// closing reports whether the consumer must start no further handler. On a
+// backend that never redelivers, a message given back is lost, so what was
+// received is still handled until the close deadline.
+func (c *consumer) closing() bool {
+	if c.be.caps.Redelivery {
+		return c.intake.Err() != nil
+	}
+	return c.work.Err() != nil
 }
 
 // stopping reports whether err means the consumer must end.
 func (c *consumer) stopping(err error) bool {
-	return c.bus.intake.Err() != nil || errors.Is(err, ErrClosed)
+	return c.intake.Err() != nil || errors.Is(err, ErrClosed)
 }
 
 // pause waits after a failed Receive, so that a broker outage does not spin.
@@ -56,104 +196,215 @@ func (c *consumer) pause(err error, failures int) {
 	defer t.Stop()
 	select {
 	case <-t.C:
-	case <-c.bus.intake.Done():
+	case <-c.intake.Done():
 	}
 }
 
-func (c *consumer) runMessages() {
-	conc := 1
-	if c.reg != nil {
-		conc = c.reg.opts.concurrency
-	}
-	var workers []chan []*driver.Delivery
-	var wg, batchWG sync.WaitGroup
-	if conc > 1 {
-		workers = make([]chan []*driver.Delivery, conc)
-		for i := range workers {
-			ch := make(chan []*driver.Delivery, 1)
-			workers[i] = ch
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for ds := range ch {
-					c.process(ds)
-					batchWG.Done()
-				}
-			}()
+// receive returns the next deliveries, or nil when the consumer must end.
+func (c *consumer) receive(max int, failures *int) []*driver.Delivery {
+	for {
+		ds, err := c.sub.Receive(c.intake, max)
+		if err == nil {
+			*failures = 0
+			return ds
 		}
-		defer func() {
-			for _, ch := range workers {
-				close(ch)
+		if c.stopping(err) {
+			return nil
+		}
+		*failures++
+		c.pause(err, *failures)
+	}
+}
+
+// runInline handles deliveries one at a time, in order, on this goroutine.
+func (c *consumer) runInline() {
+	failures := 0
+	for {
+		ds := c.receive(receiveBatch, &failures)
+		if ds == nil {
+			return
+		}
+		for i, d := range ds {
+			if c.closing() {
+				c.giveBack(ds[i:])
+				break
 			}
-			wg.Wait()
+			c.process(d)
+		}
+	}
+}
+
+// runWorkers handles deliveries on n workers. Deliveries with the same key run
+// one after the other, in order, on whichever worker took the first of them;
+// a slow key holds up only the deliveries of that key.
+func (c *consumer) runWorkers(n int) {
+	limit := c.reg.opts.maxInFlight
+	if limit <= 0 {
+		limit = max(receiveBatch, 4*n)
+	}
+	slots := make(chan struct{}, limit)
+	ready := make(chan *driver.Delivery, n)
+	var keysMu sync.Mutex
+	waiting := map[string][]*driver.Delivery{} // key → deliveries behind the running one
+	next := func(key string) *driver.Delivery {
+		keysMu.Lock()
+		defer keysMu.Unlock()
+		q, busy := waiting[key]
+		if !busy {
+			return nil
+		}
+		if len(q) == 0 {
+			delete(waiting, key)
+			return nil
+		}
+		d := q[0]
+		q[0] = nil
+		waiting[key] = q[1:]
+		return d
+	}
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range ready {
+				for d != nil {
+					key := deliveryKey(d)
+					if c.closing() {
+						c.giveBack([]*driver.Delivery{d})
+					} else {
+						c.process(d)
+					}
+					<-slots
+					d = nil
+					if key != "" {
+						d = next(key)
+					}
+				}
+			}
 		}()
 	}
-	parts := make([][]*driver.Delivery, conc)
+	defer func() {
+		close(ready)
+		wg.Wait()
+	}()
 	failures := 0
-	next := 0
 	for {
-		ds, err := c.sub.Receive(c.bus.intake, receiveBatch)
-		if err != nil {
-			if c.stopping(err) {
-				return
+		// One slot per delivery taken; wait for the first, take what is free.
+		select {
+		case slots <- struct{}{}:
+		case <-c.intake.Done():
+			return
+		}
+		free := 1
+		for free < receiveBatch {
+			select {
+			case slots <- struct{}{}:
+				free++
+				continue
+			default:
 			}
-			failures++
-			c.pause(err, failures)
-			continue
+			break
 		}
-		failures = 0
-		if conc == 1 {
-			c.process(ds)
-			continue
+		ds := c.receive(free, &failures)
+		for range free - len(ds) {
+			<-slots
 		}
-		// Same key → same worker, so per-key order holds; keyless messages
-		// spread round-robin.
-		for i := range parts {
-			parts[i] = parts[i][:0]
+		if ds == nil {
+			return
 		}
 		for _, d := range ds {
-			var w int
-			if d.Message != nil && d.Message.Key != "" {
-				w = int(maphash.String(c.seed, d.Message.Key) % uint64(conc))
-			} else {
-				w = next % conc
-				next++
+			if key := deliveryKey(d); key != "" {
+				keysMu.Lock()
+				if q, busy := waiting[key]; busy {
+					waiting[key] = append(q, d)
+					keysMu.Unlock()
+					continue
+				}
+				waiting[key] = nil
+				keysMu.Unlock()
 			}
-			parts[w] = append(parts[w], d)
+			ready <- d
 		}
-		for i, p := range parts {
-			if len(p) > 0 {
-				batchWG.Add(1)
-				workers[i] <- p
-			}
-		}
-		batchWG.Wait()
 	}
 }
 
-// process handles deliveries in order and acks the successful ones together.
-func (c *consumer) process(ds []*driver.Delivery) {
-	// Receive hands the slice over to us: reuse it for the acks.
-	acks := ds[:0]
-	for _, d := range ds {
-		var ok bool
-		switch c.kind {
-		case kindReply:
-			c.deliverReply(d)
-			ok = true
-		case kindQuery:
-			ok = c.answer(d)
-		default:
-			ok = c.handle(d)
+func deliveryKey(d *driver.Delivery) string {
+	if d == nil || d.Message == nil {
+		return ""
+	}
+	return d.Message.Key
+}
+
+// process handles one delivery and settles it.
+func (c *consumer) process(d *driver.Delivery) {
+	switch c.kind {
+	case kindReply:
+		c.deliverReply(d)
+		c.settle(d, opAck)
+	case kindQuery:
+		if c.answer(d) {
+			c.settle(d, opAck)
 		}
-		if ok {
-			acks = append(acks, d)
+	default:
+		if c.handle(d) {
+			c.settle(d, opAck)
 		}
 	}
-	if len(acks) > 0 {
-		if err := c.sub.Ack(c.bus.work, acks); err != nil {
-			c.bus.log.Warn("eventbus: ack failed; messages will be redelivered", "destination", c.dest.Name, "count", len(acks), "error", err)
+}
+
+func (c *consumer) settle(d *driver.Delivery, op settleOp) {
+	c.settles <- settlement{d: d, op: op}
+}
+
+// settleLoop sends settlements to the broker as they come, coalescing those
+// that are ready together into one call per kind.
+func (c *consumer) settleLoop() {
+	ctx := context.WithoutCancel(c.work)
+	var acks, terms []*driver.Delivery
+	for s := range c.settles {
+		acks, terms = acks[:0], terms[:0]
+		for more := true; more; {
+			switch s.op {
+			case opAck:
+				acks = append(acks, s.d)
+			case opTerm:
+				terms = append(terms, s.d)
+			}
+			if len(acks)+len(terms) >= 4*receiveBatch {
+				break
+			}
+			select {
+			case s, more = <-c.settles:
+			default:
+				more = false
+			}
 		}
+		if len(acks) > 0 {
+			if err := c.sub.Ack(ctx, acks); err != nil {
+				c.bus.log.Warn("eventbus: ack failed; messages will be redelivered", "destination", c.dest.Name, "count", len(acks), "error", err)
+			}
+		}
+		if len(terms) > 0 {
+			if err := c.sub.Term(ctx, terms); err != nil {
+				c.bus.log.Warn("eventbus: term failed; a duplicate may follow", "destination", c.dest.Name, "count", len(terms), "error", err)
+			}
+		}
+	}
+}
+
+// giveBack returns deliveries that no handler started to the backend at once,
+// so that another member receives them.
+func (c *consumer) giveBack(ds []*driver.Delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	if !c.be.caps.Redelivery {
+		c.bus.stats.dropped.Add(uint64(len(ds)))
+		c.bus.log.Error("eventbus: messages dropped at close: the backend does not redeliver", "destination", c.dest.Name, "backend", c.be.name, "count", len(ds))
+	}
+	if err := c.sub.Nack(context.WithoutCancel(c.work), ds, 0); err != nil {
+		c.bus.log.Warn("eventbus: give back at close failed; the backend redelivers after its ack wait", "destination", c.dest.Name, "count", len(ds), "error", err)
 	}
 }
 
@@ -164,32 +415,35 @@ func (c *consumer) handle(d *driver.Delivery) bool {
 		c.deadLetter([]*driver.Delivery{d}, d.Err)
 		return false
 	}
-	call := func() error { return c.reg.handler.Handle(c.bus.handlerCx, d.Message) }
+	call := func() error { return c.reg.handler.Handle(c.handlerCx, d.Message) }
+	c.running.Add(1)
 	err := safely(call)
 	// A broker that never redelivers (core NATS) would lose the message on a
 	// nack: retry here instead, with the same policy.
-	for err != nil && !c.be.caps.Redelivery && !IsPermanent(err) && d.Attempt < c.bus.retry.MaxAttempts {
-		if !c.sleep(c.bus.retry.backoff(d.Attempt)) {
+	for err != nil && !c.be.caps.Redelivery && !IsPermanent(err) && !c.retry.exhausted(d.Attempt) {
+		if !c.sleep(c.retry.backoff(d.Attempt)) {
 			break
 		}
 		d.Attempt++
 		err = safely(call)
 	}
+	c.running.Add(-1)
 	if err == nil {
+		c.bus.stats.handled.Add(1)
 		return true
 	}
 	c.fail([]*driver.Delivery{d}, err)
 	return false
 }
 
-// sleep waits for d and reports false if the bus began closing first.
+// sleep waits for d and reports false if the consumer began closing first.
 func (c *consumer) sleep(d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-c.bus.intake.Done():
+	case <-c.intake.Done():
 		return false
 	}
 }
@@ -197,6 +451,7 @@ func (c *consumer) sleep(d time.Duration) bool {
 // fail settles deliveries whose handling failed: dead-letter those whose error
 // is permanent or whose attempts are used up, nack the rest with backoff.
 func (c *consumer) fail(ds []*driver.Delivery, err error) {
+	c.bus.stats.failed.Add(uint64(len(ds)))
 	if IsPermanent(err) {
 		c.deadLetter(ds, err)
 		return
@@ -204,7 +459,7 @@ func (c *consumer) fail(ds []*driver.Delivery, err error) {
 	var dead, retry []*driver.Delivery
 	attempt := 0
 	for _, d := range ds {
-		if d.Attempt >= c.bus.retry.MaxAttempts {
+		if c.retry.exhausted(d.Attempt) {
 			dead = append(dead, d)
 		} else {
 			retry = append(retry, d)
@@ -216,71 +471,199 @@ func (c *consumer) fail(ds []*driver.Delivery, err error) {
 	}
 	if len(retry) > 0 {
 		c.bus.log.Debug("eventbus: handler failed; will retry", "destination", c.dest.Name, "attempt", attempt, "error", err)
-		c.nack(retry, c.bus.retry.backoff(attempt))
+		c.nack(retry, c.retry.backoff(attempt))
 	}
 }
 
 // nack asks for redelivery after delay. Without native delay the consumer
-// waits here (in-place retry) unless the bus is closing.
+// waits here (in-place retry) unless it is closing.
 func (c *consumer) nack(ds []*driver.Delivery, delay time.Duration) {
 	if !c.be.caps.NativeDelay && delay > 0 {
 		c.sleep(delay)
 		delay = 0
 	}
-	if err := c.sub.Nack(c.bus.work, ds, delay); err != nil {
+	if err := c.sub.Nack(context.WithoutCancel(c.work), ds, delay); err != nil {
 		c.bus.log.Warn("eventbus: nack failed; the broker will redeliver after its ack wait", "destination", c.dest.Name, "error", err)
 	}
 }
 
+// deadLetterRetries bounds how often a message whose dead-letter publish
+// failed for a transient reason is redelivered to try again.
+const deadLetterRetries = 10
+
 // deadLetter publishes ds to the destination's dead-letter destination with
-// the reason, then terminates them. If that publish fails the messages are
-// nacked instead: nothing is dropped.
+// the reason, then terminates them. Whatever was received can be
+// dead-lettered: what the backend refuses (an oversize body, a header or
+// extension it cannot carry) is cut or set aside and the reason says so. If
+// the publish fails for a transient reason the messages are kept for
+// redelivery a bounded number of times; past that, or if even the reduced
+// message is refused, they are terminated with an error log and counted in
+// Stats.Dropped — never redelivered forever.
 func (c *consumer) deadLetter(ds []*driver.Delivery, reason error) {
 	dl := driver.DeadLetterOf(c.dest)
 	if !c.be.caps.Serves(driver.DeadLetter) {
 		if !c.be.caps.Redelivery {
-			c.bus.log.Error("eventbus: message dropped: the backend neither dead-letters nor redelivers", "destination", c.dest.Name, "backend", c.be.name, "count", len(ds), "reason", reason)
-			_ = c.sub.Term(c.bus.work, ds)
+			c.drop(ds, reason, "the backend neither dead-letters nor redelivers")
 			return
 		}
 		c.bus.log.Error("eventbus: backend cannot dead-letter; message kept for redelivery", "destination", c.dest.Name, "backend", c.be.name, "reason", reason)
-		c.nack(ds, c.bus.retry.MaxBackoff)
+		c.nack(ds, c.retry.MaxBackoff)
 		return
 	}
-	msgs := make([]*driver.Message, len(ds))
-	for i, d := range ds {
-		m := d.Message
-		if m == nil {
-			m = &driver.Message{}
+	limit := c.be.caps.MaxMessageSize
+	for _, d := range ds {
+		m := deadLetterMessage(c, d, reason, nil)
+		one := [1]*driver.Message{m}
+		err := c.be.drv.Publish(c.work, dl, one[:])
+		if err != nil && refused(err) {
+			// Cut what the backend cannot carry and say so in the reason.
+			m = deadLetterMessage(c, d, reason, func(m *driver.Message) []string { return reduce(m, limit) })
+			one[0] = m
+			err = c.be.drv.Publish(c.work, dl, one[:])
 		}
-		if m.Extensions == nil {
-			m.Extensions = make(map[string]string, 3)
+		switch {
+		case err == nil:
+			c.bus.stats.deadLettered.Add(1)
+			c.bus.log.Warn("eventbus: message dead-lettered", "destination", c.dest.Name, "dead_letter", dl.Name, "id", m.ID, "reason", reason)
+			c.settle(d, opTerm)
+		case refused(err) || d.Attempt >= max(c.retry.MaxAttempts, 1)+deadLetterRetries:
+			c.drop([]*driver.Delivery{d}, reason, "dead-letter publish failed: "+err.Error())
+		default:
+			c.bus.log.Error("eventbus: dead-letter publish failed; message kept for redelivery", "destination", c.dest.Name, "error", err)
+			c.nack([]*driver.Delivery{d}, c.retry.MaxBackoff)
 		}
-		m.Extensions[driver.ExtDeadLetterReason] = reason.Error()
-		m.Extensions[driver.ExtDeadLetterAttempts] = strconv.Itoa(d.Attempt)
-		m.Extensions[driver.ExtDeadLetterOrigin] = c.dest.Name
-		// A malformed message may lack required attributes; give it enough
-		// of an envelope to travel.
-		if m.ID == "" {
-			m.ID = c.bus.newID()
-		}
-		if m.Source == "" {
-			m.Source = c.bus.source
-		}
-		if m.Type == "" {
-			m.Type = "eventbus.malformed"
-		}
-		msgs[i] = m
 	}
-	if err := c.be.drv.Publish(c.bus.work, dl, msgs); err != nil {
-		c.bus.log.Error("eventbus: dead-letter publish failed; message kept for redelivery", "destination", c.dest.Name, "error", err)
-		c.nack(ds, c.bus.retry.MaxBackoff)
-		return
+}
+
+// drop terminates deliveries that cannot be handled nor dead-lettered.
+func (c *consumer) drop(ds []*driver.Delivery, reason error, why string) {
+	c.bus.stats.dropped.Add(uint64(len(ds)))
+	c.bus.log.Error("eventbus: message dropped: "+why, "destination", c.dest.Name, "backend", c.be.name, "count", len(ds), "reason", reason)
+	for _, d := range ds {
+		c.settle(d, opTerm)
 	}
-	c.bus.log.Warn("eventbus: message dead-lettered", "destination", c.dest.Name, "dead_letter", dl.Name, "count", len(ds), "reason", reason)
-	if err := c.sub.Term(c.bus.work, ds); err != nil {
-		c.bus.log.Warn("eventbus: term failed after dead-lettering; a duplicate may follow", "destination", c.dest.Name, "error", err)
+}
+
+// refused reports whether a publish failed because of the message itself,
+// which a retry would not change.
+func refused(err error) bool {
+	return errors.Is(err, driver.ErrTooLarge) || errors.Is(err, driver.ErrInvalid) || errors.Is(err, driver.ErrMalformed)
+}
+
+// maxReasonLen bounds the dead-letter reason carried as an extension.
+const maxReasonLen = 1024
+
+// deadLetterMessage builds the dead letter of d: its envelope plus the
+// reason, the attempts and the origin. reduce, if not nil, cuts the message
+// to what the backend can carry and returns notes on what it cut.
+func deadLetterMessage(c *consumer, d *driver.Delivery, reason error, reduce func(*driver.Message) []string) *driver.Message {
+	m := d.Message
+	if m == nil {
+		m = &driver.Message{}
 	}
+	m = m.Clone()
+	var notes []string
+	if reduce != nil {
+		notes = reduce(m)
+	}
+	// A malformed message may lack required attributes; give it enough of an
+	// envelope to travel.
+	if m.ID == "" {
+		m.ID = c.bus.newID()
+	}
+	if m.Source == "" {
+		m.Source = c.bus.source
+	}
+	if m.Type == "" {
+		m.Type = "eventbus.malformed"
+	}
+	text := reason.Error()
+	if len(notes) > 0 {
+		text += " (dead letter: " + strings.Join(notes, "; ") + ")"
+	}
+	if m.Extensions == nil {
+		m.Extensions = make(map[string]string, 3)
+	}
+	m.Extensions[driver.ExtDeadLetterReason] = cleanValue(text, maxReasonLen)
+	m.Extensions[driver.ExtDeadLetterAttempts] = strconv.Itoa(d.Attempt)
+	m.Extensions[driver.ExtDeadLetterOrigin] = c.dest.Name
+	return m
+}
+
+// reduce makes m publishable: it replaces attribute values the envelope
+// check refuses with cleaned ones, sets aside extensions and headers it
+// refuses, and cuts the data so that m fits limit (0: none). It returns what
+// it changed.
+func reduce(m *driver.Message, limit int) []string {
+	var notes []string
+	fix := func(name string, v *string) {
+		if c := cleanValue(*v, 0); c != *v {
+			*v = c
+			notes = append(notes, name+" cleaned")
+		}
+	}
+	fix("id", &m.ID)
+	fix("source", &m.Source)
+	fix("type", &m.Type)
+	fix("subject", &m.Subject)
+	fix("datacontenttype", &m.DataContentType)
+	fix("dataschema", &m.DataSchema)
+	fix("correlationid", &m.CorrelationID)
+	fix("causationid", &m.CausationID)
+	fix("traceparent", &m.TraceParent)
+	fix("tracestate", &m.TraceState)
+	fix("replyto", &m.ReplyTo)
+	fix("key", &m.Key)
+	for k, v := range m.Extensions {
+		if driver.ExtensionNameProblem(k) != "" {
+			delete(m.Extensions, k)
+			notes = append(notes, "extension "+strconv.Quote(k)+" set aside")
+			continue
+		}
+		if c := cleanValue(v, 0); c != v {
+			m.Extensions[k] = c
+			notes = append(notes, "extension "+k+" cleaned")
+		}
+	}
+	for k, vs := range m.Header {
+		bad := driver.HeaderNameProblem(k) != ""
+		for _, v := range vs {
+			bad = bad || cleanValue(v, 0) != v
+		}
+		if bad {
+			delete(m.Header, k)
+			notes = append(notes, "header "+strconv.Quote(k)+" set aside")
+		}
+	}
+	if limit > 0 {
+		// Leave room for the dead-letter extensions added after this.
+		room := limit - (m.Size() - len(m.Data)) - maxReasonLen - 256
+		if room < len(m.Data) {
+			if room < 0 {
+				room = 0
+			}
+			notes = append(notes, fmt.Sprintf("data cut from %d to %d bytes", len(m.Data), room))
+			m.Data = m.Data[:room]
+		}
+	}
+	return notes
+}
+
+// cleanValue turns s into a valid attribute value: control characters become
+// spaces, surrounding white space and invalid UTF-8 go, and, when max > 0,
+// it is cut to max bytes.
+func cleanValue(s string, max int) string {
+	s = strings.ToValidUTF8(s, "")
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
+			return ' '
+		}
+		return r
+	}, s)
+	if max > 0 && len(s) > max {
+		s = strings.ToValidUTF8(s[:max], "")
+	}
+	return strings.TrimSpace(s)
 }
 
 func (c *consumer) runBatches() {
@@ -292,17 +675,23 @@ func (c *consumer) runBatches() {
 		var ds []*driver.Delivery
 		var err error
 		if len(batch) == 0 {
-			ds, err = c.sub.Receive(c.bus.intake, size)
+			ds, err = c.sub.Receive(c.intake, size)
 			first = time.Now()
 		} else {
-			ctx, cancel := context.WithDeadline(c.bus.intake, first.Add(wait))
+			ctx, cancel := context.WithDeadline(c.intake, first.Add(wait))
 			ds, err = c.sub.Receive(ctx, size-len(batch))
 			cancel()
 		}
 		if err != nil {
 			switch {
 			case c.stopping(err):
-				c.flush(batch)
+				// A partial batch is handled at close while the close
+				// deadline allows.
+				if c.work.Err() == nil {
+					c.flush(batch)
+				} else {
+					c.giveBack(batch)
+				}
 				return
 			case errors.Is(err, context.DeadlineExceeded):
 				c.flush(batch)
@@ -337,12 +726,15 @@ func (c *consumer) flush(batch []*driver.Delivery) {
 	for i, d := range batch {
 		msgs[i] = d.Message
 	}
-	err := safely(func() error { return c.reg.batch.HandleBatch(c.bus.handlerCx, msgs) })
+	c.running.Add(1)
+	err := safely(func() error { return c.reg.batch.HandleBatch(c.handlerCx, msgs) })
+	c.running.Add(-1)
 	if err != nil {
 		c.fail(batch, err)
 		return
 	}
-	if err := c.sub.Ack(c.bus.work, batch); err != nil {
-		c.bus.log.Warn("eventbus: batch ack failed; the batch will be redelivered", "destination", c.dest.Name, "count", len(batch), "error", err)
+	c.bus.stats.handled.Add(uint64(len(batch)))
+	for _, d := range batch {
+		c.settle(d, opAck)
 	}
 }

@@ -30,27 +30,59 @@
 //
 //   - Publishing returns nil only after the backend confirmed the message.
 //     A message larger than the backend's MaxMessageSize fails with an error
-//     matching ErrTooLarge before anything is sent.
+//     matching ErrTooLarge, and one whose attributes, extensions or headers
+//     cannot travel unchanged on every backend with ErrInvalid, before
+//     anything is sent. A backend that de-duplicates does so by (source, id,
+//     destination) and reports a dropped duplicate with ErrDuplicate.
 //   - Delivery is at-least-once. A handler returning nil acks; an error has the
-//     message redelivered with exponential backoff and jitter (Options.Retry)
-//     until MaxAttempts, then dead-lettered to deadletter.<destination> with
-//     its reason, attempt count and origin; Permanent(err) dead-letters at
-//     once. Malformed messages and undecodable payloads are dead-lettered, not
-//     retried. A panicking handler is an error (*PanicError), never a crash.
-//     On a backend that never redelivers (core NATS without JetStream) the bus
-//     retries in place with the same policy; one that can neither redeliver
-//     nor dead-letter drops a message whose attempts are spent, with an
-//     error log — route work that must not be lost to a Durable backend.
+//     message redelivered with exponential backoff and jitter (Options.Retry,
+//     or WithRetry per subscription) until MaxAttempts, then dead-lettered to
+//     deadletter.<destination> with its reason, attempt count and origin;
+//     Permanent(err) dead-letters at once; MaxAttempts RetryForever never
+//     gives up. Malformed messages and undecodable payloads are
+//     dead-lettered, not retried. A panicking handler is an error
+//     (*PanicError), never a crash. What a backend cannot carry in a dead
+//     letter (an oversize body, a header it cannot encode) is cut or set
+//     aside and the reason says so; a message that cannot be dead-lettered
+//     even then is terminated with an error log and counted in
+//     Stats.Dropped, never redelivered forever. On a backend that never
+//     redelivers (core NATS without JetStream) the bus retries in place with
+//     the same policy; one that can neither redeliver nor dead-letter drops a
+//     message whose attempts are spent, with an error log — route work that
+//     must not be lost to a Durable backend.
+//   - Settlement keeps up with slow handlers: each message is acked (or
+//     nacked, or terminated) on the backend as soon as its handler returned,
+//     whatever the other messages of its batch do, and while the process
+//     lives the driver keeps the ack deadline of every message it holds from
+//     passing (see each driver's documentation for how), so a handler slower
+//     than the ack wait is not redelivered while it runs.
 //   - Stream batches are acked only after the batch handler succeeds.
 //   - Query returns the reply or a typed error: ErrTimeout, ErrNoResponders,
 //     or *RemoteError with the handler's error.
 //
+// # Subscriptions
+//
+// Every subscribe and handle method works before and after Start and returns
+// a *Subscription. Registered before Start, a subscription is validated and
+// opened by Start with all the others; registered after, it is validated at
+// once (with the same errors) and the call returns when it is established on
+// the broker. Subscription.Close unsubscribes: it stops intake, starts no
+// further handler, gives what it received and did not start back to the
+// backend (another member of the group gets it at once), waits for the
+// handlers in flight until its context ends, and leaves a durable group's
+// position on the broker. DeclareEventGroup, DeclareCommands and
+// DeclareStreamGroup create a durable group without consuming, so that
+// messages published before its first member starts are kept.
+//
 // # Lifecycle and concurrency
 //
 // New, then Register backends and register handlers, then Start. Close stops
-// intake, drains in-flight handlers, flushes partial batches, closes the
-// drivers and returns when every goroutine of the bus has ended; afterwards
-// every call fails with ErrClosed. All methods are safe for concurrent use.
-// Handlers run one at a time per subscription unless WithConcurrency says
-// otherwise; messages with the same Key never run concurrently.
+// intake, closes every subscription as Subscription.Close does, flushes
+// partial batches, closes the drivers and returns when every goroutine of
+// the bus has ended — or, when its context ends first, cancels the handlers'
+// contexts and returns within a short grace period after the deadline;
+// afterwards every call fails with ErrClosed. All methods are safe for
+// concurrent use. Handlers run one at a time per subscription unless
+// WithConcurrency says otherwise; messages with the same Key never run
+// concurrently, and a slow key holds up only its own messages.
 package eventbus

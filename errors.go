@@ -21,6 +21,16 @@ var (
 	ErrTooLarge = driver.ErrTooLarge
 	// ErrMalformed: a received message is not a valid envelope.
 	ErrMalformed = driver.ErrMalformed
+	// ErrInvalid: a message to publish has an attribute, extension or header
+	// that cannot travel unchanged on every backend (control characters,
+	// surrounding white space, an extension name outside the CloudEvents
+	// rule...). It was not sent; errors.As with *driver.InvalidError names the
+	// field.
+	ErrInvalid = driver.ErrInvalid
+	// ErrDuplicate: the backend recognised the message as a duplicate of one
+	// it stored already (same source, id and destination) and did not store
+	// it again. A caller that retries a publish may take it as success.
+	ErrDuplicate = driver.ErrDuplicate
 	// ErrTimeout: a query got no reply before its deadline. Errors matching it
 	// also match context.DeadlineExceeded.
 	ErrTimeout = errors.New("timeout")

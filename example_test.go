@@ -20,13 +20,13 @@ func Example() {
 	_ = bus.Register("memory", membus.New(nil))
 
 	done := make(chan struct{})
-	_ = bus.SubscribeEvents([]string{"order.created"}, "billing",
+	_, _ = bus.SubscribeEvents(context.Background(), []string{"order.created"}, "billing",
 		eventbus.Typed(func(ctx context.Context, m *eventbus.Message, o OrderCreated) error {
 			fmt.Printf("billing saw %s for %.2f from %s\n", o.OrderID, o.Total, m.Source)
 			close(done)
 			return nil
 		}))
-	_ = bus.HandleQuery("inventory", "stock.get",
+	_, _ = bus.HandleQuery(context.Background(), "inventory", "stock.get",
 		eventbus.TypedQuery(func(ctx context.Context, m *eventbus.Message, sku string) (int, error) {
 			return 42, nil
 		}))
@@ -53,7 +53,7 @@ func ExampleBus_ProcessStream() {
 	ctx := context.Background()
 	bus := eventbus.New(nil)
 	_ = bus.Register("memory", membus.New(nil))
-	_ = bus.ProcessStream("clicks", "analytics",
+	_, _ = bus.ProcessStream(context.Background(), "clicks", "analytics",
 		eventbus.TypedBatch(func(ctx context.Context, ms []*eventbus.Message, pages []string) error {
 			fmt.Println("batch:", pages)
 			return nil
@@ -79,7 +79,7 @@ func ExampleBus_Query() {
 	ctx := context.Background()
 	bus := eventbus.New(nil)
 	_ = bus.Register("memory", membus.New(nil))
-	_ = bus.HandleQuery("accounts", "balance.get", eventbus.QueryHandlerFunc(
+	_, _ = bus.HandleQuery(context.Background(), "accounts", "balance.get", eventbus.QueryHandlerFunc(
 		func(ctx context.Context, m *eventbus.Message) (*eventbus.Message, error) {
 			return nil, eventbus.Errorf("not_found", "no account %s", m.Subject)
 		}))

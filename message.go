@@ -13,6 +13,16 @@ import (
 // that uses it is in progress; after that it may be reused.
 type Message = driver.Message
 
+// ContentMode is the CloudEvents content mode a message is sent in; set
+// Message.Mode to Structured for consumers that read only structured mode.
+type ContentMode = driver.ContentMode
+
+// The content modes. Consumers read both, whatever they were sent in.
+const (
+	Binary     = driver.Binary
+	Structured = driver.Structured
+)
+
 // Pattern is a messaging pattern; see the constants.
 type Pattern = driver.Pattern
 

@@ -104,7 +104,9 @@ func (c *consumer) answer(d *driver.Delivery) bool {
 	} else {
 		err = safely(func() error {
 			var herr error
-			reply, herr = c.reg.query.HandleQuery(c.bus.handlerCx, req)
+			c.running.Add(1)
+			defer c.running.Add(-1)
+			reply, herr = c.reg.query.HandleQuery(c.handlerCx, req)
 			return herr
 		})
 	}
@@ -138,9 +140,9 @@ func (c *consumer) answer(d *driver.Delivery) bool {
 	switch {
 	case req.ReplyTo != "":
 		one := [1]*Message{reply}
-		serr = c.be.drv.Publish(c.bus.work, driver.Destination{Pattern: driver.Reply, Name: req.ReplyTo}, one[:])
+		serr = c.be.drv.Publish(c.work, driver.Destination{Pattern: driver.Reply, Name: req.ReplyTo}, one[:])
 	case c.be.rr != nil:
-		serr = c.be.rr.Reply(c.bus.work, d, reply)
+		serr = c.be.rr.Reply(c.work, d, reply)
 	default:
 		serr = errors.New("the query carries no reply address")
 	}

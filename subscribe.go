@@ -1,7 +1,11 @@
 package eventbus
 
 import (
+	"context"
 	"fmt"
+	"reflect"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/marty-msf/eventbus/driver"
@@ -15,10 +19,15 @@ type subscribeOptions struct {
 	startAt     driver.StartPosition
 	maxInFlight int
 	ackWait     time.Duration
+	retry       *RetryPolicy
 }
 
 // WithConcurrency runs up to n handler calls of the subscription at once.
-// Messages with the same Key still run one at a time, in order. Default 1.
+// Messages with the same Key still run one at a time, in order; a slow key
+// holds up only its own messages, and the other workers go on taking new
+// ones. Messages waiting behind a busy key count against the subscription's
+// in-flight bound (WithMaxInFlight), so a key with a backlog larger than
+// that bound does hold the others up. Default 1.
 func WithConcurrency(n int) SubscribeOption {
 	return func(o *subscribeOptions) { o.concurrency = max(n, 1) }
 }
@@ -29,15 +38,26 @@ func WithStartFirst() SubscribeOption {
 	return func(o *subscribeOptions) { o.startAt = driver.StartFirst }
 }
 
-// WithMaxInFlight bounds the messages fetched and not yet settled.
+// WithMaxInFlight bounds the messages fetched and not yet settled, on the
+// backend and in the bus. Default: the backend's default, and in the bus
+// max(64, 4 × concurrency).
 func WithMaxInFlight(n int) SubscribeOption {
 	return func(o *subscribeOptions) { o.maxInFlight = n }
 }
 
-// WithAckWait sets how long the backend waits for a settlement before it
-// redelivers; long-running handlers need more than the driver's default.
+// WithAckWait sets how long the backend waits for a settlement from a process
+// that died before it redelivers. While the process lives, the backend's
+// driver keeps the deadline of every message it holds from passing, so
+// long-running handlers do not need a longer one.
 func WithAckWait(d time.Duration) SubscribeOption {
 	return func(o *subscribeOptions) { o.ackWait = d }
+}
+
+// WithRetry gives the subscription its own retry policy instead of
+// Options.Retry. RetryPolicy{MaxAttempts: RetryForever} never dead-letters a
+// failing message (Permanent errors still do).
+func WithRetry(p RetryPolicy) SubscribeOption {
+	return func(o *subscribeOptions) { o.retry = &p }
 }
 
 type consumerKind int
@@ -49,7 +69,7 @@ const (
 	kindReply
 )
 
-// registration is a handler waiting for Start.
+// registration is one destination of a subscription.
 type registration struct {
 	kind    consumerKind
 	dest    driver.Destination
@@ -61,6 +81,7 @@ type registration struct {
 	batchO  BatchOptions
 	opts    subscribeOptions
 	backend *backend
+	sub     *Subscription
 }
 
 func (r *registration) subscribeOptions() driver.SubscribeOptions {
@@ -77,70 +98,80 @@ func (r *registration) subscribeOptions() driver.SubscribeOptions {
 	}
 }
 
+func (r *registration) key() string { return r.dest.Name + "\x00" + r.group }
+
 // SubscribeEvents handles events of the given types. Subscriptions with the
 // same non-empty group compete (one member handles each event) and the group
 // is durable where the backend is; an empty group receives every event while
-// the bus runs. Call before Start.
-func (b *Bus) SubscribeEvents(types []string, group string, h Handler, opts ...SubscribeOption) error {
+// the subscription is open.
+//
+// Like every subscribe and handle method it works before and after Start.
+// Before Start the subscription is validated and opened by Start; after
+// Start it is validated at once (with the errors Start would report) and the
+// call returns when the subscription is established on the broker, so a
+// message published after it returns is delivered to it. ctx bounds that.
+// The returned *Subscription closes it.
+func (b *Bus) SubscribeEvents(ctx context.Context, types []string, group string, h Handler, opts ...SubscribeOption) (*Subscription, error) {
 	if len(types) == 0 {
-		return fmt.Errorf("eventbus: subscribe events: %w: no event types", ErrInvalidName)
+		return nil, fmt.Errorf("eventbus: subscribe events: %w: no event types", ErrInvalidName)
 	}
 	if group != "" {
 		if err := validateToken("group", group); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	regs := make([]*registration, 0, len(types))
 	for _, t := range types {
 		if err := validateType("event type", t); err != nil {
-			return err
+			return nil, err
 		}
 		regs = append(regs, &registration{kind: kindMessage, dest: driver.NewDestination(driver.Event, t), group: group, durable: group != "", handler: h})
 	}
-	return b.register(h == nil, opts, regs...)
+	return b.register(ctx, isNil(h), opts, regs...)
 }
 
 // HandleCommand handles commands of type cmdType sent to service. The
 // instances of a service compete: each command is handled by one of them.
-// Call before Start.
-func (b *Bus) HandleCommand(service, cmdType string, h Handler, opts ...SubscribeOption) error {
+// See SubscribeEvents for when it may be called and what it returns.
+func (b *Bus) HandleCommand(ctx context.Context, service, cmdType string, h Handler, opts ...SubscribeOption) (*Subscription, error) {
 	if err := validateToken("service", service); err != nil {
-		return err
+		return nil, err
 	}
 	if err := validateType("command type", cmdType); err != nil {
-		return err
+		return nil, err
 	}
 	r := &registration{kind: kindMessage, dest: driver.NewDestination(driver.Command, service, cmdType), group: service, durable: true, handler: h}
-	return b.register(h == nil, opts, r)
+	return b.register(ctx, isNil(h), opts, r)
 }
 
 // SubscribeBroadcast handles broadcasts of the given types on this instance.
-// Call before Start.
-func (b *Bus) SubscribeBroadcast(types []string, h Handler, opts ...SubscribeOption) error {
+// See SubscribeEvents for when it may be called and what it returns.
+func (b *Bus) SubscribeBroadcast(ctx context.Context, types []string, h Handler, opts ...SubscribeOption) (*Subscription, error) {
 	if len(types) == 0 {
-		return fmt.Errorf("eventbus: subscribe broadcast: %w: no types", ErrInvalidName)
+		return nil, fmt.Errorf("eventbus: subscribe broadcast: %w: no types", ErrInvalidName)
 	}
 	regs := make([]*registration, 0, len(types))
 	for _, t := range types {
 		if err := validateType("broadcast type", t); err != nil {
-			return err
+			return nil, err
 		}
 		regs = append(regs, &registration{kind: kindMessage, dest: driver.NewDestination(driver.Broadcast, t), handler: h})
 	}
-	return b.register(h == nil, opts, regs...)
+	return b.register(ctx, isNil(h), opts, regs...)
 }
 
 // HandleQuery answers queries of type queryType sent to service. The
-// instances of a service compete. Call before Start.
-func (b *Bus) HandleQuery(service, queryType string, h QueryHandler, opts ...SubscribeOption) error {
+// instances of a service compete. See SubscribeEvents for when it may be
+// called and what it returns.
+func (b *Bus) HandleQuery(ctx context.Context, service, queryType string, h QueryHandler, opts ...SubscribeOption) (*Subscription, error) {
 	if err := validateToken("service", service); err != nil {
-		return err
+		return nil, err
 	}
 	if err := validateType("query type", queryType); err != nil {
-		return err
+		return nil, err
 	}
 	r := &registration{kind: kindQuery, dest: driver.NewDestination(driver.Query, service, queryType), group: service, query: h}
-	return b.register(h == nil, opts, r)
+	return b.register(ctx, isNil(h), opts, r)
 }
 
 // BatchOptions sizes stream batches.
@@ -156,13 +187,14 @@ type BatchOptions struct {
 // durable consumer group: members compete, the group resumes where it
 // stopped). A batch is handled when it is full, when MaxWait passed since its
 // first message, and on Close; it is acknowledged only after h succeeds, and
-// redelivered when h fails. Call before Start.
-func (b *Bus) ProcessStream(stream, group string, h BatchHandler, bo *BatchOptions, opts ...SubscribeOption) error {
+// redelivered when h fails. See SubscribeEvents for when it may be called and
+// what it returns.
+func (b *Bus) ProcessStream(ctx context.Context, stream, group string, h BatchHandler, bo *BatchOptions, opts ...SubscribeOption) (*Subscription, error) {
 	if err := validateType("stream", stream); err != nil {
-		return err
+		return nil, err
 	}
 	if err := validateToken("group", group); err != nil {
-		return err
+		return nil, err
 	}
 	var o BatchOptions
 	if bo != nil {
@@ -175,42 +207,237 @@ func (b *Bus) ProcessStream(stream, group string, h BatchHandler, bo *BatchOptio
 		o.MaxWait = time.Second
 	}
 	r := &registration{kind: kindBatch, dest: driver.NewDestination(driver.Stream, stream), group: group, durable: true, batch: h, batchO: o}
-	return b.register(h == nil, opts, r)
+	return b.register(ctx, isNil(h), opts, r)
 }
 
-func (b *Bus) register(nilHandler bool, opts []SubscribeOption, regs ...*registration) error {
+// isNil reports whether h is nil, including a typed nil: a nil func
+// (HandlerFunc(nil)) or a nil pointer, map, chan or slice implementing the
+// interface, which would panic on every message.
+func isNil(h any) bool {
+	if h == nil {
+		return true
+	}
+	switch v := reflect.ValueOf(h); v.Kind() {
+	case reflect.Func, reflect.Pointer, reflect.Map, reflect.Chan, reflect.Slice, reflect.Interface:
+		return v.IsNil()
+	}
+	return false
+}
+
+func (b *Bus) register(ctx context.Context, nilHandler bool, opts []SubscribeOption, regs ...*registration) (*Subscription, error) {
 	if nilHandler {
-		return fmt.Errorf("eventbus: register %s: %w", regs[0].dest.Name, ErrNilHandler)
+		return nil, fmt.Errorf("eventbus: register %s: %w", regs[0].dest.Name, ErrNilHandler)
 	}
 	o := subscribeOptions{concurrency: 1}
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.retry != nil {
+		p := o.retry.withDefaults()
+		o.retry = &p
+	}
+	s := &Subscription{bus: b, regs: regs}
+	for _, r := range regs {
+		r.opts = o
+		r.sub = s
+		if r.handler != nil {
+			r.handler = chain(r.handler, b.opts.Middleware)
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	switch {
-	case b.closed.Load():
-		return fmt.Errorf("eventbus: register %s: %w", regs[0].dest.Name, ErrClosed)
-	case b.started:
-		return fmt.Errorf("eventbus: register %s: %w", regs[0].dest.Name, ErrStarted)
+	if b.closed.Load() {
+		return nil, fmt.Errorf("eventbus: register %s: %w", regs[0].dest.Name, ErrClosed)
 	}
 	seen := make(map[string]bool, len(regs))
 	for _, r := range regs {
 		// Two private subscriptions on one bus are a mistake too: the same
 		// instance would handle each message twice.
-		key := r.dest.Name + "\x00" + r.group
-		if b.regKeys[key] || seen[key] {
-			return fmt.Errorf("eventbus: register %s (group %q): %w", r.dest.Name, r.group, ErrDuplicateHandler)
+		if b.regKeys[r.key()] || seen[r.key()] {
+			return nil, fmt.Errorf("eventbus: register %s (group %q): %w", r.dest.Name, r.group, ErrDuplicateHandler)
 		}
-		seen[key] = true
+		seen[r.key()] = true
+	}
+	if b.started {
+		if err := b.openLocked(ctx, s); err != nil {
+			return nil, err
+		}
+	} else {
+		b.regs = append(b.regs, regs...)
 	}
 	for _, r := range regs {
-		r.opts = o
-		if r.handler != nil {
-			r.handler = chain(r.handler, b.opts.Middleware)
+		b.regKeys[r.key()] = true
+	}
+	b.subs[s] = struct{}{}
+	return s, nil
+}
+
+// openLocked validates and opens the registrations of s on a started bus,
+// all or none. b.mu is held.
+func (b *Bus) openLocked(ctx context.Context, s *Subscription) error {
+	if problems := bind(b.routes.Load(), s.regs); len(problems) > 0 {
+		return &ConfigError{Problems: problems}
+	}
+	opened := make([]*consumer, 0, len(s.regs))
+	for _, r := range s.regs {
+		sub, err := r.backend.drv.Subscribe(ctx, r.dest, r.subscribeOptions())
+		if err != nil {
+			for _, c := range opened {
+				_ = c.sub.Close(context.WithoutCancel(ctx))
+			}
+			return fmt.Errorf("eventbus: subscribe %s on %s: %w", r.dest.Name, r.backend.name, err)
 		}
-		b.regKeys[r.dest.Name+"\x00"+r.group] = true
-		b.regs = append(b.regs, r)
+		opened = append(opened, newConsumer(b, r, sub))
+	}
+	s.consumers = opened
+	for _, c := range opened {
+		b.consumers.Add(1)
+		go c.run()
+	}
+	return nil
+}
+
+// bind resolves each registration's backend through rt and checks that the
+// backend can serve it; it returns every problem found.
+func bind(rt *router, regs []*registration) []error {
+	var problems []error
+	for _, r := range regs {
+		be, err := rt.resolve(r.dest)
+		if err == nil {
+			err = checkCapabilities(be, r)
+		}
+		if err != nil {
+			problems = append(problems, err)
+			continue
+		}
+		r.backend = be
+	}
+	return problems
+}
+
+// Subscription is the handle of one subscribe or handle call: every
+// destination it named, on whichever backends serve them.
+type Subscription struct {
+	bus  *Bus
+	regs []*registration
+
+	// consumers is set once the subscription is open (by Start, or by the
+	// subscribe call on a started bus), under bus.mu.
+	consumers []*consumer
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Destinations lists the logical destinations of the subscription.
+func (s *Subscription) Destinations() []string {
+	names := make([]string, len(s.regs))
+	for i, r := range s.regs {
+		names[i] = r.dest.Name
+	}
+	return names
+}
+
+// Close unsubscribes. It stops intake at once, starts no further handler,
+// gives every message received but not started back to the backend (another
+// member of a group receives it), lets the handlers in flight finish, settles
+// them, and closes the subscription on the backend. A durable group keeps its
+// position there. If ctx ends first, the handlers' contexts are cancelled and
+// Close returns shortly after with an error matching ctx's, even if a handler
+// ignores its context.
+//
+// Close before Start withdraws the registration. Closing twice returns the
+// first result; the bus's Close closes every subscription still open.
+func (s *Subscription) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		b := s.bus
+		b.mu.Lock()
+		for _, r := range s.regs {
+			delete(b.regKeys, r.key())
+		}
+		b.regs = slices.DeleteFunc(b.regs, func(r *registration) bool { return r.sub == s })
+		delete(b.subs, s)
+		consumers := s.consumers
+		b.mu.Unlock()
+		s.closeErr = closeConsumers(ctx, consumers)
+	})
+	return s.closeErr
+}
+
+// DeclareEventGroup creates the durable consumer group of events of the
+// given types on their backends without consuming, so that events published
+// before the group's first member subscribes are kept for it. Declaring a
+// group that exists changes nothing. It needs a started bus and a Durable
+// backend (ErrCapability otherwise).
+func (b *Bus) DeclareEventGroup(ctx context.Context, types []string, group string) error {
+	if err := validateToken("group", group); err != nil {
+		return err
+	}
+	if len(types) == 0 {
+		return fmt.Errorf("eventbus: declare group %s: %w: no event types", group, ErrInvalidName)
+	}
+	for _, t := range types {
+		if err := validateType("event type", t); err != nil {
+			return err
+		}
+		if err := b.declare(ctx, driver.NewDestination(driver.Event, t), group); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeclareCommands creates the queues of the service's commands of the given
+// types without consuming, so that commands sent before the first instance
+// of the service starts are kept. See DeclareEventGroup.
+func (b *Bus) DeclareCommands(ctx context.Context, service string, cmdTypes ...string) error {
+	if err := validateToken("service", service); err != nil {
+		return err
+	}
+	for _, t := range cmdTypes {
+		if err := validateType("command type", t); err != nil {
+			return err
+		}
+		if err := b.declare(ctx, driver.NewDestination(driver.Command, service, t), service); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeclareStreamGroup creates the consumer group of a stream without
+// consuming. See DeclareEventGroup.
+func (b *Bus) DeclareStreamGroup(ctx context.Context, stream, group string) error {
+	if err := validateType("stream", stream); err != nil {
+		return err
+	}
+	if err := validateToken("group", group); err != nil {
+		return err
+	}
+	return b.declare(ctx, driver.NewDestination(driver.Stream, stream), group)
+}
+
+// declare creates a durable group on dest's backend: natively where the
+// driver declares groups, otherwise by opening and closing a durable
+// subscription (a durable group's position outlives its members).
+func (b *Bus) declare(ctx context.Context, dest driver.Destination, group string) error {
+	be, err := b.backendFor(dest)
+	if err != nil {
+		return fmt.Errorf("eventbus: declare %s group %q: %w", dest.Name, group, err)
+	}
+	if !be.caps.Durable || !be.caps.ConsumerGroups {
+		return fmt.Errorf("eventbus: declare %s group %q: %w: backend %q (%s) keeps no durable groups", dest.Name, group, ErrCapability, be.name, be.caps.Name)
+	}
+	opts := driver.SubscribeOptions{Group: group, Durable: true}
+	if gd, ok := be.drv.(driver.GroupDeclarer); ok {
+		err = gd.DeclareGroup(ctx, dest, opts)
+	} else {
+		var sub driver.Subscription
+		if sub, err = be.drv.Subscribe(ctx, dest, opts); err == nil {
+			err = sub.Close(ctx)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("eventbus: declare %s group %q on %s: %w", dest.Name, group, be.name, err)
 	}
 	return nil
 }

@@ -16,6 +16,9 @@ func codecsOf(ctx context.Context) *codecs {
 // cannot be decoded into T is a permanent *DecodeError: the message is
 // dead-lettered with it as the reason, never retried.
 func Typed[T any](fn func(ctx context.Context, m *Message, v T) error) Handler {
+	if fn == nil {
+		return HandlerFunc(nil) // refused at registration with ErrNilHandler
+	}
 	return HandlerFunc(func(ctx context.Context, m *Message) error {
 		var v T
 		if err := codecsOf(ctx).decode(m, &v); err != nil {
@@ -30,6 +33,9 @@ func Typed[T any](fn func(ctx context.Context, m *Message, v T) error) Handler {
 // cannot be decoded is answered with a *DecodeError the caller sees as a
 // RemoteError with code "decode".
 func TypedQuery[Req, Resp any](fn func(ctx context.Context, m *Message, req Req) (Resp, error)) QueryHandler {
+	if fn == nil {
+		return QueryHandlerFunc(nil)
+	}
 	return QueryHandlerFunc(func(ctx context.Context, m *Message) (*Message, error) {
 		cs := codecsOf(ctx)
 		var req Req
@@ -51,6 +57,9 @@ func TypedQuery[Req, Resp any](fn func(ctx context.Context, m *Message, req Req)
 // TypedBatch adapts a function taking decoded payloads to a BatchHandler. If
 // any message of the batch cannot be decoded the batch fails permanently.
 func TypedBatch[T any](fn func(ctx context.Context, ms []*Message, vs []T) error) BatchHandler {
+	if fn == nil {
+		return BatchHandlerFunc(nil)
+	}
 	return BatchHandlerFunc(func(ctx context.Context, ms []*Message) error {
 		cs := codecsOf(ctx)
 		vs := make([]T, len(ms))

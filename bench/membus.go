@@ -150,7 +150,7 @@ func runMembusBus(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	tr := newTracker(cfg.Size)
-	if err := b.SubscribeEvents([]string{benchEventType}, "bench", countingHandler(tr)); err != nil {
+	if _, err := b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)); err != nil {
 		return Result{}, err
 	}
 	if err := b.Start(ctx); err != nil {

@@ -214,12 +214,12 @@ func runJetStreamBusStream(ctx context.Context, cfg Config) (Result, error) {
 	defer env.close(ctx)
 	tr := newTracker(cfg.Size)
 	consumer, err := env.openBus(ctx, true, func(b *eventbus.Bus) error {
-		return b.ProcessStream("bench", "bench", eventbus.BatchHandlerFunc(func(_ context.Context, ms []*eventbus.Message) error {
+		return errOnly(b.ProcessStream(context.Background(), "bench", "bench", eventbus.BatchHandlerFunc(func(_ context.Context, ms []*eventbus.Message) error {
 			for _, m := range ms {
 				tr.handled(m.Data)
 			}
 			return nil
-		}), &eventbus.BatchOptions{Size: batch, MaxWait: 10 * time.Millisecond})
+		}), &eventbus.BatchOptions{Size: batch, MaxWait: 10 * time.Millisecond}))
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("consumer bus: %w", err)
@@ -251,7 +251,7 @@ func runNATSBus(ctx context.Context, cfg Config, jetStream bool) (Result, error)
 	tr := newTracker(cfg.Size)
 	tr.lossy = !jetStream
 	consumer, err := env.openBus(ctx, jetStream, func(b *eventbus.Bus) error {
-		return b.SubscribeEvents([]string{benchEventType}, "bench", countingHandler(tr))
+		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("consumer bus: %w", err)
@@ -465,7 +465,7 @@ func runJetStreamBusBacklog(ctx context.Context, cfg Config) (Result, error) {
 	}
 	return backlog(ctx, cfg, fill, func(ctx context.Context, tr *tracker) (func(), error) {
 		b, err := env.openBus(ctx, true, func(b *eventbus.Bus) error {
-			return b.SubscribeEvents([]string{benchEventType}, "bench", countingHandler(tr), eventbus.WithStartFirst())
+			return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr), eventbus.WithStartFirst()))
 		})
 		if err != nil {
 			return nil, err
@@ -668,9 +668,9 @@ func runRequestBus(ctx context.Context, cfg Config) (Result, error) {
 	}
 	defer env.close(ctx)
 	server, err := env.openBus(ctx, true, func(b *eventbus.Bus) error {
-		return b.HandleQuery("bench", "echo", eventbus.QueryHandlerFunc(func(_ context.Context, m *eventbus.Message) (*eventbus.Message, error) {
+		return errOnly(b.HandleQuery(context.Background(), "bench", "echo", eventbus.QueryHandlerFunc(func(_ context.Context, m *eventbus.Message) (*eventbus.Message, error) {
 			return &eventbus.Message{Type: "echo.reply", Data: m.Data}, nil
-		}))
+		})))
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("server bus: %w", err)
@@ -709,3 +709,7 @@ func joinNotes(a, b string) string {
 	}
 	return a + "; " + b
 }
+
+// errOnly drops the subscription of a subscribe call whose subscription
+// lives as long as its bus.
+func errOnly(_ *eventbus.Subscription, err error) error { return err }

@@ -159,7 +159,7 @@ func newSagaWorld(drv driver.Driver, store saga.Store) (*sagaWorld, error) {
 		}
 		return nil
 	})
-	if err := w.bus.SubscribeEvents([]string{saga.EventCompleted, saga.EventCompensated, saga.EventFailed}, "", final, eventbus.WithConcurrency(16)); err != nil {
+	if _, err := w.bus.SubscribeEvents(context.Background(), []string{saga.EventCompleted, saga.EventCompensated, saga.EventFailed}, "", final, eventbus.WithConcurrency(16)); err != nil {
 		return nil, err
 	}
 	return w, nil

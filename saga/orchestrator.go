@@ -136,7 +136,7 @@ func NewOrchestrator(bus *eventbus.Bus, store Store, opts *Options) (*Orchestrat
 	}
 	orc := &Orchestrator{bus: bus, store: store, opts: o, log: log, defs: map[string]*Definition{}}
 	h := eventbus.HandlerFunc(orc.handleReply)
-	if err := bus.HandleCommand(o.Service, ReplyType, h, eventbus.WithConcurrency(o.Concurrency)); err != nil {
+	if _, err := bus.HandleCommand(context.Background(), o.Service, ReplyType, h, eventbus.WithConcurrency(o.Concurrency)); err != nil {
 		return nil, fmt.Errorf("saga: new orchestrator: %w", err)
 	}
 	return orc, nil

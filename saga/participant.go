@@ -143,7 +143,7 @@ func (p *Participant) Handle(cmdType string, h StepHandler) error {
 		return fmt.Errorf("saga: handle %s: %w", cmdType, eventbus.ErrNilHandler)
 	}
 	hf := eventbus.HandlerFunc(func(ctx context.Context, m *eventbus.Message) error { return p.serve(ctx, m, h) })
-	if err := p.bus.HandleCommand(p.service, cmdType, hf, eventbus.WithConcurrency(p.opts.Concurrency)); err != nil {
+	if _, err := p.bus.HandleCommand(context.Background(), p.service, cmdType, hf, eventbus.WithConcurrency(p.opts.Concurrency)); err != nil {
 		return fmt.Errorf("saga: handle %s: %w", cmdType, err)
 	}
 	return nil

@@ -165,7 +165,7 @@ func TestStepTimeout(t *testing.T) {
 			setup: func(b *eventbus.Bus) {
 				// A payment service that takes the command and never replies.
 				swallow := eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error { charges.Add(1); return nil })
-				if err := b.HandleCommand("payment", "payment.charge", swallow); err != nil {
+				if _, err := b.HandleCommand(context.Background(), "payment", "payment.charge", swallow); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -309,7 +309,7 @@ func TestParticipantDedup(t *testing.T) {
 			t.Fatal(err)
 		}
 		replies := make(chan *eventbus.Message, 4)
-		if err := b.HandleCommand("collector", saga.ReplyType, eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
+		if _, err := b.HandleCommand(context.Background(), "collector", saga.ReplyType, eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
 			replies <- m
 			return nil
 		})); err != nil {
@@ -392,7 +392,7 @@ func TestLifecycleEvents(t *testing.T) {
 	w := newWorld(t, openSQLite(t, t.TempDir()+"/e.db"), worldOptions{setup: func(b *eventbus.Bus) {
 		types := []string{saga.EventStarted, saga.EventStepCompleted, saga.EventStepFailed, saga.EventStepCompensated,
 			saga.EventCompleted, saga.EventCompensating, saga.EventCompensated, saga.EventFailed}
-		if err := b.SubscribeEvents(types, "audit", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
+		if _, err := b.SubscribeEvents(context.Background(), types, "audit", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
 			var ev saga.LifecycleEvent
 			if err := json.Unmarshal(m.Data, &ev); err != nil {
 				return err

@@ -26,7 +26,7 @@ func Example() {
 	}
 	bus := eventbus.New(nil)
 	_ = bus.Register("nats", d)
-	_ = bus.HandleQuery("inventory", "stock.get", eventbus.TypedQuery(func(_ context.Context, _ *eventbus.Message, sku string) (int, error) {
+	_, _ = bus.HandleQuery(context.Background(), "inventory", "stock.get", eventbus.TypedQuery(func(_ context.Context, _ *eventbus.Message, sku string) (int, error) {
 		return 42, nil
 	}))
 	if err := bus.Start(ctx); err != nil {

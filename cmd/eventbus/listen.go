@@ -93,10 +93,13 @@ func listen(ctx context.Context, cf *connFlags, types []string, group string, br
 		opts = append(opts, eventbus.WithStartFirst())
 	}
 	bus, err := openBus(ctx, cf, "eventbus-cli", func(b *eventbus.Bus) error {
+		var err error
 		if broadcast {
-			return b.SubscribeBroadcast(types, h, opts...)
+			_, err = b.SubscribeBroadcast(ctx, types, h, opts...)
+		} else {
+			_, err = b.SubscribeEvents(ctx, types, group, h, opts...)
 		}
-		return b.SubscribeEvents(types, group, h, opts...)
+		return err
 	})
 	if err != nil {
 		return err

@@ -83,13 +83,13 @@ func TestPublishCommandAndStream(t *testing.T) {
 		arrived <- struct{}{}
 	}
 	startBus(t, srv, func(b *eventbus.Bus) {
-		if err := b.HandleCommand("billing", "invoice.create", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
+		if _, err := b.HandleCommand(context.Background(), "billing", "invoice.create", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
 			keep("command", m)
 			return nil
 		})); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.ProcessStream("clicks", "counter", eventbus.BatchHandlerFunc(func(_ context.Context, ms []*eventbus.Message) error {
+		if _, err := b.ProcessStream(context.Background(), "clicks", "counter", eventbus.BatchHandlerFunc(func(_ context.Context, ms []*eventbus.Message) error {
 			for _, m := range ms {
 				keep("stream", m)
 			}

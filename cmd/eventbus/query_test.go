@@ -12,7 +12,7 @@ import (
 func startInventory(t *testing.T) string {
 	srv := startServer(t)
 	startBus(t, srv, func(b *eventbus.Bus) {
-		if err := b.HandleQuery("inventory", "stock.get", eventbus.TypedQuery(func(_ context.Context, _ *eventbus.Message, sku string) (int, error) {
+		if _, err := b.HandleQuery(context.Background(), "inventory", "stock.get", eventbus.TypedQuery(func(_ context.Context, _ *eventbus.Message, sku string) (int, error) {
 			if sku != "sku-1" {
 				return 0, eventbus.Errorf("not_found", "no such sku %q", sku)
 			}
@@ -20,7 +20,7 @@ func startInventory(t *testing.T) string {
 		})); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.HandleQuery("inventory", "stock.slow", eventbus.QueryHandlerFunc(func(ctx context.Context, _ *eventbus.Message) (*eventbus.Message, error) {
+		if _, err := b.HandleQuery(context.Background(), "inventory", "stock.slow", eventbus.QueryHandlerFunc(func(ctx context.Context, _ *eventbus.Message) (*eventbus.Message, error) {
 			select {
 			case <-time.After(400 * time.Millisecond):
 			case <-ctx.Done():

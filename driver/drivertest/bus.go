@@ -20,8 +20,10 @@ import (
 // instance: events with competing and fanned-out groups, commands handled
 // exactly once, queries with replies and typed errors, stream batches,
 // broadcast, retries ending in the dead-letter destination, and durable
-// groups that resume after a restart. Patterns the driver does not serve are
-// skipped with the capability named.
+// groups that resume after a restart; and subscriptions opened and closed
+// while the bus runs, settlement that keeps up with slow handlers, a close
+// that gives back and keeps its deadline, and dead letters cut to fit.
+// Patterns the driver does not serve are skipped with the capability named.
 func RunBusTests(t *testing.T, h Harness) {
 	t.Helper()
 	if h.Open == nil {
@@ -39,6 +41,7 @@ func RunBusTests(t *testing.T, h Harness) {
 	t.Run("Broadcast", s.testBusBroadcast)
 	t.Run("DeadLetter", s.testBusDeadLetter)
 	t.Run("DurableGroupResumes", s.testBusDurable)
+	t.Run("Subscriptions", s.runSubscriptionTests)
 }
 
 var busRetry = eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
@@ -138,13 +141,13 @@ func (s *suite) testBusEvents(t *testing.T) {
 	billing, audit := "billing"+unique(), "audit"+unique()
 	c := newTally()
 	s.bus(t, "billing-1", func(b *eventbus.Bus) error {
-		return b.SubscribeEvents([]string{typ}, billing, c.handler("billing-1"))
+		return errOnly(b.SubscribeEvents(context.Background(), []string{typ}, billing, c.handler("billing-1")))
 	})
 	s.bus(t, "billing-2", func(b *eventbus.Bus) error {
-		return b.SubscribeEvents([]string{typ}, billing, c.handler("billing-2"))
+		return errOnly(b.SubscribeEvents(context.Background(), []string{typ}, billing, c.handler("billing-2")))
 	})
 	s.bus(t, "audit", func(b *eventbus.Bus) error {
-		return b.SubscribeEvents([]string{typ}, audit, c.handler("audit"))
+		return errOnly(b.SubscribeEvents(context.Background(), []string{typ}, audit, c.handler("audit")))
 	})
 	pub := s.bus(t, "orders", nil)
 	const n = 100
@@ -185,7 +188,9 @@ func (s *suite) testBusCommands(t *testing.T) {
 	c := newTally()
 	for i := range 2 {
 		name := fmt.Sprintf("billing-%d", i)
-		s.bus(t, name, func(b *eventbus.Bus) error { return b.HandleCommand(service, "charge", c.handler(name)) })
+		s.bus(t, name, func(b *eventbus.Bus) error {
+			return errOnly(b.HandleCommand(context.Background(), service, "charge", c.handler(name)))
+		})
 	}
 	client := s.bus(t, "orders", nil)
 	const n = 60
@@ -213,7 +218,7 @@ func (s *suite) testBusQuery(t *testing.T) {
 	s.requirePattern(t, driver.Query)
 	service := "catalog" + unique()
 	s.bus(t, "catalog", func(b *eventbus.Bus) error {
-		return b.HandleQuery(service, "price.get", eventbus.TypedQuery(func(ctx context.Context, _ *eventbus.Message, sku string) (quote, error) {
+		return errOnly(b.HandleQuery(context.Background(), service, "price.get", eventbus.TypedQuery(func(ctx context.Context, _ *eventbus.Message, sku string) (quote, error) {
 			switch sku {
 			case "missing":
 				return quote{}, eventbus.Errorf("not_found", "no sku %s", sku)
@@ -225,7 +230,7 @@ func (s *suite) testBusQuery(t *testing.T) {
 				return quote{}, errors.New("too late")
 			}
 			return quote{SKU: sku, Cents: 100 * len(sku)}, nil
-		}))
+		})))
 	})
 	client := s.bus(t, "shop", nil)
 
@@ -278,7 +283,7 @@ func (s *suite) testBusStream(t *testing.T) {
 	var sizes []int
 	failed := false
 	s.bus(t, "analytics", func(b *eventbus.Bus) error {
-		return b.ProcessStream(stream, "analytics", eventbus.TypedBatch(func(_ context.Context, ms []*eventbus.Message, vs []int) error {
+		return errOnly(b.ProcessStream(context.Background(), stream, "analytics", eventbus.TypedBatch(func(_ context.Context, ms []*eventbus.Message, vs []int) error {
 			mu.Lock()
 			defer mu.Unlock()
 			if !failed && slices.Contains(vs, 42) {
@@ -290,7 +295,7 @@ func (s *suite) testBusStream(t *testing.T) {
 				perKey[ms[i].Key] = append(perKey[ms[i].Key], v)
 			}
 			return nil
-		}), &eventbus.BatchOptions{Size: 10, MaxWait: 200 * time.Millisecond})
+		}), &eventbus.BatchOptions{Size: 10, MaxWait: 200 * time.Millisecond}))
 	})
 	pub := s.bus(t, "web", nil)
 	const n = 95
@@ -353,7 +358,9 @@ func (s *suite) testBusBroadcast(t *testing.T) {
 	c := newTally()
 	for i := range 3 {
 		name := "cache-" + strconv.Itoa(i)
-		s.bus(t, name, func(b *eventbus.Bus) error { return b.SubscribeBroadcast([]string{typ}, c.handler(name)) })
+		s.bus(t, name, func(b *eventbus.Bus) error {
+			return errOnly(b.SubscribeBroadcast(context.Background(), []string{typ}, c.handler(name)))
+		})
 	}
 	pub := s.bus(t, "admin", nil)
 	m := jsonMessage(t, typ, "all")
@@ -380,7 +387,7 @@ func (s *suite) testBusDeadLetter(t *testing.T) {
 	var mu sync.Mutex
 	attempts := map[string]int{}
 	s.bus(t, "payments", func(b *eventbus.Bus) error {
-		return b.SubscribeEvents([]string{typ}, "payments", eventbus.Typed(func(_ context.Context, m *eventbus.Message, amount int) error {
+		return errOnly(b.SubscribeEvents(context.Background(), []string{typ}, "payments", eventbus.Typed(func(_ context.Context, m *eventbus.Message, amount int) error {
 			mu.Lock()
 			defer mu.Unlock()
 			attempts[m.ID]++
@@ -388,7 +395,7 @@ func (s *suite) testBusDeadLetter(t *testing.T) {
 				return eventbus.Permanent(errors.New("negative amount"))
 			}
 			return errors.New("gateway down")
-		}))
+		})))
 	})
 	pub := s.bus(t, "orders", nil)
 	retried := jsonMessage(t, typ, 10)
@@ -447,7 +454,7 @@ func (s *suite) testBusDurable(t *testing.T) {
 	group := "ledger" + unique()
 	c := newTally()
 	first := s.bus(t, "ledger-1", func(b *eventbus.Bus) error {
-		return b.SubscribeEvents([]string{typ}, group, c.handler("ledger"))
+		return errOnly(b.SubscribeEvents(context.Background(), []string{typ}, group, c.handler("ledger")))
 	})
 	pub := s.bus(t, "accounts", nil)
 	var sent []string
@@ -465,7 +472,7 @@ func (s *suite) testBusDurable(t *testing.T) {
 	closeBus(t, first)
 	publish(20, 50) // nobody of the group runs now
 	s.bus(t, "ledger-2", func(b *eventbus.Bus) error {
-		return b.SubscribeEvents([]string{typ}, group, c.handler("ledger"))
+		return errOnly(b.SubscribeEvents(context.Background(), []string{typ}, group, c.handler("ledger")))
 	})
 	await(t, "the 30 published while the group was down", func() bool { return c.total() >= 50 })
 	time.Sleep(quietWindow)
@@ -477,3 +484,7 @@ func (s *suite) testBusDurable(t *testing.T) {
 		t.Logf("%d duplicates after the restart (at-least-once)", len(got)-len(sent))
 	}
 }
+
+// errOnly drops the subscription of a subscribe call, for set-up functions
+// whose subscriptions live as long as their bus.
+func errOnly(_ *eventbus.Subscription, err error) error { return err }
