@@ -119,15 +119,14 @@ type Bus struct {
 	idSeq   atomic.Uint64
 	replyTo string
 
-	mu        sync.Mutex
-	backends  []*backend
-	byName    map[string]*backend
-	regs      []*registration // registered before Start
-	regKeys   map[string]bool
-	subs      map[*Subscription]struct{}
-	started   bool
-	closed    atomic.Bool
-	stateOnce sync.Once
+	mu       sync.Mutex
+	backends []*backend
+	byName   map[string]*backend
+	regs     []*registration // registered before Start
+	regKeys  map[string]bool
+	subs     map[*Subscription]struct{}
+	started  bool
+	closed   atomic.Bool
 
 	routes atomic.Pointer[router]
 

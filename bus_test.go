@@ -51,30 +51,6 @@ func (w withoutNative) Capabilities() driver.Capabilities {
 // fastRetry keeps redelivery tests short.
 var fastRetry = eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}
 
-// instance is one service instance: a bus on its own connection to a shared
-// in-memory broker.
-func instance(t *testing.T, broker *membus.Driver, name string, setup func(b *eventbus.Bus)) *eventbus.Bus {
-	t.Helper()
-	b := eventbus.New(&eventbus.Options{Source: name, Retry: fastRetry, QueryTimeout: 2 * time.Second})
-	if err := b.Register("mem", broker.Connect()); err != nil {
-		t.Fatal(err)
-	}
-	if setup != nil {
-		setup(b)
-	}
-	if err := b.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := b.Close(ctx); err != nil {
-			t.Errorf("close %s: %v", name, err)
-		}
-	})
-	return b
-}
-
 // errOnly drops the subscription of a subscribe call whose subscription
 // lives as long as its bus.
 func errOnly(_ *eventbus.Subscription, err error) error { return err }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the project's checks, as CI does: starts the services the tests need,
-# then go vet and the race-enabled test suite. With CI set in the
+# then gofmt, go vet, staticcheck and the race-enabled test suite. With CI set in the
 # environment, a test that cannot reach its service fails instead of
 # skipping (see internal/testenv). Exits non-zero if any step failed; the
 # go test output comes last so its closing lines tell the result.
@@ -27,6 +27,15 @@ go vet ./... || status=1
 if [[ -f bench/go.mod ]]; then
 	echo "== (cd bench && go vet ./...)"
 	(cd bench && go vet ./...) || status=1
+fi
+
+# staticcheck, pinned; go run builds it once into the build cache.
+staticcheck="honnef.co/go/tools/cmd/staticcheck@v0.8.2"
+echo "== staticcheck ./..."
+go run "$staticcheck" ./... || status=1
+if [[ -f bench/go.mod ]]; then
+	echo "== (cd bench && staticcheck ./...)"
+	(cd bench && go run "$staticcheck" ./...) || status=1
 fi
 
 echo "== go test -race -count=1 -timeout 15m ./..."
