@@ -1,6 +1,8 @@
 package natsbus
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -55,15 +57,6 @@ func ceHeader(name string) string {
 	return cePrefix + name
 }
 
-// HeaderError reports a transport header that cannot travel in a NATS
-// message header.
-type HeaderError struct {
-	Name   string
-	Reason string
-}
-
-func (e *HeaderError) Error() string { return "header " + quote(e.Name) + ": " + e.Reason }
-
 func quote(s string) string {
 	if len(s) > 64 {
 		s = s[:64] + "…"
@@ -71,20 +64,21 @@ func quote(s string) string {
 	return `"` + s + `"`
 }
 
-// encode maps m onto a NATS message for subject, in CloudEvents binary
-// content mode. stored adds the JetStream de-duplication header and copies
-// what the NATS message would otherwise share with m: the jetstream client
-// keeps an asynchronously published message and may send it again (after a
-// no-responders answer) even once Publish gave up and returned, when the
-// caller may be reusing m. A core NATS message is written to the connection's
-// buffer before the publish returns, so it shares m's body and header values.
-func encode(subject string, m *driver.Message, stored bool) (*nats.Msg, error) {
-	n := headerCount(m, stored)
+// encode maps m onto a NATS message for subject, in the content mode m.Mode
+// asks for. The caller has checked m with driver.CheckEnvelope. stored adds
+// the JetStream de-duplication header and copies what the NATS message would
+// otherwise share with m: the jetstream client keeps an asynchronously
+// published message and may send it again (after a no-responders answer)
+// even once Publish gave up and returned, when the caller may be reusing m.
+// A core NATS message is written to the connection's buffer before the
+// publish returns, so it shares m's body and header values.
+func encode(subject string, m *driver.Message, stored bool) *nats.Msg {
+	if m.Mode == driver.Structured {
+		return encodeStructured(subject, m, stored)
+	}
+	fixed, n := headerCount(m, stored)
 	h := make(nats.Header, n+len(m.Header))
 	for k, vs := range m.Header {
-		if err := checkHeader(k, vs); err != nil {
-			return nil, err
-		}
 		if stored {
 			vs = slices.Clone(vs)
 		}
@@ -101,19 +95,50 @@ func encode(subject string, m *driver.Message, stored bool) (*nats.Msg, error) {
 		vals = append(vals, value)
 		h[name] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
-	m.EachAttribute(func(name, value string) { set(ceHeader(name), percentEncode(value)) })
 	if m.Key != "" {
 		set(partitionKey, percentEncode(m.Key))
 	}
+	// EachAttribute yields the attributes of Message's own fields first, then
+	// the extensions: an extension never replaces a header already written
+	// (CheckEnvelope refuses such names; this holds even without it). Only
+	// extensions pay for the look-up.
+	i := 0
+	m.EachAttribute(func(name, value string) {
+		hdr := ceHeader(name)
+		if i++; i > fixed {
+			if _, taken := h[hdr]; taken {
+				return
+			}
+		}
+		set(hdr, percentEncode(value))
+	})
 	data := m.Data
 	if stored {
 		if m.ID != "" {
-			set(msgIDHeader, m.ID)
+			set(msgIDHeader, dedupID(m.Source, m.ID, subject))
 		}
 		data = slices.Clone(data)
 	}
 	w.msg = nats.Msg{Subject: subject, Header: h, Data: data}
-	return &w.msg, nil
+	return &w.msg
+}
+
+// dedupID is the Nats-Msg-Id of a stored message: a digest of (source, id,
+// subject), so that the server's de-duplication, which keys on this header
+// alone within a whole stream, treats the same id from two sources or to two
+// destinations as two messages. 128 bits of SHA-256, in hex: fixed length
+// whatever the attributes' length, and no accidental collisions. The NUL
+// separators cannot occur in the parts (CheckEnvelope refuses control
+// characters, and subjects have none).
+func dedupID(source, id, subject string) string {
+	var buf [192]byte
+	b := append(buf[:0], source...)
+	b = append(b, 0)
+	b = append(b, id...)
+	b = append(b, 0)
+	b = append(b, subject...)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
 // wireMsg is a NATS message and room for the header values of the
@@ -123,45 +148,29 @@ type wireMsg struct {
 	vals [12]string
 }
 
-// headerCount is the number of CloudEvents and de-duplication headers that
-// encode writes for m, so that the header map is allocated once at its size.
-func headerCount(m *driver.Message, withMsgID bool) int {
-	n := 1 + len(m.Extensions) // specversion
+// headerCount returns the number of attributes of Message's own fields that
+// EachAttribute yields for m, and the number of CloudEvents and
+// de-duplication headers that encode writes, so that the header map is
+// allocated once at its size.
+func headerCount(m *driver.Message, withMsgID bool) (fixed, total int) {
+	fixed = 1 // specversion
 	for _, v := range [...]string{m.ID, m.Source, m.Type, m.Subject, m.DataContentType, m.DataSchema,
-		m.CorrelationID, m.CausationID, m.TraceParent, m.TraceState, m.ReplyTo, m.Key} {
+		m.CorrelationID, m.CausationID, m.TraceParent, m.TraceState, m.ReplyTo} {
 		if v != "" {
-			n++
+			fixed++
 		}
 	}
 	if !m.Time.IsZero() {
-		n++
+		fixed++
+	}
+	total = fixed + len(m.Extensions)
+	if m.Key != "" {
+		total++
 	}
 	if withMsgID && m.ID != "" {
-		n++
+		total++
 	}
-	return n
-}
-
-// checkHeader refuses a free header that would corrupt the NATS header block
-// or collide with the CloudEvents attributes.
-func checkHeader(name string, values []string) error {
-	if name == "" {
-		return &HeaderError{Name: name, Reason: "empty name"}
-	}
-	if len(name) >= len(cePrefix) && strings.EqualFold(name[:len(cePrefix)], cePrefix) {
-		return &HeaderError{Name: name, Reason: "the ce- prefix is reserved for CloudEvents attributes"}
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c <= ' ' || c >= 0x7f || c == ':' {
-			return &HeaderError{Name: name, Reason: "a name is printable ASCII without spaces or colons"}
-		}
-	}
-	for _, v := range values {
-		if strings.ContainsAny(v, "\r\n") {
-			return &HeaderError{Name: name, Reason: "a value cannot contain CR or LF"}
-		}
-	}
-	return nil
+	return fixed, total
 }
 
 // decode reads a received NATS message as an envelope. It always returns a
@@ -236,6 +245,15 @@ func decodeInto(m *driver.Message, h nats.Header, data []byte) error {
 		return bad
 	}
 	if !sawSpecVersion {
+		// No Content-Type either: some senders (the CloudEvents Go SDK's
+		// NATS bindings among them) send the JSON event format with no
+		// header at all.
+		if looksLikeJSONObject(data) {
+			if sm, err := decodeStructured(h, "", data); err == nil {
+				*m = *sm
+				return nil
+			}
+		}
 		return &driver.MalformedError{Reason: "missing specversion attribute (no ce-specversion header)"}
 	}
 	return m.Validate()

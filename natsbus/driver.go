@@ -41,6 +41,7 @@ type Driver struct {
 var (
 	_ driver.Driver         = (*Driver)(nil)
 	_ driver.RequestReplier = (*Driver)(nil)
+	_ driver.GroupDeclarer  = (*Driver)(nil)
 )
 
 // subscription is what Driver.Close closes.
@@ -219,15 +220,13 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 	if len(msgs) == 0 {
 		return nil
 	}
-	if err := driver.CheckSize(msgs, d.caps.MaxMessageSize); err != nil {
+	if err := checkPublish(msgs, d.caps.MaxMessageSize); err != nil {
 		return fmt.Errorf("natsbus: publish to %q: %w", subj, err)
 	}
 	stored := d.js != nil && persistent(dest.Pattern)
 	nms := make([]*nats.Msg, len(msgs))
 	for i, m := range msgs {
-		if nms[i], err = encode(subj, m, stored); err != nil {
-			return fmt.Errorf("natsbus: publish to %q: %w", subj, err)
-		}
+		nms[i] = encode(subj, m, stored)
 	}
 	if stored {
 		err = d.publishStored(ctx, nms)
@@ -238,6 +237,15 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 		return fmt.Errorf("natsbus: publish to %q: %w", subj, err)
 	}
 	return nil
+}
+
+// checkPublish refuses, before the wire, what every driver refuses: an
+// envelope that cannot travel unchanged, or one over the size limit.
+func checkPublish(msgs []*driver.Message, limit int) error {
+	if err := driver.CheckEnvelope(msgs); err != nil {
+		return err
+	}
+	return driver.CheckSize(msgs, limit)
 }
 
 func (d *Driver) publishCore(ctx context.Context, nms []*nats.Msg) error {
@@ -276,9 +284,20 @@ func (d *Driver) publishStored(ctx context.Context, nms []*nats.Msg) error {
 	// waiting for a lost connection to come back is bounded by ctx alone.
 	connectedRetries := 0
 	backoff := 50 * time.Millisecond
-	for {
-		failed, err := d.publishOnce(ctx, pending)
+	// Only the first round's duplicates are the caller's: a message published
+	// again after a lost ack or connection is reported as a duplicate when
+	// the first attempt was stored after all, which is the success we wanted.
+	duplicates := 0
+	for round := 0; ; round++ {
+		failed, dups, err := d.publishOnce(ctx, pending)
+		if round == 0 {
+			duplicates = dups
+		}
 		if len(failed) == 0 {
+			if duplicates > 0 {
+				return fmt.Errorf("%d of %d messages already stored within the duplicate window (same source, id and destination), not stored again: %w",
+					duplicates, len(nms), driver.ErrDuplicate)
+			}
 			return nil
 		}
 		unacked := func(cause error) error {
@@ -323,13 +342,21 @@ type pubBatch struct {
 	remaining atomic.Int64
 	done      chan struct{}
 
-	mu     sync.Mutex
-	failed []*nats.Msg
-	err    error
+	mu         sync.Mutex
+	failed     []*nats.Msg
+	err        error
+	duplicates int
 }
 
+// errDuplicateAck marks a publish the server acknowledged as a duplicate.
+var errDuplicateAck = errors.New("duplicate")
+
 func (b *pubBatch) settle(m *nats.Msg, err error) {
-	if err != nil {
+	if err == errDuplicateAck {
+		b.mu.Lock()
+		b.duplicates++
+		b.mu.Unlock()
+	} else if err != nil {
 		b.mu.Lock()
 		b.failed = append(b.failed, m)
 		if b.err == nil {
@@ -355,7 +382,11 @@ func (d *Driver) settlePublish(m *nats.Msg, err error) {
 	}
 }
 
-func (d *Driver) onPublishAck(_ jetstream.JetStream, m *nats.Msg, _ *jetstream.PubAck) {
+func (d *Driver) onPublishAck(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
+	if ack != nil && ack.Duplicate {
+		d.settlePublish(m, errDuplicateAck)
+		return
+	}
 	d.settlePublish(m, nil)
 }
 
@@ -364,10 +395,11 @@ func (d *Driver) onPublishError(_ jetstream.JetStream, m *nats.Msg, err error) {
 }
 
 // publishOnce publishes nms asynchronously and returns those the server did
-// not acknowledge, with the first error. Slots in the window are freed by the
+// not acknowledge, with the first error, and how many it acknowledged as
+// duplicates. Slots in the window are freed by the
 // acknowledgements themselves, so concurrent calls share the window without
 // waiting on each other's batches.
-func (d *Driver) publishOnce(ctx context.Context, nms []*nats.Msg) ([]*nats.Msg, error) {
+func (d *Driver) publishOnce(ctx context.Context, nms []*nats.Msg) ([]*nats.Msg, int, error) {
 	b := &pubBatch{done: make(chan struct{})}
 	b.remaining.Store(int64(len(nms)))
 	for _, m := range nms {
@@ -407,7 +439,7 @@ func (d *Driver) publishOnce(ctx context.Context, nms []*nats.Msg) ([]*nats.Msg,
 		// connection closes.
 		giveUp(driver.ErrClosed)
 	}
-	return b.failed, b.err
+	return b.failed, b.duplicates, b.err
 }
 
 // transient reports whether a publish may succeed when tried again.
@@ -490,8 +522,8 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 	if err != nil {
 		return nil, err
 	}
-	if strings.ContainsFunc(opts.Group, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '*' || r == '>' }) {
-		return nil, fmt.Errorf("natsbus: subscribe to %q: group %q contains whitespace or a wildcard", subj, opts.Group)
+	if err := checkGroup(opts.Group); err != nil {
+		return nil, fmt.Errorf("natsbus: subscribe to %q: %w", subj, err)
 	}
 	var s subscription
 	if d.js != nil && persistent(dest.Pattern) {
@@ -533,14 +565,10 @@ func (d *Driver) Request(ctx context.Context, dest driver.Destination, req *driv
 	if dest.Pattern != driver.Query {
 		return nil, fmt.Errorf("natsbus: request to %q: native request/reply serves query destinations only: %w", subj, driver.ErrUnsupported)
 	}
-	if err := driver.CheckSize([]*driver.Message{req}, d.caps.MaxMessageSize); err != nil {
+	if err := checkPublish([]*driver.Message{req}, d.caps.MaxMessageSize); err != nil {
 		return nil, fmt.Errorf("natsbus: request to %q: %w", subj, err)
 	}
-	nm, err := encode(subj, req, false)
-	if err != nil {
-		return nil, fmt.Errorf("natsbus: request to %q: %w", subj, err)
-	}
-	resp, err := d.nc.RequestMsgWithContext(ctx, nm)
+	resp, err := d.nc.RequestMsgWithContext(ctx, encode(subj, req, false))
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):
@@ -567,14 +595,10 @@ func (d *Driver) Reply(ctx context.Context, dl *driver.Delivery, reply *driver.M
 	if !ok || req.Reply == "" {
 		return errors.New("natsbus: reply: the delivery is not a request received by a natsbus query subscription")
 	}
-	if err := driver.CheckSize([]*driver.Message{reply}, d.caps.MaxMessageSize); err != nil {
+	if err := checkPublish([]*driver.Message{reply}, d.caps.MaxMessageSize); err != nil {
 		return fmt.Errorf("natsbus: reply: %w", err)
 	}
-	nm, err := encode(req.Reply, reply, false)
-	if err != nil {
-		return fmt.Errorf("natsbus: reply: %w", err)
-	}
-	if err := d.nc.PublishMsg(nm); err != nil {
+	if err := d.nc.PublishMsg(encode(req.Reply, reply, false)); err != nil {
 		return fmt.Errorf("natsbus: reply: %w", d.classify(err))
 	}
 	return nil
@@ -628,9 +652,20 @@ func (d *Driver) Close(ctx context.Context) error {
 }
 
 // closeConn closes nc and waits, within ctx, until its callbacks have run.
+// A connection that closed by itself (reconnect attempts exhausted,
+// credentials refused) ran its closed callback already and will not again:
+// there is nothing to wait for.
 func closeConn(ctx context.Context, nc *nats.Conn) {
+	if nc.IsClosed() {
+		return
+	}
 	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	var once sync.Once
+	nc.SetClosedHandler(func(*nats.Conn) { once.Do(func() { close(closed) }) })
+	if nc.IsClosed() {
+		// It closed between the check and the handler's installation.
+		return
+	}
 	nc.Close()
 	select {
 	case <-closed:

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -19,11 +21,18 @@ func isStructured(contentType string) bool {
 	return strings.HasPrefix(ct, "application/cloudevents") && !strings.HasPrefix(ct, "application/cloudevents-batch")
 }
 
+// looksLikeJSONObject reports whether body may be a JSON object, cheaply.
+func looksLikeJSONObject(body []byte) bool {
+	body = bytes.TrimSpace(body)
+	return len(body) >= 2 && body[0] == '{' && body[len(body)-1] == '}'
+}
+
 // decodeStructured reads an event in structured content mode, JSON event
-// format: what CloudEvents SDKs send over NATS by default. The driver itself
-// always sends binary mode.
+// format: what CloudEvents SDKs send over NATS by default, and what the
+// driver sends for a message whose Mode is driver.Structured. ctKey is the
+// Content-Type header's name, or "" when there is none.
 func decodeStructured(h nats.Header, ctKey string, body []byte) (*driver.Message, error) {
-	m := &driver.Message{Data: body}
+	m := &driver.Message{Data: body, Mode: driver.Structured}
 	for k, vs := range h {
 		if k == ctKey || k == msgIDHeader {
 			continue
@@ -123,4 +132,70 @@ func isJSONType(ct string) bool {
 	}
 	ct = strings.TrimSpace(ct)
 	return ct == "" || ct == "application/json" || ct == "text/json" || strings.HasSuffix(ct, "+json")
+}
+
+// structuredContentType marks a structured-mode message, per the NATS
+// protocol binding.
+const structuredContentType = "application/cloudevents+json"
+
+// encodeStructured maps m onto a NATS message in structured content mode:
+// the JSON event format in the body, every attribute and extension a
+// top-level member (the key as "partitionkey"), data inline when its content
+// type is JSON and it is valid JSON, else in data_base64. Free headers stay
+// NATS headers; stored adds the de-duplication header, as in binary mode.
+func encodeStructured(subject string, m *driver.Message, stored bool) *nats.Msg {
+	h := make(nats.Header, len(m.Header)+2)
+	for k, vs := range m.Header {
+		h[k] = slices.Clone(vs)
+	}
+	h[contentType] = []string{structuredContentType}
+	b := make([]byte, 0, 256+len(m.Data)*4/3)
+	b = append(b, '{')
+	seen := make(map[string]bool, 16)
+	member := func(name, value string) {
+		// The first writer of a name wins: Message's own fields come first,
+		// so an extension never replaces an attribute.
+		if seen[name] {
+			return
+		}
+		seen[name] = true
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, name)
+		b = append(b, ':')
+		b = appendJSONString(b, value)
+	}
+	if m.Key != "" {
+		member(driver.ExtPartitionKey, m.Key)
+	}
+	m.EachAttribute(member)
+	if len(m.Data) > 0 {
+		if isJSONType(m.DataContentType) && json.Valid(m.Data) && len(bytes.TrimSpace(m.Data)) == len(m.Data) {
+			b = append(b, `,"data":`...)
+			b = append(b, m.Data...)
+		} else {
+			b = append(b, `,"data_base64":"`...)
+			b = base64.StdEncoding.AppendEncode(b, m.Data)
+			b = append(b, '"')
+		}
+	}
+	b = append(b, '}')
+	if stored && m.ID != "" {
+		h[msgIDHeader] = []string{dedupID(m.Source, m.ID, subject)}
+	}
+	return &nats.Msg{Subject: subject, Header: h, Data: b}
+}
+
+// appendJSONString appends s as a JSON string. Attribute values are valid
+// UTF-8 without control characters (CheckEnvelope), so only the quote and
+// the backslash need escaping; anything else is escaped by encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	if !strings.ContainsFunc(s, func(r rune) bool { return r == '"' || r == '\\' || r < 0x20 || r == utf8.RuneError }) {
+		b = append(b, '"')
+		b = append(b, s...)
+		return append(b, '"')
+	}
+	enc, _ := json.Marshal(s)
+	return append(b, enc...)
 }

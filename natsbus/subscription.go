@@ -86,6 +86,12 @@ func (l limiter) release(n int) {
 // storedSub is a subscription on a JetStream pull consumer. One Consume loop
 // of the jetstream client pulls in batches (with heartbeats, and again after
 // a reconnect) and hands messages to Receive through a buffered channel.
+//
+// Every message the subscription holds unsettled — buffered in msgs or
+// handed out by Receive — is in held, with the tick of the keep-alive
+// goroutine when it arrived or was last extended: that goroutine sends
+// in-progress acks for those held longer than a tick, and close gives back
+// all of them.
 type storedSub struct {
 	d         *Driver
 	subject   string
@@ -95,20 +101,34 @@ type storedSub struct {
 	msgs      chan jetstream.Msg
 	inflight  limiter
 	cc        jetstream.ConsumeContext
+	tick      time.Duration // the keep-alive period, a third of the ack wait
+
+	heldMu  sync.Mutex
+	held    map[jetstream.Msg]uint64
+	epoch   uint64 // keep-alive ticks so far; guarded by heldMu
+	closing bool   // held was given back; guarded by heldMu
 
 	closeOnce sync.Once
 	done      chan struct{} // closed by close
+	keeperEnd chan struct{} // closed when the keep-alive goroutine returned
 	failOnce  sync.Once
 	failed    chan struct{} // closed when the consumer stopped for good
 	failErr   error
 }
 
-func (d *Driver) subscribeStored(ctx context.Context, dest driver.Destination, subj string, opts driver.SubscribeOptions) (*storedSub, error) {
-	stream := streamName(d.opts.StreamPrefix, dest.Pattern)
+// minAckWait is the shortest ack wait the driver asks the server for: the
+// keep-alive ticks at a third of it, and a shorter one leaves too little room
+// for a loaded machine to send the in-progress acks in time.
+const minAckWait = time.Second
+
+// consumerConfig is the configuration of the consumer behind a subscription
+// on subj, and its name ("" for a private subscription's ephemeral one).
+func (d *Driver) consumerConfig(dest driver.Destination, subj string, opts driver.SubscribeOptions) (jetstream.ConsumerConfig, string) {
 	ackWait := opts.AckWait
 	if ackWait <= 0 {
 		ackWait = d.opts.AckWait
 	}
+	ackWait = max(ackWait, minAckWait)
 	cfg := jetstream.ConsumerConfig{
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
@@ -124,28 +144,66 @@ func (d *Driver) subscribeStored(ctx context.Context, dest driver.Destination, s
 	if opts.MaxInFlight > 0 {
 		cfg.MaxAckPending = max(opts.MaxInFlight, 1000)
 	}
+	if opts.Group == "" {
+		cfg.InactiveThreshold = inactiveThreshold
+		return cfg, ""
+	}
+	name := consumerName(opts.Group, dest.Name)
+	if opts.Durable {
+		cfg.Durable = name
+	} else {
+		cfg.Name = name
+		cfg.InactiveThreshold = inactiveThreshold
+	}
+	return cfg, name
+}
+
+// DeclareGroup creates the durable consumer of opts.Group on a JetStream
+// destination, as a subscription of that group would, without consuming:
+// messages published from now on are kept for the group. A core NATS
+// destination keeps nothing, and is refused with driver.ErrUnsupported.
+func (d *Driver) DeclareGroup(ctx context.Context, dest driver.Destination, opts driver.SubscribeOptions) error {
+	subj, err := d.checkDest("declare group", dest)
+	if err != nil {
+		return err
+	}
+	if d.js == nil || !persistent(dest.Pattern) {
+		return fmt.Errorf("natsbus: declare group on %q: core NATS keeps nothing for an absent group: %w", subj, driver.ErrUnsupported)
+	}
+	if opts.Group == "" || !opts.Durable {
+		return fmt.Errorf("natsbus: declare group on %q: a declared group needs a name and Durable: %w", subj, driver.ErrUnsupported)
+	}
+	if err := checkGroup(opts.Group); err != nil {
+		return fmt.Errorf("natsbus: declare group on %q: %w", subj, err)
+	}
+	stream := streamName(d.opts.StreamPrefix, dest.Pattern)
+	cfg, name := d.consumerConfig(dest, subj, opts)
+	if _, err := d.groupConsumer(ctx, stream, name, cfg); err != nil {
+		return fmt.Errorf("natsbus: declare group on %q: consumer on stream %s: %w", subj, stream, d.classify(err))
+	}
+	return nil
+}
+
+func (d *Driver) subscribeStored(ctx context.Context, dest driver.Destination, subj string, opts driver.SubscribeOptions) (*storedSub, error) {
+	stream := streamName(d.opts.StreamPrefix, dest.Pattern)
+	cfg, name := d.consumerConfig(dest, subj, opts)
 	var cons jetstream.Consumer
 	var err error
 	s := &storedSub{
-		d:        d,
-		subject:  subj,
-		stream:   stream,
-		inflight: newLimiter(opts.MaxInFlight),
-		done:     make(chan struct{}),
-		failed:   make(chan struct{}),
+		d:         d,
+		subject:   subj,
+		stream:    stream,
+		inflight:  newLimiter(opts.MaxInFlight),
+		tick:      cfg.AckWait / 3,
+		held:      make(map[jetstream.Msg]uint64),
+		done:      make(chan struct{}),
+		keeperEnd: make(chan struct{}),
+		failed:    make(chan struct{}),
 	}
-	if opts.Group == "" {
+	if name == "" {
 		s.ephemeral = true
-		cfg.InactiveThreshold = inactiveThreshold
 		cons, err = d.js.CreateConsumer(ctx, stream, cfg)
 	} else {
-		name := consumerName(opts.Group, dest.Name)
-		if opts.Durable {
-			cfg.Durable = name
-		} else {
-			cfg.Name = name
-			cfg.InactiveThreshold = inactiveThreshold
-		}
 		cons, err = d.groupConsumer(ctx, stream, name, cfg)
 	}
 	if err != nil {
@@ -168,7 +226,44 @@ func (d *Driver) subscribeStored(ctx context.Context, dest driver.Destination, s
 		}
 		return nil, fmt.Errorf("consume %s: %w", s.consumer, d.classify(err))
 	}
+	go s.keepAlive()
 	return s, nil
+}
+
+// keepAlive extends the ack deadline of every message held unsettled for
+// longer than a tick, once a tick: a held message gets an in-progress ack
+// between one and two ticks (a third to two thirds of the ack wait) after it
+// arrived or was last extended, so its deadline never passes while the
+// subscription is open. Messages settled within a tick, the common case,
+// cost nothing but their entry in held.
+func (s *storedSub) keepAlive() {
+	defer close(s.keeperEnd)
+	t := time.NewTicker(s.tick)
+	defer t.Stop()
+	var due []jetstream.Msg
+	for {
+		select {
+		case <-t.C:
+		case <-s.done:
+			return
+		}
+		due = due[:0]
+		s.heldMu.Lock()
+		s.epoch++
+		for m, since := range s.held {
+			if since+1 < s.epoch {
+				s.held[m] = s.epoch
+				due = append(due, m)
+			}
+		}
+		s.heldMu.Unlock()
+		for _, m := range due {
+			// Fire and forget, like acks. A message settled meanwhile
+			// refuses it locally (already acknowledged); the server ignores
+			// it for one settled by another path.
+			_ = m.InProgress()
+		}
+	}
 }
 
 // groupConsumer returns the group's consumer, creating it when it does not
@@ -204,13 +299,22 @@ func (d *Driver) groupConsumer(ctx context.Context, stream, name string, cfg jet
 }
 
 // handle runs on the consume loop's goroutine; blocking here is the back
-// pressure that stops pulling while Receive is behind.
+// pressure that stops pulling while Receive is behind. The message is held
+// (and kept alive) from here on, also while handle waits for room.
 func (s *storedSub) handle(m jetstream.Msg) {
+	s.heldMu.Lock()
+	if s.closing {
+		s.heldMu.Unlock()
+		// Closed: give it back now rather than after the ack wait.
+		_ = m.Nak()
+		return
+	}
+	s.held[m] = s.epoch
+	s.heldMu.Unlock()
 	select {
 	case s.msgs <- m:
 	case <-s.done:
-		// Closing: give it back now rather than after the ack wait.
-		_ = m.Nak()
+		// close gives back every held message, this one too.
 	}
 }
 
@@ -320,7 +424,9 @@ func numDelivered(reply string) int {
 
 // settle applies fn to the JetStream message of every delivery and frees
 // their in-flight slots. Acks are fire-and-forget publishes that the client
-// flushes in the background, batched with the pull requests.
+// flushes in the background, batched with the pull requests. A message is
+// settled once: one that close gave back, or that was settled before, is
+// skipped.
 func (s *storedSub) settle(op string, ds []*driver.Delivery, fn func(jetstream.Msg) error) error {
 	select {
 	case <-s.done:
@@ -328,18 +434,27 @@ func (s *storedSub) settle(op string, ds []*driver.Delivery, fn func(jetstream.M
 	default:
 	}
 	var errs []error
-	n := 0
+	var buf [32]jetstream.Msg
+	ms := buf[:0]
+	s.heldMu.Lock()
 	for _, dl := range ds {
 		m, ok := dl.Handle.(jetstream.Msg)
 		if !ok {
 			errs = append(errs, fmt.Errorf("natsbus: %s on %q: delivery not received from natsbus JetStream", op, s.subject))
 			continue
 		}
-		n++
+		if _, held := s.held[m]; held {
+			delete(s.held, m)
+			ms = append(ms, m)
+		}
+	}
+	s.heldMu.Unlock()
+	for _, m := range ms {
 		if err := fn(m); err != nil {
 			errs = append(errs, fmt.Errorf("natsbus: %s on %q: %w", op, s.subject, s.d.classify(err)))
 		}
 	}
+	n := len(ms)
 	s.inflight.release(n)
 	return errors.Join(errs...)
 }
@@ -365,27 +480,38 @@ func (s *storedSub) Close(ctx context.Context) error {
 	return err
 }
 
-// close stops pulling, waits for the consume loop to end, and gives the
-// messages pulled but never handed out back to the server at once.
+// close stops pulling, waits (within ctx) for the consume loop to end, and
+// gives every message it holds back to the server at once: those pulled but
+// never handed out, and those handed out but not settled. Draining the
+// consume loop, rather than stopping it, passes the messages the client had
+// already received to handle, which gives them back too; a stopped loop
+// would drop them, and the server would redeliver them only after the ack
+// wait.
 func (s *storedSub) close(ctx context.Context) error {
 	err := fmt.Errorf("natsbus: close %q: %w", s.subject, driver.ErrClosed)
 	s.closeOnce.Do(func() {
 		err = nil
 		close(s.done)
-		s.cc.Stop()
+		if s.d.nc.IsConnected() {
+			s.cc.Drain()
+		} else {
+			// Nothing can be given back, and a drain would wait for the
+			// connection.
+			s.cc.Stop()
+		}
 		select {
 		case <-s.cc.Closed():
 		case <-ctx.Done():
 			err = fmt.Errorf("natsbus: close %q: %w", s.subject, ctx.Err())
 		}
-		for {
-			select {
-			case m := <-s.msgs:
-				_ = m.Nak()
-				continue
-			default:
-			}
-			break
+		<-s.keeperEnd
+		s.heldMu.Lock()
+		s.closing = true
+		held := s.held
+		s.held = nil
+		s.heldMu.Unlock()
+		for m := range held {
+			_ = m.Nak()
 		}
 		if s.ephemeral && s.d.nc.IsConnected() {
 			// A private subscription is gone when closed; the server would
@@ -513,4 +639,13 @@ func (s *coreSub) close(context.Context) error {
 		}
 	})
 	return err
+}
+
+// checkGroup refuses a group name that would widen or break the consumer
+// name and queue group made from it.
+func checkGroup(group string) error {
+	if strings.ContainsFunc(group, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '*' || r == '>' }) {
+		return fmt.Errorf("group %q contains whitespace or a wildcard", group)
+	}
+	return nil
 }
