@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -87,12 +88,22 @@ func StartServer(ctx context.Context, opts *EmbeddedOptions) (*Server, error) {
 		return nil, fmt.Errorf("natsbus: embedded server: %w", err)
 	}
 	s.ns = ns
-	if o.Logger != nil {
-		ns.SetLogger(serverLogger{o.Logger}, false, false)
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	// The server reports a listener it cannot open through Fatalf and then
+	// never becomes ready: the logger remembers it, so that StartServer
+	// fails at once instead of at its deadline.
+	fatal := new(atomic.Pointer[string])
+	ns.SetLogger(serverLogger{l: log, fatal: fatal}, false, false)
 	ns.Start()
 	deadline := time.Now().Add(30 * time.Second)
 	for !ns.ReadyForConnections(50 * time.Millisecond) {
+		if msg := fatal.Load(); msg != nil {
+			_ = s.Shutdown(context.Background())
+			return nil, fmt.Errorf("natsbus: embedded server: %s", *msg)
+		}
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			_ = s.Shutdown(context.Background())
 			err := ctx.Err()
@@ -182,12 +193,20 @@ func OpenEmbedded(ctx context.Context, opts *EmbeddedOptions, cfg *Config) (*Dri
 	return nil, errors.Join(err, s.Shutdown(context.Background()))
 }
 
-// serverLogger sends the server's log to slog, leaving out debug and trace.
-type serverLogger struct{ l *slog.Logger }
+// serverLogger sends the server's log to slog, leaving out debug and trace,
+// and keeps the first fatal error.
+type serverLogger struct {
+	l     *slog.Logger
+	fatal *atomic.Pointer[string]
+}
 
 func (l serverLogger) Noticef(format string, v ...any) { l.l.Info(fmt.Sprintf(format, v...)) }
 func (l serverLogger) Warnf(format string, v ...any)   { l.l.Warn(fmt.Sprintf(format, v...)) }
-func (l serverLogger) Fatalf(format string, v ...any)  { l.l.Error(fmt.Sprintf(format, v...)) }
-func (l serverLogger) Errorf(format string, v ...any)  { l.l.Error(fmt.Sprintf(format, v...)) }
-func (l serverLogger) Debugf(string, ...any)           {}
-func (l serverLogger) Tracef(string, ...any)           {}
+func (l serverLogger) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	l.fatal.CompareAndSwap(nil, &msg)
+	l.l.Error(msg)
+}
+func (l serverLogger) Errorf(format string, v ...any) { l.l.Error(fmt.Sprintf(format, v...)) }
+func (l serverLogger) Debugf(string, ...any)          {}
+func (l serverLogger) Tracef(string, ...any)          {}

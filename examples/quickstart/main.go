@@ -2,8 +2,9 @@
 // events with consumer groups, commands, queries with replies and typed
 // errors, a keyed stream processed in batches, and a broadcast.
 //
-// No backend is registered, so the bus runs on its embedded default: a NATS
-// server with JetStream file storage inside this process. Nothing to install.
+// The bus runs on the embedded default, chosen in one visible line: an
+// embedded: URL, which natsbus registers, opens a NATS server with JetStream
+// file storage inside this process. Nothing to install.
 //
 //	go run ./examples/quickstart [-data dir]
 package main
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/natsbus"
 )
 
 type OrderPlaced struct {
@@ -48,7 +50,15 @@ func main() {
 }
 
 func run(ctx context.Context, dataDir string) error {
-	bus := eventbus.New(&eventbus.Options{Source: "quickstart", DataDir: dataDir})
+	bus, err := eventbus.Open(ctx, natsbus.EmbeddedURL(dataDir), &eventbus.Options{Source: "quickstart"})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := bus.Close(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}()
 
 	// Every handler reports what it handled; main waits for all of it.
 	handled := make(chan string, 64)
@@ -56,7 +66,7 @@ func run(ctx context.Context, dataDir string) error {
 
 	// Pub/sub: two groups each get every event.
 	for _, group := range []string{"billing", "analytics"} {
-		err := bus.SubscribeEvents([]string{"order.placed"}, group,
+		_, err := bus.SubscribeEvents(ctx, []string{"order.placed"}, group,
 			eventbus.Typed(func(ctx context.Context, m *eventbus.Message, o OrderPlaced) error {
 				say("[event → %s] order %s placed, %d cents", group, o.OrderID, o.Amount)
 				handled <- "event"
@@ -67,7 +77,7 @@ func run(ctx context.Context, dataDir string) error {
 		}
 	}
 	// Point-to-point: one instance of "payments" handles each command.
-	err := bus.HandleCommand("payments", "charge",
+	_, err = bus.HandleCommand(ctx, "payments", "charge",
 		eventbus.Typed(func(ctx context.Context, m *eventbus.Message, c Charge) error {
 			say("[command → payments] charging %d cents for %s (correlation %s)", c.Amount, c.OrderID, m.CorrelationID)
 			handled <- "command"
@@ -77,7 +87,7 @@ func run(ctx context.Context, dataDir string) error {
 		return err
 	}
 	// Request/response with a typed error.
-	err = bus.HandleQuery("inventory", "stock.get",
+	_, err = bus.HandleQuery(ctx, "inventory", "stock.get",
 		eventbus.TypedQuery(func(ctx context.Context, m *eventbus.Message, sku string) (int, error) {
 			if sku == "unknown" {
 				return 0, eventbus.Errorf("not_found", "no such sku %q", sku)
@@ -88,7 +98,7 @@ func run(ctx context.Context, dataDir string) error {
 		return err
 	}
 	// Streams: batches of up to 3, ordered per key.
-	err = bus.ProcessStream("page-views", "analytics",
+	_, err = bus.ProcessStream(ctx, "page-views", "analytics",
 		eventbus.TypedBatch(func(ctx context.Context, ms []*eventbus.Message, pages []string) error {
 			say("[stream batch] %d views of user %s: %v", len(pages), ms[0].Key, pages)
 			for range pages {
@@ -101,7 +111,7 @@ func run(ctx context.Context, dataDir string) error {
 		return err
 	}
 	// Broadcast: every instance.
-	err = bus.SubscribeBroadcast([]string{"config.reloaded"}, eventbus.HandlerFunc(
+	_, err = bus.SubscribeBroadcast(ctx, []string{"config.reloaded"}, eventbus.HandlerFunc(
 		func(ctx context.Context, m *eventbus.Message) error {
 			say("[broadcast] config reloaded: %s", m.Data)
 			handled <- "broadcast"
@@ -114,11 +124,6 @@ func run(ctx context.Context, dataDir string) error {
 	if err := bus.Start(ctx); err != nil {
 		return err
 	}
-	defer func() {
-		if err := bus.Close(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-		}
-	}()
 
 	order := OrderPlaced{OrderID: "o-1001", Amount: 4999}
 	m, err := bus.NewMessage("order.placed", order)
