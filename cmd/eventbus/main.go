@@ -48,6 +48,16 @@
 // environment. Like any service's bus, the client commands create the
 // JetStream streams they need, or update their limits, when they connect.
 //
+// # Configuration file
+//
+// Instead of the connection flags, --config (default $EVENTBUS_CONFIG) names
+// the YAML file the services read (package config): the tool opens the same
+// backends, routes and defaults, with the environment overrides that package
+// defines. A file that declares no backend means the embedded server in its
+// data_dir, which only one process at a time may open. A problem of the file
+// is reported with its file, line and key, with exit status 2. --config and
+// --url exclude each other.
+//
 // # Exit status
 //
 // 0 on success (an interrupted listen or server included), 1 on a failure

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/config"
 	"github.com/marty-msf/eventbus/natsbus"
 )
 
@@ -82,6 +83,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 
 // connFlags are the connection settings shared by the client commands.
 type connFlags struct {
+	configFile                        string
+	getenv                            func(string) string
 	url, user, password, token, creds string
 	tlsCA, tlsCert, tlsKey            string
 	connectTimeout                    time.Duration
@@ -103,6 +106,7 @@ func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.
 		f := cmd.Flags()
 		// Defaults from the environment are applied after parsing, so that
 		// help never prints a password taken from it.
+		f.StringVar(&cf.configFile, "config", "", "YAML configuration file of the services' backends, instead of the connection flags (default $EVENTBUS_CONFIG)")
 		f.StringVar(&cf.url, "url", "", "server URLs, comma separated; host:port means nats:// (default $NATS_URL, else "+defaultURL+")")
 		f.StringVar(&cf.user, "user", "", "user name (default $NATS_USER)")
 		f.StringVar(&cf.password, "password", "", "password (default $NATS_PASSWORD)")
@@ -136,6 +140,16 @@ func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.
 }
 
 func (cf *connFlags) fromEnv(getenv func(string) string) error {
+	cf.getenv = getenv
+	if cf.configFile == "" && cf.url == "" {
+		cf.configFile = getenv("EVENTBUS_CONFIG")
+	}
+	if cf.configFile != "" {
+		if cf.url != "" {
+			return usagef("--config and --url exclude each other")
+		}
+		return nil
+	}
 	for _, v := range []struct {
 		dst *string
 		env string
@@ -187,6 +201,9 @@ func (cf *connFlags) config() *natsbus.Config {
 // servers lists the configured URLs without their user information, the
 // only form in which the tool shows them.
 func (cf *connFlags) servers() string {
+	if cf.configFile != "" {
+		return "the backends of " + cf.configFile
+	}
 	var out []string
 	for _, s := range cf.config().Servers {
 		out = append(out, redactURL(s))
@@ -211,28 +228,24 @@ func redactURL(s string) string {
 	return strings.Replace(u.String(), "//", "//***@", 1)
 }
 
-// openBus connects to NATS and starts a bus on it after setup registered its
+// openBus starts a bus, on the backends of the configuration file or on the
+// NATS servers of the connection flags, after setup registered its
 // handlers. The bus never dead-letters: a message the tool gives back is
 // redelivered to its group rather than lost to the dead-letter stream.
 func openBus(ctx context.Context, cf *connFlags, source string, setup func(*eventbus.Bus) error) (*eventbus.Bus, error) {
-	cfg := cf.config()
-	if err := cfg.Validate(); err != nil {
-		return nil, &usageError{err}
-	}
-	// Open also creates or updates the JetStream streams, which may take a
-	// little longer than reaching the server.
+	// Opening also creates or updates the JetStream streams, which may take
+	// a little longer than reaching the server.
 	octx, cancel := context.WithTimeout(ctx, cf.connectTimeout+5*time.Second)
 	defer cancel()
-	d, err := natsbus.Open(octx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("cannot connect to %s: %w", cf.servers(), err)
+	opts := &eventbus.Options{Source: source, Retry: eventbus.RetryPolicy{MaxAttempts: 1 << 30}}
+	var bus *eventbus.Bus
+	var err error
+	if cf.configFile != "" {
+		bus, err = configuredBus(octx, cf, opts)
+	} else {
+		bus, err = natsBus(octx, cf, opts)
 	}
-	bus := eventbus.New(&eventbus.Options{
-		Source: source,
-		Retry:  eventbus.RetryPolicy{MaxAttempts: 1 << 30},
-	})
-	if err := bus.Register("nats", d); err != nil {
-		_ = d.Close(context.WithoutCancel(ctx))
+	if err != nil {
 		return nil, err
 	}
 	if setup != nil {
@@ -246,6 +259,36 @@ func openBus(ctx context.Context, cf *connFlags, source string, setup func(*even
 		return nil, err
 	}
 	return bus, nil
+}
+
+func natsBus(ctx context.Context, cf *connFlags, opts *eventbus.Options) (*eventbus.Bus, error) {
+	cfg := cf.config()
+	if err := cfg.Validate(); err != nil {
+		return nil, &usageError{err}
+	}
+	d, err := natsbus.Open(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to %s: %w", cf.servers(), err)
+	}
+	bus := eventbus.New(opts)
+	if err := bus.Register("nats", d); err != nil {
+		_ = d.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return bus, nil
+}
+
+// configuredBus opens the backends of the configuration file, with the
+// tool's source and retry policy. A file without backends means the
+// embedded server in its data_dir.
+func configuredBus(ctx context.Context, cf *connFlags, opts *eventbus.Options) (*eventbus.Bus, error) {
+	lookup := func(k string) (string, bool) { v := cf.getenv(k); return v, v != "" }
+	c, err := config.Load(cf.configFile, &config.Options{LookupEnv: lookup})
+	if err != nil {
+		return nil, &usageError{err}
+	}
+	c.Source, c.Retry = opts.Source, opts.Retry
+	return c.NewBus(ctx, opts)
 }
 
 // closeBus closes bus even when ctx was cancelled by an interrupt, within a
