@@ -122,12 +122,10 @@ func run(ctx context.Context, dataDir string, failPayment bool) error {
 		return err
 	}
 	defer store.Close()
-	nats, err := natsbus.OpenEmbedded(ctx, &natsbus.EmbeddedOptions{DataDir: filepath.Join(dataDir, "nats")}, nil)
+	// The embedded default: a NATS server with JetStream file storage in
+	// this process. Point the same code at a NATS cluster with a nats:// URL.
+	bus, err := eventbus.Open(ctx, natsbus.EmbeddedURL(filepath.Join(dataDir, "nats")), &eventbus.Options{Source: "ecommerce"})
 	if err != nil {
-		return err
-	}
-	bus := eventbus.New(&eventbus.Options{Source: "ecommerce"})
-	if err := bus.Register("nats", nats); err != nil {
 		return err
 	}
 
@@ -148,7 +146,7 @@ func run(ctx context.Context, dataDir string, failPayment bool) error {
 	// Another service following the orders' lifecycle.
 	events := []string{saga.EventStarted, saga.EventStepCompleted, saga.EventStepFailed, saga.EventStepCompensated,
 		saga.EventCompleted, saga.EventCompensating, saga.EventCompensated, saga.EventFailed}
-	if err := bus.SubscribeEvents(events, "", eventbus.HandlerFunc(func(ctx context.Context, m *eventbus.Message) error {
+	if _, err := bus.SubscribeEvents(ctx, events, "", eventbus.HandlerFunc(func(ctx context.Context, m *eventbus.Message) error {
 		var ev saga.LifecycleEvent
 		if err := bus.Decode(m, &ev); err != nil {
 			return eventbus.Permanent(err)
