@@ -55,8 +55,8 @@
 // EVENTBUS_RETRY_MAX_BACKOFF, EVENTBUS_SAGA_STORE, and
 // EVENTBUS_BACKENDS_<NAME>_URL for the backend NAME (upper case, with '-'
 // written '_'; a name the file does not declare is declared in lower case).
-// An override replaces the whole value, options of the backend included
-// stay; ${...} is expanded in overrides as well.
+// An override replaces the value; the options the file gives an overridden
+// backend still apply. ${...} is expanded in overrides as well.
 //
 // # Errors
 //

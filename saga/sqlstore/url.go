@@ -44,9 +44,6 @@ func parseURL(u *url.URL) (bool, string, *Options, error) {
 		p := driver.NewParams(&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawQuery: onlyOurs(q).Encode()})
 		p.String("table_prefix", &o.TablePrefix)
 		p.Int("max_conns", &o.MaxConns)
-		if u.Host == "" {
-			p.Fail("", errors.New("sqlstore: no host"))
-		}
 		if err := p.Err(); err != nil {
 			return false, "", nil, err
 		}
