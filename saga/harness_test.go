@@ -169,6 +169,7 @@ type worldOptions struct {
 	setup     func(*eventbus.Bus) // extra registrations before Start
 	orc       *saga.Options
 	noRun     bool
+	part      *saga.ParticipantOptions
 }
 
 func busOptions(duplicate bool) *eventbus.Options {
@@ -212,7 +213,7 @@ func newWorld(t *testing.T, store saga.Store, o worldOptions) *world {
 	if err := orc.Register(o.def); err != nil {
 		t.Fatal(err)
 	}
-	w.addParticipants(w.bus, store, o.skip)
+	w.addParticipants(w.bus, store, o.skip, o.part)
 	if o.setup != nil {
 		o.setup(w.bus)
 	}
@@ -224,10 +225,10 @@ func newWorld(t *testing.T, store saga.Store, o worldOptions) *world {
 }
 
 // addParticipants registers the three participant services on b.
-func (w *world) addParticipants(b *eventbus.Bus, store saga.Store, skip map[string]bool) {
+func (w *world) addParticipants(b *eventbus.Bus, store saga.Store, skip map[string]bool, opts *saga.ParticipantOptions) {
 	w.t.Helper()
 	for _, s := range orderSteps {
-		p, err := saga.NewParticipant(b, s[0], store, nil)
+		p, err := saga.NewParticipant(b, s[0], store, opts)
 		if err != nil {
 			w.t.Fatal(err)
 		}

@@ -136,7 +136,8 @@ func NewOrchestrator(bus *eventbus.Bus, store Store, opts *Options) (*Orchestrat
 	}
 	orc := &Orchestrator{bus: bus, store: store, opts: o, log: log, defs: map[string]*Definition{}}
 	h := eventbus.HandlerFunc(orc.handleReply)
-	if _, err := bus.HandleCommand(context.Background(), o.Service, ReplyType, h, eventbus.WithConcurrency(o.Concurrency)); err != nil {
+	if _, err := bus.HandleCommand(context.Background(), o.Service, ReplyType, h,
+		eventbus.WithConcurrency(o.Concurrency), eventbus.WithRetry(commandRetry)); err != nil {
 		return nil, fmt.Errorf("saga: new orchestrator: %w", err)
 	}
 	return orc, nil
@@ -268,21 +269,39 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 		return ErrAlreadyRunning
 	}
 	defer o.running.Store(false)
+	// Leases are renewed on their own schedule: a long poll (many sagas
+	// due on a slow database) must not let them lapse, or the other
+	// instances take this one's sagas over while it works on them.
+	renewDone := make(chan struct{})
+	go func() {
+		defer close(renewDone)
+		o.renewLeases(ctx)
+	}()
+	defer func() { <-renewDone }()
 	tick := time.NewTicker(o.opts.PollInterval)
 	defer tick.Stop()
-	var renewed time.Time
 	for {
-		if now := time.Now(); now.Sub(renewed) >= o.opts.Lease/3 {
-			if err := o.store.RenewLeases(ctx, o.opts.Instance, now.Add(o.opts.Lease)); err != nil && ctx.Err() == nil {
-				o.log.Warn("saga: renew leases", "err", err)
-			} else {
-				renewed = now
-			}
-		}
 		o.poll(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// renewLeases extends the leases this instance holds every Lease/3 until
+// ctx ends.
+func (o *Orchestrator) renewLeases(ctx context.Context) {
+	tick := time.NewTicker(o.opts.Lease / 3)
+	defer tick.Stop()
+	for {
+		if err := o.store.RenewLeases(ctx, o.opts.Instance, time.Now().Add(o.opts.Lease)); err != nil && ctx.Err() == nil {
+			o.log.Warn("saga: renew leases", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
 		case <-tick.C:
 		}
 	}

@@ -29,8 +29,18 @@ type Request struct {
 	// get the same payload as the step.
 	Data json.RawMessage
 	// Reply is, for a compensation, the reply the step's handler gave.
-	Reply   json.RawMessage
-	Message *eventbus.Message
+	Reply json.RawMessage
+	// Resumed is true when an earlier run of this command's handler was
+	// interrupted — its process died, or lost its claim — so that the
+	// effect may have been made in part or whole. Handlers whose effects
+	// live in their own database check Key there.
+	Resumed bool
+	// Uncertain is true for a compensation whose step's handler was
+	// interrupted (its process died while running it): whether the step
+	// took effect is unknown, Reply is empty, and the compensation must
+	// undo whatever of the step took effect, if anything.
+	Uncertain bool
+	Message   *eventbus.Message
 }
 
 // Decode decodes the request's payload into v.
@@ -87,10 +97,14 @@ func IsFailure(err error) bool {
 
 // ParticipantOptions configures a Participant. The zero value is valid.
 type ParticipantOptions struct {
-	// Claim is how long a command being handled keeps its deduplication
-	// record for this instance; a duplicate arriving meanwhile is
-	// redelivered later, and after Claim another instance may run it.
-	// Default 1 minute; it must exceed the longest handler run.
+	// Claim is how long a command's deduplication record stays reserved
+	// for this process without news from it. While a handler runs, the
+	// participant renews the claim every Claim/4, so a handler may run as
+	// long as it needs; when the process dies, its claims expire within
+	// Claim and the command's next delivery, next attempt or compensation
+	// takes them over. A duplicate arriving while the claim holds is
+	// redelivered later. Default 5s; keep it well below Step.Timeout ×
+	// Retry.Attempts, so that a step outlives a dead holder's claim.
 	Claim time.Duration
 	// Concurrency bounds the commands of one type handled at once.
 	// Default 8.
@@ -124,7 +138,7 @@ func NewParticipant(bus *eventbus.Bus, service string, store Store, opts *Partic
 		o = *opts
 	}
 	if o.Claim <= 0 {
-		o.Claim = time.Minute
+		o.Claim = 5 * time.Second
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 8
@@ -136,14 +150,21 @@ func NewParticipant(bus *eventbus.Bus, service string, store Store, opts *Partic
 	return &Participant{bus: bus, service: service, store: store, owner: randomID(), opts: o, log: log}, nil
 }
 
+// commandRetry redelivers the commands a participant could not settle (its
+// store failed, or a live duplicate holds the record) and the replies an
+// orchestrator could not apply, until they go through: dead-lettering them
+// would only stall the saga until its next attempt.
+var commandRetry = eventbus.RetryPolicy{MaxAttempts: eventbus.RetryForever, InitialBackoff: 50 * time.Millisecond, MaxBackoff: time.Second}
+
 // Handle registers h for step commands (or compensations) of type cmdType.
-// Call it before the bus starts.
+// Call it before the bus starts, or after: see Bus.HandleCommand.
 func (p *Participant) Handle(cmdType string, h StepHandler) error {
 	if h == nil {
 		return fmt.Errorf("saga: handle %s: %w", cmdType, eventbus.ErrNilHandler)
 	}
 	hf := eventbus.HandlerFunc(func(ctx context.Context, m *eventbus.Message) error { return p.serve(ctx, m, h) })
-	if _, err := p.bus.HandleCommand(context.Background(), p.service, cmdType, hf, eventbus.WithConcurrency(p.opts.Concurrency)); err != nil {
+	if _, err := p.bus.HandleCommand(context.Background(), p.service, cmdType, hf,
+		eventbus.WithConcurrency(p.opts.Concurrency), eventbus.WithRetry(commandRetry)); err != nil {
 		return fmt.Errorf("saga: handle %s: %w", cmdType, err)
 	}
 	return nil
@@ -151,6 +172,15 @@ func (p *Participant) Handle(cmdType string, h StepHandler) error {
 
 // errBusy has a command redelivered while a duplicate is being handled.
 var errBusy = errors.New("saga: a duplicate of this command is being handled")
+
+// errClaimLost has a command redelivered whose claim another process took
+// over while this one ran the handler.
+var errClaimLost = errors.New("saga: claim lost while the handler ran")
+
+// outcomeAbandoned marks the record of a step whose handler's process died
+// while running it and whose compensation came before a new attempt: the
+// step may have taken effect, and can no longer run.
+const outcomeAbandoned = "abandoned"
 
 func (p *Participant) serve(ctx context.Context, m *eventbus.Message, h StepHandler) error {
 	x := m.Extensions
@@ -165,30 +195,13 @@ func (p *Participant) serve(ctx context.Context, m *eventbus.Message, h StepHand
 	req.Key = doKey
 	if req.Compensation {
 		req.Key = p.service + "/" + req.SagaID + "/" + req.Step + "/" + actionUndo
-		rec, err := p.store.Lookup(ctx, doKey)
-		switch {
-		case err != nil:
+		done, err := p.prepareUndo(ctx, doKey, req)
+		if err != nil {
 			return err
-		case rec == nil:
-			// The step never ran here: bar it, and there is nothing to undo.
-			_, claimed, err := p.store.Claim(ctx, doKey, p.owner, time.Now().Add(p.opts.Claim))
-			if err != nil {
-				return err
-			}
-			if !claimed {
-				return errBusy
-			}
-			bar := &Record{Outcome: OutcomeFailed, Error: "compensated before it ran"}
-			if err := p.store.Complete(ctx, doKey, p.owner, bar); err != nil {
-				return err
-			}
-			return p.reply(ctx, m, replyTo, &Record{Outcome: OutcomeOK})
-		case !rec.Done:
-			return errBusy
-		case rec.Outcome != OutcomeOK:
+		}
+		if done {
 			return p.reply(ctx, m, replyTo, &Record{Outcome: OutcomeOK})
 		}
-		req.Reply = rec.Reply
 	}
 	rec, claimed, err := p.store.Claim(ctx, req.Key, p.owner, time.Now().Add(p.opts.Claim))
 	switch {
@@ -199,7 +212,11 @@ func (p *Participant) serve(ctx context.Context, m *eventbus.Message, h StepHand
 	case !claimed:
 		return errBusy
 	}
-	out := p.run(context.WithValue(ctx, requestKey{}, req), req, h)
+	req.Resumed = rec.Runs > 1
+	out, err := p.runClaimed(ctx, req, h)
+	if err != nil {
+		return err
+	}
 	// A compensation is retried until it succeeds, so only its success is
 	// final; a step's definitive failure is final too.
 	if out.Outcome == OutcomeRetry || (req.Compensation && out.Outcome != OutcomeOK) {
@@ -210,6 +227,91 @@ func (p *Participant) serve(ctx context.Context, m *eventbus.Message, h StepHand
 		return err
 	}
 	return p.reply(ctx, m, replyTo, out)
+}
+
+// prepareUndo looks at the step's record before a compensation runs. It
+// reports done when there is nothing to undo (the step failed, or never ran
+// here: then it is barred from running later), errBusy while the step's
+// handler runs in a live process, and otherwise fills in the step's reply,
+// or marks the compensation Uncertain when the step's handler died while
+// running it.
+func (p *Participant) prepareUndo(ctx context.Context, doKey string, req *Request) (done bool, err error) {
+	rec, err := p.store.Lookup(ctx, doKey)
+	if err != nil {
+		return false, err
+	}
+	if rec == nil || (!rec.Done && !rec.Until.After(time.Now())) {
+		// The step never ran here, or its holder stopped renewing its
+		// claim (its process died): take the record over, so that the
+		// step cannot run any more.
+		got, claimed, err := p.store.Claim(ctx, doKey, p.owner, time.Now().Add(p.opts.Claim))
+		switch {
+		case err != nil:
+			return false, err
+		case !claimed && got.Done:
+			rec = got
+		case !claimed:
+			return false, errBusy
+		case got.Runs == 1:
+			bar := &Record{Outcome: OutcomeFailed, Error: "compensated before it ran"}
+			return true, p.store.Complete(ctx, doKey, p.owner, bar)
+		default:
+			abandoned := &Record{Outcome: outcomeAbandoned, Error: "its handler's process died; compensated"}
+			if err := p.store.Complete(ctx, doKey, p.owner, abandoned); err != nil {
+				return false, err
+			}
+			rec = &Record{Done: true, Outcome: outcomeAbandoned}
+		}
+	}
+	switch {
+	case !rec.Done:
+		return false, errBusy
+	case rec.Outcome == outcomeAbandoned:
+		req.Uncertain = true
+		return false, nil
+	case rec.Outcome != OutcomeOK:
+		return true, nil
+	}
+	req.Reply = rec.Reply
+	return false, nil
+}
+
+// runClaimed runs h while renewing the claim on req.Key. When the claim is
+// lost (another process took it over after renewals failed), the handler's
+// context is cancelled and errClaimLost returned: the record is the other
+// process's now.
+func (p *Participant) runClaimed(ctx context.Context, req *Request, h StepHandler) (*Record, error) {
+	hctx, cancel := context.WithCancelCause(context.WithValue(ctx, requestKey{}, req))
+	defer cancel(nil)
+	stop := make(chan struct{})
+	renewed := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(p.opts.Claim / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				renewed <- nil
+				return
+			case <-tick.C:
+			}
+			err := p.store.RenewClaim(ctx, req.Key, p.owner, time.Now().Add(p.opts.Claim))
+			if errors.Is(err, ErrConflict) {
+				cancel(errClaimLost)
+				renewed <- errClaimLost
+				return
+			}
+			if err != nil && ctx.Err() == nil {
+				p.log.Warn("saga: renew claim", "key", req.Key, "err", err)
+			}
+		}
+	}()
+	out := p.run(hctx, req, h)
+	close(stop)
+	if err := <-renewed; err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // run calls h and turns its result into a record.
@@ -235,6 +337,9 @@ func (p *Participant) run(ctx context.Context, req *Request, h StepHandler) (rec
 
 func (p *Participant) reply(ctx context.Context, cmd *eventbus.Message, replyTo string, rec *Record) error {
 	x := cmd.Extensions
+	if rec.Outcome == outcomeAbandoned {
+		rec = &Record{Outcome: OutcomeFailed, Error: rec.Error}
+	}
 	m := &eventbus.Message{
 		ID:              "reply/" + cmd.ID + "/" + rec.Outcome,
 		Type:            ReplyType,

@@ -32,13 +32,19 @@ type Store interface {
 	ReleaseLease(ctx context.Context, id, owner string) error
 
 	// Claim reserves key for owner until the given time. With no record it
-	// creates a running one and returns claimed true; a running record
-	// whose claim expired is taken over the same way. Otherwise it returns
-	// the record and claimed false.
+	// creates a running one (Runs 1) and returns claimed true; a running
+	// record whose claim expired — its holder died or stopped renewing — is
+	// taken over the same way, with Runs counting the claims. Otherwise it
+	// returns the record and claimed false.
 	Claim(ctx context.Context, key, owner string, until time.Time) (rec *Record, claimed bool, err error)
+	// RenewClaim extends owner's running claim on key to until, or fails
+	// with an error matching ErrConflict when owner no longer holds it.
+	RenewClaim(ctx context.Context, key, owner string, until time.Time) error
 	// Lookup returns the record of key, or nil when there is none.
 	Lookup(ctx context.Context, key string) (*Record, error)
-	// Complete finishes owner's claim on key with the outcome in rec.
+	// Complete finishes owner's claim on key with the outcome in rec, or
+	// fails with an error matching ErrConflict when owner no longer holds
+	// it.
 	Complete(ctx context.Context, key, owner string, rec *Record) error
 	// Release drops owner's running claim on key.
 	Release(ctx context.Context, key, owner string) error
@@ -57,6 +63,13 @@ type Record struct {
 	Key string
 	// Done is false while the command is being handled.
 	Done bool
+	// Until is when the claim of a running record expires, unless its
+	// holder renews it.
+	Until time.Time
+	// Runs counts the claims of the record: more than one means that a
+	// holder's claim expired while it handled the command and another
+	// took it over.
+	Runs int
 	// Outcome is OutcomeOK or OutcomeFailed once Done.
 	Outcome string
 	Reply   []byte

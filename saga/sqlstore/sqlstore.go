@@ -134,16 +134,49 @@ func (s *Store) migrate(ctx context.Context, prefix string) error {
 			return fmt.Errorf("sqlstore: migrate: %w", err)
 		}
 	}
+	if err := s.addRunsColumn(ctx, tx); err != nil {
+		return fmt.Errorf("sqlstore: migrate: %w", err)
+	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("sqlstore: migrate: %w", err)
 	}
 	return nil
 }
 
+// addRunsColumn upgrades a records table created before records counted
+// their claims.
+func (s *Store) addRunsColumn(ctx context.Context, tx *sql.Tx) error {
+	if s.postgres {
+		_, err := tx.ExecContext(ctx, strings.Replace(s.q.addRuns, "ADD COLUMN", "ADD COLUMN IF NOT EXISTS", 1))
+		return err
+	}
+	rows, err := tx.QueryContext(ctx, s.q.recColumns)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return err
+		}
+		if name == "runs" {
+			return nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, s.q.addRuns)
+	return err
+}
+
 type queries struct {
 	schema                                         []string
+	addRuns, recColumns                            string
 	create, load, update, due, renew, release      string
 	claim, claimLoad, complete, releaseClaim, list string
+	renewClaim                                     string
 }
 
 func newQueries(p string) queries {
@@ -170,8 +203,11 @@ func newQueries(p string) queries {
 				error TEXT NOT NULL,
 				owner TEXT NOT NULL,
 				lease_until BIGINT NOT NULL,
-				updated BIGINT NOT NULL)`,
+				updated BIGINT NOT NULL,
+				runs INTEGER NOT NULL DEFAULT 1)`,
 		},
+		addRuns:    `ALTER TABLE ` + rec + ` ADD COLUMN runs INTEGER NOT NULL DEFAULT 1`,
+		recColumns: `SELECT name FROM pragma_table_info('` + rec + `')`,
 		create: `INSERT INTO ` + inst + ` (id, name, state, version, wake_at, owner, lease_until, created, body)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING`,
 		load:   `SELECT version, owner, lease_until, body FROM ` + inst + ` WHERE id = $1`,
@@ -182,12 +218,13 @@ func newQueries(p string) queries {
 		release: `UPDATE ` + inst + ` SET lease_until = 0 WHERE id = $1 AND owner = $2`,
 		list:    `SELECT version, owner, lease_until, body FROM ` + inst + ` WHERE ($1 = '' OR name = $1) AND ($2 = '' OR state = $2) ORDER BY created, id LIMIT $3`,
 		// One statement claims a new key or takes an expired claim over.
-		claim: `INSERT INTO ` + rec + ` AS r (rkey, done, outcome, reply, error, owner, lease_until, updated)
-			VALUES ($1, 0, '', '', '', $2, $3, $4)
-			ON CONFLICT (rkey) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until, updated = excluded.updated
+		claim: `INSERT INTO ` + rec + ` AS r (rkey, done, outcome, reply, error, owner, lease_until, updated, runs)
+			VALUES ($1, 0, '', '', '', $2, $3, $4, 1)
+			ON CONFLICT (rkey) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until, updated = excluded.updated, runs = r.runs + 1
 			WHERE r.done = 0 AND r.lease_until <= excluded.updated
-			RETURNING rkey`,
-		claimLoad:    `SELECT done, outcome, reply, error FROM ` + rec + ` WHERE rkey = $1`,
+			RETURNING runs`,
+		renewClaim:   `UPDATE ` + rec + ` SET lease_until = $1 WHERE rkey = $2 AND owner = $3 AND done = 0`,
+		claimLoad:    `SELECT done, outcome, reply, error, lease_until, runs FROM ` + rec + ` WHERE rkey = $1`,
 		complete:     `UPDATE ` + rec + ` SET done = 1, outcome = $1, reply = $2, error = $3, updated = $4 WHERE rkey = $5 AND owner = $6 AND done = 0`,
 		releaseClaim: `DELETE FROM ` + rec + ` WHERE rkey = $1 AND owner = $2 AND done = 0`,
 	}
@@ -339,10 +376,10 @@ func (s *Store) ReleaseLease(ctx context.Context, id, owner string) error {
 
 // Claim implements saga.Store.
 func (s *Store) Claim(ctx context.Context, key, owner string, until time.Time) (*saga.Record, bool, error) {
-	var got string
-	err := s.db.QueryRowContext(ctx, s.q.claim, key, owner, until.UnixNano(), time.Now().UnixNano()).Scan(&got)
+	var runs int
+	err := s.db.QueryRowContext(ctx, s.q.claim, key, owner, until.UnixNano(), time.Now().UnixNano()).Scan(&runs)
 	if err == nil {
-		return &saga.Record{Key: key}, true, nil
+		return &saga.Record{Key: key, Until: until, Runs: runs}, true, nil
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
 		return nil, false, fmt.Errorf("sqlstore: claim %s: %w", key, err)
@@ -363,7 +400,8 @@ func (s *Store) Lookup(ctx context.Context, key string) (*saga.Record, error) {
 	rec := &saga.Record{Key: key}
 	var done int
 	var reply string
-	err := s.db.QueryRowContext(ctx, s.q.claimLoad, key).Scan(&done, &rec.Outcome, &reply, &rec.Error)
+	var until int64
+	err := s.db.QueryRowContext(ctx, s.q.claimLoad, key).Scan(&done, &rec.Outcome, &reply, &rec.Error, &until, &rec.Runs)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -371,10 +409,27 @@ func (s *Store) Lookup(ctx context.Context, key string) (*saga.Record, error) {
 		return nil, fmt.Errorf("sqlstore: lookup %s: %w", key, err)
 	}
 	rec.Done = done == 1
+	if !rec.Done {
+		rec.Until = fromNanos(until)
+	}
 	if reply != "" {
 		rec.Reply = []byte(reply)
 	}
 	return rec, nil
+}
+
+// RenewClaim implements saga.Store.
+func (s *Store) RenewClaim(ctx context.Context, key, owner string, until time.Time) error {
+	res, err := s.db.ExecContext(ctx, s.q.renewClaim, until.UnixNano(), key, owner)
+	if err != nil {
+		return fmt.Errorf("sqlstore: renew claim %s: %w", key, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("sqlstore: renew claim %s: %w", key, err)
+	} else if n == 0 {
+		return fmt.Errorf("sqlstore: renew claim %s: claim lost: %w", key, saga.ErrConflict)
+	}
+	return nil
 }
 
 // Complete implements saga.Store.

@@ -2,6 +2,7 @@ package sqlstore_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -173,18 +174,44 @@ func TestRecords(t *testing.T) {
 			t.Fatalf("Claim of a done record: %+v %v %v", rec, claimed, err)
 		}
 
-		// An expired claim is taken over; a released one is free again.
-		if _, claimed, _ := s.Claim(ctx, "k2", "A", now.Add(-time.Second)); !claimed {
-			t.Fatal("k2 not claimed")
+		// An expired claim is taken over, and counted; a renewed one is
+		// not; a released one is free again.
+		if rec, claimed, _ := s.Claim(ctx, "k2", "A", now.Add(-time.Second)); !claimed || rec.Runs != 1 {
+			t.Fatalf("k2 not claimed, or runs %d, want 1", rec.Runs)
 		}
-		if _, claimed, _ := s.Claim(ctx, "k2", "B", now.Add(time.Hour)); !claimed {
-			t.Fatal("expired claim not taken over")
+		if rec, err := s.Lookup(ctx, "k2"); err != nil || rec.Done || rec.Until.After(now) || rec.Runs != 1 {
+			t.Fatalf("Lookup of an expired claim: %+v %v", rec, err)
+		}
+		if err := s.RenewClaim(ctx, "k2", "B", now.Add(time.Hour)); !errors.Is(err, saga.ErrConflict) {
+			t.Fatalf("RenewClaim by a non-owner: %v, want ErrConflict", err)
+		}
+		rec, claimed, err = s.Claim(ctx, "k2", "B", now.Add(time.Second))
+		if err != nil || !claimed || rec.Runs != 2 {
+			t.Fatalf("expired claim not taken over: %+v %v %v, want runs 2", rec, claimed, err)
+		}
+		if err := s.Complete(ctx, "k2", "A", &saga.Record{Outcome: saga.OutcomeOK}); !errors.Is(err, saga.ErrConflict) {
+			t.Fatalf("Complete by the dead holder: %v, want ErrConflict", err)
+		}
+		if err := s.RenewClaim(ctx, "k2", "B", now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if rec, err := s.Lookup(ctx, "k2"); err != nil || !rec.Until.Equal(time.Unix(0, now.Add(time.Hour).UnixNano())) {
+			t.Fatalf("Lookup after RenewClaim: %+v %v", rec, err)
+		}
+		if _, claimed, _ := s.Claim(ctx, "k2", "C", now.Add(time.Hour)); claimed {
+			t.Fatal("renewed claim taken over")
 		}
 		if err := s.Release(ctx, "k2", "B"); err != nil {
 			t.Fatal(err)
 		}
-		if _, claimed, _ := s.Claim(ctx, "k2", "C", now.Add(time.Hour)); !claimed {
+		if rec, claimed, _ := s.Claim(ctx, "k2", "C", now.Add(time.Hour)); !claimed || rec.Runs != 1 {
 			t.Fatal("released claim not free")
+		}
+		if err := s.Complete(ctx, "k2", "C", &saga.Record{Outcome: saga.OutcomeOK}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RenewClaim(ctx, "k2", "C", now.Add(time.Hour)); !errors.Is(err, saga.ErrConflict) {
+			t.Fatalf("RenewClaim of a done record: %v, want ErrConflict", err)
 		}
 
 		// Concurrent claims: exactly one wins.
@@ -231,4 +258,62 @@ func ExampleOpenSQLite() {
 	_, err = store.Load(ctx, "unknown")
 	fmt.Println(errors.Is(err, saga.ErrNotFound))
 	// Output: true
+}
+
+// TestUpgradeRecords opens a store on a records table made before records
+// counted their claims.
+func TestUpgradeRecords(t *testing.T) {
+	ctx := context.Background()
+	old := func(t *testing.T, db *sql.DB, prefix string) {
+		if _, err := db.ExecContext(ctx, `CREATE TABLE `+prefix+`records (rkey TEXT PRIMARY KEY, done INTEGER NOT NULL,
+			outcome TEXT NOT NULL, reply TEXT NOT NULL, error TEXT NOT NULL, owner TEXT NOT NULL,
+			lease_until BIGINT NOT NULL, updated BIGINT NOT NULL)`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.ExecContext(ctx, `INSERT INTO `+prefix+`records VALUES ('k', 1, 'ok', '', '', 'A', 0, 0)`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(t *testing.T, s *sqlstore.Store) {
+		if rec, err := s.Lookup(ctx, "k"); err != nil || rec == nil || !rec.Done || rec.Runs != 1 {
+			t.Fatalf("Lookup of an old record: %+v %v", rec, err)
+		}
+		if rec, claimed, err := s.Claim(ctx, "new", "A", time.Now().Add(time.Hour)); err != nil || !claimed || rec.Runs != 1 {
+			t.Fatalf("Claim on an upgraded table: %+v %v %v", rec, claimed, err)
+		}
+	}
+	t.Run("sqlite", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "old.db")
+		db, err := sql.Open("sqlite", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old(t, db, "saga_")
+		db.Close()
+		s, err := sqlstore.OpenSQLite(ctx, path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		check(t, s)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		prefix := fmt.Sprintf("up%d_", time.Now().UnixNano()%1e9)
+		db, err := sql.Open("pgx", testenv.DatabaseURL(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		old(t, db, prefix)
+		defer func() {
+			_, _ = db.Exec("DROP TABLE IF EXISTS " + prefix + "instances")
+			_, _ = db.Exec("DROP TABLE IF EXISTS " + prefix + "records")
+		}()
+		s, err := sqlstore.OpenPostgres(ctx, testenv.DatabaseURL(t), &sqlstore.Options{TablePrefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		check(t, s)
+	})
 }
