@@ -18,6 +18,8 @@ func TestConformance(t *testing.T) {
 		Open: func(ctx context.Context) (driver.Driver, error) {
 			return natsbus.Open(ctx, &natsbus.Config{Servers: []string{srv.ClientURL()}})
 		},
+		Crash:        crash,
+		Deduplicates: true,
 	})
 }
 
@@ -64,6 +66,15 @@ func TestConformanceExternal(t *testing.T) {
 		}
 	})
 	drivertest.RunConformanceTests(t, drivertest.Harness{
-		Open: func(ctx context.Context) (driver.Driver, error) { return natsbus.Open(ctx, cfg) },
+		Open:         func(ctx context.Context) (driver.Driver, error) { return natsbus.Open(ctx, cfg) },
+		Crash:        crash,
+		Deduplicates: true,
 	})
+}
+
+// crash cuts the driver's connection underneath it, as a dead process's
+// would be: no nak, no in-progress ack is sent any more.
+func crash(d driver.Driver) error {
+	d.(*natsbus.Driver).Conn().Close()
+	return nil
 }

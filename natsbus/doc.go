@@ -35,17 +35,45 @@
 // no delivery limit: the bus dead-letters at its own attempt limit and then
 // terms, so the server never stops delivering silently.
 //
-// Messages are CloudEvents in the binary content mode of the CloudEvents NATS
-// protocol binding: each attribute and extension is a "ce-" header
-// (ce-specversion, ce-id, ce-type...) with a percent-encoded value, the key is
-// the ce-partitionkey extension, free headers keep their multiple values, and
-// the body is the data. On receipt the driver also reads structured-mode
-// events (Content-Type application/cloudevents+json, the JSON event format),
-// which CloudEvents SDKs often send, and datacontenttype from a Content-Type
-// header when ce-datacontenttype is absent. Stored messages also carry
-// Nats-Msg-Id, the message id, so that the server drops a message published
-// twice within Streams.Duplicates (2 minutes by default): republishing an id
-// inside that window (a replay, say) is acknowledged but not stored again.
+// # Content modes
+//
+// Messages are CloudEvents as the CloudEvents NATS protocol binding maps
+// them. In binary content mode, the default, each attribute and extension is
+// a "ce-" header (ce-specversion, ce-id, ce-type...) with a percent-encoded
+// value, the key is the ce-partitionkey extension, free headers keep their
+// multiple values, and the body is the data. A message whose Mode is
+// [driver.Structured] is sent in structured content mode instead: the JSON
+// event format as the body (Content-Type application/cloudevents+json),
+// every attribute and extension a top-level member (the key as
+// "partitionkey"), data inline when datacontenttype is JSON (or absent) and
+// the data is valid JSON, else base64 in data_base64; free headers stay NATS
+// headers. An extension never replaces an attribute in either mode.
+//
+// On receipt the driver reads both modes whatever the sender: structured
+// when Content-Type is application/cloudevents (any suffix), or when there is
+// no ce-specversion header and the body is a JSON event (the CloudEvents Go
+// SDK's NATS bindings send it with no header at all); binary otherwise, with
+// datacontenttype from a Content-Type header when ce-datacontenttype is
+// absent. A received message's Mode is the mode it arrived in. The SDK's
+// nats_jetstream binding (v2.16.2) does not percent-decode the binary-mode
+// header values it reads, as the binding requires: a value with spaces or
+// non-ASCII characters reaches it percent-encoded; send such events in
+// structured mode to it.
+//
+// # De-duplication
+//
+// Stored messages carry Nats-Msg-Id, a digest of (source, id, subject): 32
+// hex digits of SHA-256. The server drops a message whose digest it stored
+// within Streams.Duplicates (2 minutes by default), so the same id from two
+// sources or to two destinations is two messages, and only a true repeat is
+// dropped. Publish then returns an error matching [driver.ErrDuplicate],
+// after the rest of the batch was stored; a message the driver publishes
+// again itself, after a lost acknowledgement or connection, is not reported
+// as a duplicate. The header never appears among a received message's
+// headers.
+//
+// # Received messages
+//
 // A received message that is not a
 // valid event (no ce-specversion, missing id, source or type, a malformed
 // time or encoding) is delivered with Delivery.Err set to a
@@ -61,9 +89,27 @@
 //     non-durable group disappears a minute after its last member; a private
 //     subscription (no group) is an ephemeral consumer, deleted when closed.
 //     Nack redelivers at once or after its delay (the server's NakWithDelay);
-//     an unsettled message is redelivered after the ack wait; Term never
-//     redelivers; Attempt is the server's delivery count. One consumer of a
-//     group sees each subject's messages in publish order.
+//     Term never redelivers; Attempt is the server's delivery count. One
+//     consumer of a group sees each subject's messages in publish order.
+//   - Ack deadlines (JetStream): while a subscription is open, no message it
+//     holds unsettled passes its ack wait — whether it waits in the prefetch
+//     buffer or was handed out by Receive and is still being handled. A
+//     goroutine per subscription ticks every third of the ack wait and sends
+//     an in-progress ack for each message held longer than a tick, so a
+//     deadline is renewed one to two thirds of the ack wait after the last
+//     renewal; messages settled within a tick cost nothing. The ack wait
+//     (SubscribeOptions.AckWait, else Options.AckWait; at least 1 s) is thus
+//     how long a message stays with a process that died or lost its
+//     connection: after it, the server redelivers to another member. One
+//     limit: with the prefetch buffer full, up to Options.Prefetch more
+//     messages the client pulled wait inside the jetstream client, where the
+//     driver cannot renew them; keep Prefetch times the handling time under
+//     the ack wait, or bound it with MaxInFlight.
+//   - Closing a JetStream subscription gives back at once (a nak, which
+//     counts as an attempt) every message it holds: pulled and not handed
+//     out, including those still inside the client, and handed out but not
+//     settled (settle what was handled before closing). Another member of
+//     the group receives them without waiting for the ack wait.
 //   - Query: core NATS request/reply through an inbox; a group is a queue
 //     group, so one responder answers. A request nobody subscribes to fails at
 //     once with [driver.ErrNoResponders].
@@ -104,7 +150,11 @@
 // # Escape hatches
 //
 // [New] wraps a *nats.Conn made by the caller, for options Config does not
-// cover; closing the driver leaves that connection open. [Driver.Conn],
+// cover; closing the driver leaves that connection open.
+// [Driver.DeclareGroup] ([driver.GroupDeclarer]) creates a durable group's
+// consumer without consuming, so that it keeps what is published before its
+// first member starts; on a core NATS destination it fails with
+// [driver.ErrUnsupported]. [Driver.Conn],
 // [Driver.JetStream] and [Driver.StreamName] expose the connection, the
 // JetStream context and the stream names; [Server.NATSServer] the embedded
 // nats-server.
@@ -113,8 +163,13 @@
 //
 // Errors are wrapped once with the package name and match the driver
 // sentinels with errors.Is: ErrClosed after Close, ErrUnavailable for a lost
-// server, ErrTooLarge, ErrNoResponders, ErrUnsupported, ErrMalformed. All
-// methods are safe for concurrent use. Close stops every subscription
-// (messages pulled but not handed out are given back at once), waits for
-// their goroutines, flushes outstanding acks and closes the connection.
+// server, ErrTooLarge, ErrNoResponders, ErrUnsupported, ErrMalformed,
+// ErrInvalid and ErrDuplicate. Every publishing path (Publish, Request,
+// Reply) checks its messages with [driver.CheckEnvelope] before the wire and
+// returns its [*driver.InvalidError]. All methods are safe for concurrent
+// use. Close stops every subscription (giving back what they hold), waits
+// for their goroutines, flushes outstanding acks and closes the connection.
+// Every Close honours its context: with the server gone for good (reconnect
+// attempts exhausted, credentials refused) it returns by the context's
+// deadline, and at once when the connection is already closed.
 package natsbus
