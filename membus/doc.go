@@ -3,8 +3,8 @@
 //
 // [New] creates a broker and a first connection to it; [Driver.Connect] opens
 // another independent connection to the same broker, which plays another
-// service instance. A *Driver implements driver.Driver and
-// driver.RequestReplier and serves every pattern.
+// service instance. A *Driver implements driver.Driver,
+// driver.RequestReplier and driver.GroupDeclarer and serves every pattern.
 //
 // # Queues and groups
 //
@@ -23,43 +23,66 @@
 //     the messages it had queued.
 //
 // A message published to a destination that has no queue at all is dropped
-// and Publish returns nil, as core NATS does. membus keeps no log beyond its
-// queues, so StartFirst behaves as StartNew for a new group.
+// and Publish returns nil, as core NATS does. [Driver.DeclareGroup] creates a
+// durable group before its first member, so that it keeps what is published
+// meanwhile; it declares only named durable groups (anything else fails with
+// an error matching driver.ErrUnsupported), since a non-durable group without
+// members is gone at once. membus keeps no log beyond its queues, so
+// StartFirst behaves as StartNew for a new group.
 //
 // # Delivery
 //
 // Delivery is at-least-once within a group. Each delivery carries Attempt,
 // 1 on first delivery and one more on every redelivery. Ack and Term settle
-// for good. Nack(0) puts the message back at the front of its queue, Nack(d)
-// after d. A delivery that is not settled within AckWait (Options.AckWait or
-// SubscribeOptions.AckWait) goes back to the front of its queue, and so do the
-// unsettled deliveries of a subscription that closes while its group still
-// exists. Messages returned to the front keep their relative order, so a group
-// with one consumer that never nacks sees every key in publish order, even
-// across a member restart.
+// for good, at once. Nack(0) puts the message back at the front of its queue,
+// Nack(d) after d. Messages returned to the front keep their relative order,
+// so a group with one consumer that never nacks sees every key in publish
+// order, even across a member restart.
+//
+// membus does not de-duplicate: every Publish is stored again, whatever its
+// id, and Publish never returns driver.ErrDuplicate.
+//
+// A message reaches its receivers as it was published, with the same
+// driver.Message fields, Mode included: there is no wire, so no content mode
+// is applied, and a message published as Structured is received as
+// Structured.
+//
+// # Ack deadlines
+//
+// A process that holds a membus subscription is alive by definition: the
+// broker lives in it. So a delivery handed out by Receive stays with its
+// subscription, however long it is left unsettled, until the subscription
+// settles it or closes; AckWait never takes it away from a live
+// subscription. When a subscription closes, or the connection that opened it
+// closes, its unsettled deliveries go back to the front of their queue at
+// once, in their order, while the group still exists.
+//
+// AckWait (Options.AckWait, or SubscribeOptions.AckWait) matters only to
+// [Driver.Crash], which simulates the death of a connection's process for
+// tests: its subscriptions' unsettled deliveries go back to their queues
+// AckWait after they were handed out, as a broker redelivers the messages
+// of a consumer that stopped answering.
 //
 // A redelivered message is the same *driver.Message value that was handed out
 // before: one copy is made per queue at publish, none per delivery. A receiver
 // that modifies a message and then nacks it sees its own changes again.
 //
-// Settling a delivery that is no longer in flight (settled already, or
-// expired and handed back) fails with [ErrNotInFlight]; one from another
-// subscription fails with [ErrForeignDelivery]. The valid deliveries of a
-// batch are settled even when others are refused. An Ack that arrives after
-// AckWait but before the broker handed the message back still counts.
+// Settling a delivery that was settled already fails with [ErrNotInFlight];
+// one from another subscription fails with [ErrForeignDelivery]. The valid
+// deliveries of a batch are settled even when others are refused.
 //
 // Receive takes nothing once its context is done, even when deliveries are
 // waiting, so that a stopping consumer holds nothing it will not settle.
 // SubscribeOptions.MaxInFlight, when positive, bounds the unsettled
 // deliveries of a subscription: Receive waits for settlements. Zero means no
-// bound beyond AckWait.
+// bound.
 //
 // # Memory and backpressure
 //
 // Each queue holds at most Options.BufferSize messages. When a queue is full,
 // Publish blocks until a consumer makes room, the context ends (an error
 // wrapping ctx.Err()) or the connection closes. Messages handed back by Nack,
-// AckWait or a closing member are never refused, so a queue may exceed its
+// a closing member or a crash are never refused, so a queue may exceed its
 // bound by the number of messages in flight.
 //
 // # Request and reply
@@ -73,12 +96,15 @@
 //
 // # Errors and concurrency
 //
-// Every method is safe for concurrent use. A message over
-// Options.MaxMessageSize fails with a *driver.TooLargeError before anything is
-// queued (a batch is checked whole first); a nil message fails with a
-// *driver.MalformedError. After Close, methods of the connection and of its
+// Every method is safe for concurrent use. Publish, Request and Reply check a
+// batch whole before anything is queued: a nil message fails with a
+// *driver.MalformedError, one that driver.CheckEnvelope refuses with its
+// *driver.InvalidError, and one over Options.MaxMessageSize with a
+// *driver.TooLargeError. After Close, methods of the connection and of its
 // subscriptions return errors matching driver.ErrClosed, and blocked calls
 // return promptly; other connections keep working. Close is idempotent and
 // returns only when the goroutines it owns have ended: a queue runs one timer
-// goroutine while it has members, for AckWait and Nack delays.
+// goroutine while it has members, for Nack delays and crashed deliveries.
+// Close waits for nothing but the broker's locks, so it returns promptly
+// whatever its context says.
 package membus

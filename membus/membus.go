@@ -21,8 +21,7 @@ const (
 
 // Errors of settlement and reply, wrapped with the operation.
 var (
-	// ErrNotInFlight: the delivery was settled already, or its AckWait
-	// expired and the message went back to its queue.
+	// ErrNotInFlight: the delivery was settled already.
 	ErrNotInFlight = errors.New("delivery not in flight")
 	// ErrForeignDelivery: the delivery was not produced by this subscription
 	// (or, for Reply, by this broker).
@@ -40,8 +39,10 @@ type Options struct {
 	// BufferSize bounds each queue (private or group), in messages.
 	// Default 8192.
 	BufferSize int
-	// AckWait is how long a delivery may stay unsettled before it is
-	// redelivered; SubscribeOptions.AckWait overrides it. Default 30s.
+	// AckWait is how long the unsettled deliveries of a connection that
+	// crashed ([Driver.Crash]) stay away from their queue, counted from when
+	// they were handed out; SubscribeOptions.AckWait overrides it. A live
+	// subscription holds its deliveries as long as it likes. Default 30s.
 	AckWait time.Duration
 }
 
@@ -78,7 +79,7 @@ func (b *broker) queuesOf(name string) []*queue {
 }
 
 // Driver is one connection to an in-memory broker. It implements
-// driver.Driver and driver.RequestReplier.
+// driver.Driver, driver.RequestReplier and driver.GroupDeclarer.
 type Driver struct {
 	b *broker
 
@@ -92,6 +93,7 @@ type Driver struct {
 var (
 	_ driver.Driver         = (*Driver)(nil)
 	_ driver.RequestReplier = (*Driver)(nil)
+	_ driver.GroupDeclarer  = (*Driver)(nil)
 )
 
 // New creates an in-memory broker and returns a first connection to it.
@@ -146,13 +148,16 @@ func (d *Driver) Capabilities() driver.Capabilities {
 	}
 }
 
-// checkMessages refuses nil and over-size messages before anything is
-// queued.
+// checkMessages refuses nil, invalid and over-size messages before anything
+// is queued.
 func (d *Driver) checkMessages(msgs []*driver.Message) error {
 	for i, m := range msgs {
 		if m == nil {
 			return &driver.MalformedError{Reason: "nil message at index " + strconv.Itoa(i)}
 		}
+	}
+	if err := driver.CheckEnvelope(msgs); err != nil {
+		return err
 	}
 	return driver.CheckSize(msgs, d.b.maxSize)
 }
@@ -211,6 +216,19 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 func (b *broker) join(s *subscription, name, group string, durable bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	q := b.queue(name, group)
+	s.q = q
+	q.mu.Lock()
+	if durable && group != "" {
+		q.durable = true
+	}
+	q.addMember(s)
+	q.mu.Unlock()
+}
+
+// queue returns the queue of (name, group), creating it when needed; a
+// private queue (group "") is always new. It runs under b.mu.
+func (b *broker) queue(name, group string) *queue {
 	dst := b.dests[name]
 	if dst == nil {
 		dst = &destination{groups: make(map[string]*queue)}
@@ -229,13 +247,33 @@ func (b *broker) join(s *subscription, name, group string, durable bool) {
 		copy(qs, dst.queues)
 		dst.queues = append(qs, q)
 	}
-	s.q = q
-	q.mu.Lock()
-	if durable && group != "" {
-		q.durable = true
+	return q
+}
+
+// DeclareGroup creates the durable group opts.Group on dest, if it does not
+// exist yet, so that it keeps what is published before its first member
+// subscribes. A group that exists already, durable or not, becomes durable.
+// Only durable groups can be declared: a non-durable group would be gone at
+// once, so a Group "" or Durable false fails with an error matching
+// driver.ErrUnsupported.
+func (d *Driver) DeclareGroup(ctx context.Context, dest driver.Destination, opts driver.SubscribeOptions) error {
+	if d.closed.Load() {
+		return fmt.Errorf("membus: declare group %q on %q: %w", opts.Group, dest.Name, driver.ErrClosed)
 	}
-	q.addMember(s)
+	if opts.Group == "" || !opts.Durable {
+		return fmt.Errorf("membus: declare group %q on %q: only a named durable group can exist without members: %w",
+			opts.Group, dest.Name, driver.ErrUnsupported)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("membus: declare group %q on %q: %w", opts.Group, dest.Name, err)
+	}
+	d.b.mu.Lock()
+	defer d.b.mu.Unlock()
+	q := d.b.queue(dest.Name, opts.Group)
+	q.mu.Lock()
+	q.durable = true
 	q.mu.Unlock()
+	return nil
 }
 
 // remove detaches q from destination name, under b.mu.
@@ -328,9 +366,24 @@ func (d *Driver) Reply(ctx context.Context, dlv *driver.Delivery, reply *driver.
 	return nil
 }
 
-// Close closes every subscription of this connection and wakes its blocked
-// calls. Other connections keep working. Close is idempotent.
+// Close closes every subscription of this connection, handing their
+// unsettled deliveries back to their queues at once, and wakes its blocked
+// calls. Other connections keep working. Close is idempotent. It waits for
+// nothing but the broker's locks, so it returns promptly whatever ctx says.
 func (d *Driver) Close(ctx context.Context) error {
+	d.shutdown(false)
+	return nil
+}
+
+// Crash simulates the death of the process that holds this connection, for
+// tests of what happens to the messages it was handling. The connection
+// closes as with Close, except that the unsettled deliveries of its
+// subscriptions go back to their queues only when their AckWait has passed
+// since they were handed out, as a broker redelivers the messages of a
+// consumer that stopped answering. Close after Crash does nothing more.
+func (d *Driver) Crash() { d.shutdown(true) }
+
+func (d *Driver) shutdown(crash bool) {
 	d.mu.Lock()
 	subs := d.subs
 	d.subs = nil
@@ -340,7 +393,6 @@ func (d *Driver) Close(ctx context.Context) error {
 	}
 	d.mu.Unlock()
 	for s := range subs {
-		s.close()
+		s.close(crash)
 	}
-	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,7 +23,8 @@ func TestConformance(t *testing.T) {
 	base := membus.New(nil)
 	t.Cleanup(func() { _ = base.Close(context.Background()) })
 	drivertest.RunConformanceTests(t, drivertest.Harness{
-		Open: func(ctx context.Context) (driver.Driver, error) { return base.Connect(), nil },
+		Open:  func(ctx context.Context) (driver.Driver, error) { return base.Connect(), nil },
+		Crash: func(d driver.Driver) error { d.(*membus.Driver).Crash(); return nil },
 	})
 }
 
@@ -363,46 +365,78 @@ func TestBlockedPublishEndsWithQueueOrConnection(t *testing.T) {
 	}
 }
 
-func TestAckWaitRedelivers(t *testing.T) {
-	d := open(t, &membus.Options{AckWait: time.Hour})
-	s := subscribe(t, d, events, driver.SubscribeOptions{AckWait: 50 * time.Millisecond})
+// TestLiveSubscriptionKeepsDeliveries checks that AckWait never takes a
+// delivery away from a live subscription, nor gives it to another member.
+func TestLiveSubscriptionKeepsDeliveries(t *testing.T) {
+	d := open(t, &membus.Options{AckWait: 20 * time.Millisecond})
+	opts := driver.SubscribeOptions{Group: "g", AckWait: 20 * time.Millisecond}
+	holder := subscribe(t, d, events, opts)
 	publish(t, d, events, msgs(0, 2))
-	start := time.Now()
-	first := receiveN(t, s, 2, false)
-	again := receiveN(t, s, 2, false)
-	if el := time.Since(start); el < 50*time.Millisecond {
-		t.Fatalf("redelivered after %v, before AckWait", el)
+	held := receiveN(t, holder, 2, false)
+	other := subscribe(t, d, events, opts)
+	// Ten ack waits pass; nobody receives the held messages again.
+	expectNothing(t, other, 200*time.Millisecond)
+	expectNothing(t, holder, 10*time.Millisecond)
+	if err := holder.Ack(context.Background(), held); err != nil {
+		t.Fatalf("ack long after AckWait: %v", err)
 	}
-	wantIDs(t, again, 0, 2)
-	for _, dl := range again {
-		if dl.Attempt != 2 {
-			t.Fatalf("attempt %d, want 2", dl.Attempt)
-		}
+	publish(t, d, events, msgs(2, 3))
+	if ds := receiveN(t, other, 1, true); ds[0].Message.ID != "2" {
+		t.Fatalf("other member received %s, want 2", ds[0].Message.ID)
 	}
-	if err := s.Ack(context.Background(), first); !errors.Is(err, membus.ErrNotInFlight) {
-		t.Fatalf("ack of expired deliveries: %v, want ErrNotInFlight", err)
-	}
-	if err := s.Ack(context.Background(), again); err != nil {
-		t.Fatalf("ack: %v", err)
-	}
-	expectNothing(t, s, 80*time.Millisecond)
 }
 
-func TestAckWaitRedeliversToAnotherMember(t *testing.T) {
-	d := open(t, nil)
-	opts := driver.SubscribeOptions{Group: "g", AckWait: 40 * time.Millisecond}
-	stuck := subscribe(t, d, events, opts)
-	publish(t, d, events, msgs(0, 1))
-	first := receiveN(t, stuck, 1, false)
-	other := subscribe(t, d, events, opts)
-	ds := receiveN(t, other, 1, true)
-	wantIDs(t, ds, 0, 1)
-	if ds[0].Attempt != 2 {
-		t.Fatalf("attempt %d, want 2", ds[0].Attempt)
+// TestCrashRedeliversAfterAckWait checks that the unsettled deliveries of a
+// crashed connection go to another member once their AckWait has passed, in
+// their order, with the next Attempt, and not before.
+func TestCrashRedeliversAfterAckWait(t *testing.T) {
+	base := open(t, &membus.Options{AckWait: time.Hour})
+	const wait = 100 * time.Millisecond
+	opts := driver.SubscribeOptions{Group: "g", Durable: true, AckWait: wait}
+	c := base.Connect()
+	crashing := subscribe(t, c, events, opts)
+	publish(t, base, events, msgs(0, 3))
+	held := receiveN(t, crashing, 3, false)
+	start := time.Now()
+	if err := crashing.Ack(context.Background(), held[1:2]); err != nil {
+		t.Fatal(err)
 	}
-	if err := stuck.Ack(context.Background(), first); !errors.Is(err, membus.ErrNotInFlight) {
-		t.Fatalf("late ack: %v, want ErrNotInFlight", err)
+	c.Crash()
+	if err := crashing.Ack(context.Background(), held); !errors.Is(err, driver.ErrClosed) {
+		t.Fatalf("ack after crash: %v, want ErrClosed", err)
 	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatalf("close after crash: %v", err)
+	}
+	// The durable group outlives its only member; the next one receives the
+	// crashed member's messages when their ack wait is over.
+	next := subscribe(t, base, events, opts)
+	ds := receiveN(t, next, 2, true)
+	if el := time.Since(start); el < wait {
+		t.Fatalf("redelivered %v after the crash, before AckWait %v", el, wait)
+	}
+	if got := ids(ds); got[0] != "0" || got[1] != "2" {
+		t.Fatalf("redelivered %v, want [0 2]", got)
+	}
+	for _, dl := range ds {
+		if dl.Attempt != 2 {
+			t.Errorf("message %s attempt %d, want 2", dl.Message.ID, dl.Attempt)
+		}
+	}
+	expectNothing(t, next, 2*wait)
+}
+
+// TestCrashLastMemberOfNonDurableGroup checks that a crash ends a
+// non-durable group with its last member, as Close does, and leaks nothing.
+func TestCrashLastMemberOfNonDurableGroup(t *testing.T) {
+	base := open(t, nil)
+	c := base.Connect()
+	s := subscribe(t, c, events, driver.SubscribeOptions{Group: "g", AckWait: 10 * time.Millisecond})
+	publish(t, base, events, msgs(0, 1))
+	receiveN(t, s, 1, false)
+	c.Crash()
+	next := subscribe(t, base, events, driver.SubscribeOptions{Group: "g"})
+	expectNothing(t, next, 50*time.Millisecond)
 }
 
 func TestNack(t *testing.T) {
@@ -701,6 +735,114 @@ func TestReplyEdgeCases(t *testing.T) {
 	_ = c.Close(ctx)
 	if err := <-errc; !errors.Is(err, driver.ErrClosed) {
 		t.Fatalf("request on a closing connection: %v, want ErrClosed", err)
+	}
+}
+
+func TestPublishRefusesInvalidEnvelopes(t *testing.T) {
+	d := open(t, nil)
+	s := subscribe(t, d, events, driver.SubscribeOptions{})
+	q := driver.NewDestination(driver.Query, "svc", "get")
+	ctx := context.Background()
+	spaced := msg(1)
+	spaced.ID = "1 "
+	badExt := msg(2)
+	badExt.Extensions = map[string]string{"Tenant": "acme"}
+	badHeader := msg(3)
+	badHeader.Header = map[string][]string{"X Bad": {"v"}}
+	for name, bad := range map[string]*driver.Message{"id": spaced, "extension": badExt, "header": badHeader} {
+		err := d.Publish(ctx, events, []*driver.Message{msg(0), bad})
+		var inv *driver.InvalidError
+		if !errors.As(err, &inv) || !errors.Is(err, driver.ErrInvalid) {
+			t.Errorf("publish with an invalid %s: %v, want a *driver.InvalidError", name, err)
+		}
+		if err != nil && strings.Count(err.Error(), "membus:") != 1 {
+			t.Errorf("error %q is not wrapped exactly once", err)
+		}
+		if _, err := d.Request(ctx, q, bad); !errors.Is(err, driver.ErrInvalid) {
+			t.Errorf("request with an invalid %s: %v, want ErrInvalid", name, err)
+		}
+	}
+	expectNothing(t, s, 20*time.Millisecond)
+
+	// A reply is checked the same way.
+	rs := subscribe(t, d, q, driver.SubscribeOptions{})
+	errc := make(chan error, 1)
+	go func() { _, err := d.Request(ctx, q, msg(4)); errc <- err }()
+	req := receiveN(t, rs, 1, true)
+	if err := d.Reply(ctx, req[0], badExt); !errors.Is(err, driver.ErrInvalid) {
+		t.Errorf("reply with an invalid extension: %v, want ErrInvalid", err)
+	}
+	if err := d.Reply(ctx, req[0], msg(5)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("request: %v", err)
+	}
+}
+
+func TestNoDeduplication(t *testing.T) {
+	d := open(t, nil)
+	s := subscribe(t, d, events, driver.SubscribeOptions{})
+	publish(t, d, events, msgs(0, 1))
+	publish(t, d, events, msgs(0, 1))
+	wantIDs(t, receiveN(t, s, 1, true), 0, 1)
+	wantIDs(t, receiveN(t, s, 1, true), 0, 1)
+}
+
+func TestDeclareGroup(t *testing.T) {
+	base := open(t, nil)
+	ctx := context.Background()
+	opts := driver.SubscribeOptions{Group: "audit", Durable: true}
+	for _, bad := range []driver.SubscribeOptions{{Group: "audit"}, {Durable: true}} {
+		if err := base.DeclareGroup(ctx, events, bad); !errors.Is(err, driver.ErrUnsupported) {
+			t.Errorf("declare %+v: %v, want ErrUnsupported", bad, err)
+		}
+	}
+	if err := base.DeclareGroup(ctx, events, opts); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, base, events, msgs(0, 2))
+	// Declaring again changes nothing: what the group holds stays.
+	if err := base.DeclareGroup(ctx, events, opts); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, base, events, msgs(2, 3))
+	s := subscribe(t, base.Connect(), events, opts)
+	wantIDs(t, receiveN(t, s, 3, true), 0, 3)
+
+	// A non-durable group that exists becomes durable when declared.
+	tmp := driver.SubscribeOptions{Group: "tmp"}
+	member := subscribe(t, base, events, tmp)
+	if err := base.DeclareGroup(ctx, events, driver.SubscribeOptions{Group: "tmp", Durable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := member.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, base, events, msgs(3, 4))
+	wantIDs(t, receiveN(t, subscribe(t, base, events, tmp), 1, true), 3, 4)
+
+	c := base.Connect()
+	_ = c.Close(ctx)
+	if err := c.DeclareGroup(ctx, events, opts); !errors.Is(err, driver.ErrClosed) {
+		t.Errorf("declare after close: %v, want ErrClosed", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := base.DeclareGroup(cctx, events, opts); !errors.Is(err, context.Canceled) {
+		t.Errorf("declare with a cancelled context: %v, want context.Canceled", err)
+	}
+}
+
+func TestContentModePassesThrough(t *testing.T) {
+	d := open(t, nil)
+	s := subscribe(t, d, events, driver.SubscribeOptions{})
+	structured, binary := msg(0), msg(1)
+	structured.Mode = driver.Structured
+	publish(t, d, events, []*driver.Message{structured, binary})
+	ds := receiveN(t, s, 2, true)
+	if ds[0].Message.Mode != driver.Structured || ds[1].Message.Mode != driver.Binary {
+		t.Fatalf("received modes %v, %v; want Structured, Binary", ds[0].Message.Mode, ds[1].Message.Mode)
 	}
 }
 

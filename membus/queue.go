@@ -62,7 +62,8 @@ func (r *ring) popFront() entry {
 	return e
 }
 
-// delayedEntry waits in a queue for its due time after a Nack with delay.
+// delayedEntry waits in a queue for its due time after a Nack with delay, or
+// for the deadline of a delivery whose subscription crashed.
 type delayedEntry struct {
 	due int64
 	e   entry
@@ -176,13 +177,6 @@ func (q *queue) push(ctx context.Context, connDone <-chan struct{}, msgs []*driv
 	return nil
 }
 
-// requeueFront returns es to the front of q in their order, under q.mu.
-func (q *queue) requeueFront(es []entry) {
-	for i := len(es) - 1; i >= 0; i-- {
-		q.ring.pushFront(es[i])
-	}
-}
-
 // delay schedules e to return to the front of q at due, under q.mu. Entries
 // with equal due times keep the order in which they are scheduled when
 // scheduled last first, as settle does.
@@ -215,8 +209,7 @@ func (q *queue) addMember(s *subscription) {
 	}
 }
 
-// timerLoop hands back due delayed entries and expired deliveries while q has
-// members.
+// timerLoop hands back due delayed entries while q has members.
 func (q *queue) timerLoop(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	timer := time.NewTimer(time.Hour)
@@ -245,8 +238,7 @@ func (q *queue) timerLoop(stop <-chan struct{}, done chan<- struct{}) {
 	}
 }
 
-// maintain moves due delayed entries and expired deliveries to the front of
-// q, under q.mu. It returns the next time something falls due (0: nothing
+// maintain moves due delayed entries to the front of q, under q.mu. It returns the next time something falls due (0: nothing
 // pending) and whether entries were moved.
 func (q *queue) maintain(now int64) (next int64, moved bool) {
 	due := 0
@@ -264,14 +256,6 @@ func (q *queue) maintain(now int64) (next int64, moved bool) {
 	}
 	if len(q.delayed) > 0 {
 		next = q.delayed[0].due
-	}
-	for _, s := range q.mem {
-		if s.expire(now) {
-			moved = true
-		}
-		if s.head != nil && (next == 0 || s.head.deadline < next) {
-			next = s.head.deadline
-		}
 	}
 	return next, moved
 }

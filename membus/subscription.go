@@ -13,15 +13,17 @@ import (
 const (
 	inFlight uint8 = iota
 	settled
-	handedBack // expired, or returned by a closing subscription
+	handedBack // returned by a closing or crashing subscription
 )
 
 // tracked is one delivery in flight. The driver.Delivery lives inside it, so
 // a delivery costs one allocation, and its Handle points back to it.
 type tracked struct {
-	d        driver.Delivery
-	sub      *subscription
-	e        entry
+	d   driver.Delivery
+	sub *subscription
+	e   entry
+	// deadline is when a broker would redeliver the message if the
+	// subscription's process died (see Driver.Crash).
 	deadline int64
 
 	// Guarded by sub.q.mu.
@@ -39,8 +41,7 @@ type subscription struct {
 	done        chan struct{} // closed by close
 	room        chan struct{} // token: a settlement made room under maxInFlight
 
-	// Guarded by q.mu: the deliveries in flight, oldest (earliest deadline)
-	// first.
+	// Guarded by q.mu: the deliveries in flight, oldest first.
 	head, tail *tracked
 	inFlight   int
 	closed     bool
@@ -74,25 +75,6 @@ func (s *subscription) unlink(t *tracked) {
 	s.inFlight--
 }
 
-// expire hands back the deliveries whose deadline passed, under q.mu. Each
-// subscription has one AckWait, so deadlines grow from head to tail.
-func (s *subscription) expire(now int64) bool {
-	t := s.head
-	if t == nil || t.deadline > now {
-		return false
-	}
-	n := 0
-	for t != nil && t.deadline <= now {
-		t = t.next
-		n++
-	}
-	s.handBack(n)
-	if s.maxInFlight > 0 {
-		signal(s.room)
-	}
-	return true
-}
-
 // handBack returns the n oldest deliveries to the front of the queue in
 // their order, under q.mu.
 func (s *subscription) handBack(n int) {
@@ -106,6 +88,17 @@ func (s *subscription) handBack(n int) {
 		t.state = handedBack
 		s.q.ring.pushFront(t.e)
 		t = prev
+	}
+}
+
+// abandon schedules every delivery in flight to return to the queue when its
+// deadline passes, as a broker treats a consumer that died, under q.mu.
+// Scheduling the newest first keeps equal deadlines in delivery order.
+func (s *subscription) abandon() {
+	for t := s.tail; t != nil; t = s.tail {
+		s.unlink(t)
+		t.state = handedBack
+		s.q.delay(t.e, t.deadline)
 	}
 }
 
@@ -178,7 +171,6 @@ func (s *subscription) take(n int) []*driver.Delivery {
 		s.link(t)
 		out[i] = &t.d
 	}
-	q.schedule(deadline)
 	return out
 }
 
@@ -251,9 +243,9 @@ func (s *subscription) settle(op string, ds []*driver.Delivery, fn func(*tracked
 }
 
 // Close stops the subscription and hands its unsettled deliveries back to
-// its group. It is idempotent.
+// its group at once. It is idempotent.
 func (s *subscription) Close(ctx context.Context) error {
-	s.close()
+	s.close(false)
 	c := s.conn
 	c.mu.Lock()
 	if c.subs != nil {
@@ -263,7 +255,9 @@ func (s *subscription) Close(ctx context.Context) error {
 	return nil
 }
 
-func (s *subscription) close() {
+// close stops the subscription. Its deliveries in flight go back to the
+// queue at once, or at their deadline when the subscription crashed.
+func (s *subscription) close(crash bool) {
 	q := s.q
 	b := q.b
 	b.mu.Lock()
@@ -282,7 +276,11 @@ func (s *subscription) close() {
 		}
 	}
 	q.members.Store(int32(len(q.mem)))
-	s.handBack(s.inFlight)
+	if crash {
+		s.abandon()
+	} else {
+		s.handBack(s.inFlight)
+	}
 	var stop, loopDone chan struct{}
 	if len(q.mem) == 0 {
 		stop, loopDone = q.loopStop, q.loopDone
