@@ -14,6 +14,87 @@ func (s *suite) testClose(t *testing.T) {
 	t.Run("DriverCloseUnblocksReceive", s.testDriverCloseUnblocksReceive)
 	t.Run("UseAfterClose", s.testUseAfterClose)
 	t.Run("ContextEndsReceive", s.testContextEndsReceive)
+	t.Run("DeadlineKept", s.testCloseDeadlineKept)
+}
+
+// closeDeadline is the context deadline of the closes that
+// testCloseDeadlineKept times.
+const closeDeadline = 100 * time.Millisecond
+
+// testCloseDeadlineKept checks that Subscription.Close and Driver.Close,
+// with deliveries unsettled and a Receive blocked, return within promptly of
+// their context's deadline, and that with a context that ended already they
+// still close.
+func (s *suite) testCloseDeadlineKept(t *testing.T) {
+	p := s.anyPattern(t)
+	pub := s.open(t)
+
+	// holding opens a subscription on a new connection that holds an
+	// unsettled delivery, with a Receive blocked on it.
+	holding := func() (driver.Driver, driver.Subscription, <-chan receiveResult) {
+		t.Helper()
+		dst := dest(p, "closedeadline")
+		d := s.open(t)
+		sub := subscribe(t, d, dst, driver.SubscribeOptions{Group: s.group()})
+		publish(t, pub, dst, newMessage("held-at-close"))
+		receiveOne(t, sub)
+		return d, sub, receiveAsync(t, timeout(t, deliveryTimeout), sub)
+	}
+	timed := func(what string, ctx context.Context, closeFn func(context.Context) error) {
+		t.Helper()
+		errc := make(chan error, 1)
+		done := make(chan struct{})
+		start := time.Now()
+		go func() {
+			defer close(done)
+			errc <- closeFn(ctx)
+		}()
+		deadline, _ := ctx.Deadline()
+		bound := max(time.Until(deadline), 0) + promptly
+		select {
+		case err := <-errc:
+			took := time.Since(start)
+			t.Logf("%s returned after %s: %v", what, took.Round(time.Millisecond), err)
+			if err != nil && !errors.Is(err, driver.ErrClosed) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				t.Errorf("%s: %v, want nil, driver.ErrClosed or the context's error", what, err)
+			}
+		case <-time.After(bound):
+			t.Errorf("%s did not return within %s of its context's deadline", what, promptly)
+			waitStopped(t, done, what)
+		}
+	}
+	// What a Close returns when its context ended, the subscription or the
+	// connection is closed all the same.
+	closedAfter := func(what string, sub driver.Subscription, res <-chan receiveResult) {
+		t.Helper()
+		expectUnblocked(t, res, driver.ErrClosed, what+" returned")
+		if _, err := sub.Receive(timeout(t, promptly), 1); !errors.Is(err, driver.ErrClosed) {
+			t.Errorf("Receive after %s returned: %v, want an error matching driver.ErrClosed", what, err)
+		}
+	}
+
+	withDeadline := func() context.Context { return timeout(t, closeDeadline) }
+	ended, cancel := context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+	defer cancel()
+
+	_, sub, res := holding()
+	timed("Subscription.Close", withDeadline(), sub.Close)
+	closedAfter("Subscription.Close", sub, res)
+
+	d, sub, res := holding()
+	timed("Driver.Close", withDeadline(), d.Close)
+	closedAfter("Driver.Close", sub, res)
+
+	_, sub, res = holding()
+	timed("Subscription.Close with a context that ended", ended, sub.Close)
+	closedAfter("Subscription.Close with a context that ended", sub, res)
+
+	d, sub, res = holding()
+	timed("Driver.Close with a context that ended", ended, d.Close)
+	closedAfter("Driver.Close with a context that ended", sub, res)
+	if err := d.Publish(timeout(t, promptly), dest(p, "closedeadline"), []*driver.Message{newMessage("after-close")}); !errors.Is(err, driver.ErrClosed) {
+		t.Errorf("Publish after Driver.Close with a context that ended: %v, want an error matching driver.ErrClosed", err)
+	}
 }
 
 // receiveResult is what a Receive running in another goroutine returned.

@@ -14,7 +14,11 @@
 // Harness.Open must return a new, independent connection to the same broker
 // on every call: the suite opens several to play several service instances
 // (a publisher, competing members of a consumer group, a requester and a
-// responder), and closes each one it opens.
+// responder), and closes each one it opens. The other fields of [Harness]
+// say what the suite cannot learn from Capabilities: how to simulate a
+// process that dies (Crash), whether the broker de-duplicates
+// (Deduplicates), and whether the driver can send structured content mode
+// (BinaryModeOnly).
 //
 // # What the suite asserts
 //
@@ -38,9 +42,18 @@
 //     receive every message. Private subscriptions (Group "") each receive
 //     every message.
 //   - Settlement: an acked or termed message is not redelivered. With
-//     Redelivery, a nacked message and one left unsettled past AckWait are,
-//     with Attempt incremented, and not before the Nack's delay with
-//     NativeDelay. With Durable, a delivery left unsettled by a member that
+//     Redelivery, a nacked message is, with Attempt incremented, and not
+//     before the Nack's delay with NativeDelay. HeldBatch: after one
+//     delivery of a batch is acked and the other held unsettled past
+//     AckWait by a live subscription, neither comes back, to it or to
+//     another member of its group; once the holder closes, the held one goes
+//     to the other member within 5 s and the acked one does not.
+//     CloseGivesBack (Redelivery, ConsumerGroups): a member holding
+//     deliveries, with an AckWait of 30 s, closes its subscription or its
+//     driver; another member receives every message within 5 s, four rounds.
+//     CrashRedelivers (Harness.Crash): the unsettled delivery of a member
+//     whose process dies reaches another member after AckWait, Attempt
+//     incremented. With Durable, a delivery left unsettled by a member that
 //     leaves goes to the next member, and a durable group resumes with
 //     exactly the messages it did not ack, published before or while it was
 //     away. A subscription hands out no more than MaxInFlight unsettled
@@ -60,8 +73,32 @@
 //     error.
 //   - Close: closing a subscription or the driver unblocks Receive with
 //     [driver.ErrClosed]; after Close, Publish, Subscribe, Request, and
-//     Receive, Ack, Nack and Term fail with ErrClosed; closing twice is safe; a cancelled context unblocks Receive
-//     with the context's error.
+//     Receive, Ack, Nack and Term fail with ErrClosed; closing twice is
+//     safe; a cancelled context unblocks Receive with the context's error.
+//     DeadlineKept: Subscription.Close and Driver.Close, holding unsettled
+//     deliveries, return within 2 s of a 100 ms deadline, and with a context
+//     that ended already they still close.
+//   - Deduplication: the same id from two sources, or to two destinations, is
+//     delivered each time. Publishing the same message twice yields one
+//     delivery and [driver.ErrDuplicate] when Harness.Deduplicates says so
+//     (also within a batch, whose other messages are delivered), and two
+//     deliveries otherwise.
+//   - Envelope: what [driver.CheckEnvelope] refuses fails with
+//     [driver.ErrInvalid] (a [*driver.InvalidError]) and nothing of its
+//     batch is delivered: ids that differ from a valid one by surrounding
+//     white space or CR LF, extension names with a space, a colon, CR LF,
+//     upper case, over 20 characters or reserved (id, source, correlationid),
+//     extension values with CR LF, header names with a space, a colon or a
+//     ce- prefix. Valid extension names, at the limit of 20 characters, carry
+//     non-ASCII values exactly.
+//   - ContentMode: messages published with Mode Structured (JSON data and
+//     binary data) arrive with every attribute, extension, header and their
+//     data intact, and with Mode Structured unless Harness.BinaryModeOnly;
+//     a binary one arrives with Mode Binary.
+//   - DeclareGroup (a [driver.GroupDeclarer] that claims Durable): a group
+//     declared twice before any member keeps what is published meanwhile;
+//     its first member receives all of it once. A GroupDeclarer that does not
+//     claim Durable refuses with [driver.ErrUnsupported].
 //   - Load: 10,000 messages from 8 concurrent publishers, single and batched,
 //     reach a group of two members, one of them receiving from two goroutines
 //     at once; none is lost. Duplicates are logged, and fail the test only
@@ -72,11 +109,12 @@
 //
 // # Timing
 //
-// The suite takes about ten seconds on the in-memory driver and fifteen on
-// JetStream, most of it spent proving that something does not happen (no
-// redelivery within the ack wait). The subtests that wait on the broker's
-// timers run in parallel. A driver that loses messages makes the suite wait
-// out its timeouts (ten seconds per wait), never longer.
+// The suite takes about thirteen seconds on the in-memory driver, most of it
+// spent proving that something does not happen (no redelivery within the ack
+// wait, nothing delivered of a refused message). The subtests that wait on
+// the broker's timers run in parallel. A driver that loses messages makes
+// the suite wait out its timeouts (ten seconds per wait, five for a closing
+// member to give back what it holds), never longer.
 package drivertest
 
 import (
@@ -86,12 +124,34 @@ import (
 	"github.com/marty-msf/eventbus/driver"
 )
 
-// Harness opens connections to one broker.
+// Harness opens connections to one broker and says what the suite cannot
+// learn from the driver's Capabilities.
 type Harness struct {
 	// Open returns a new, independent connection to the same broker each time it
 	// is called; the suite calls it several times in one test to play several
 	// service instances, and closes every driver it opens.
 	Open func(ctx context.Context) (driver.Driver, error)
+
+	// Crash, when set, ends d as if the process holding it died: its link to
+	// the broker is cut without closing its subscriptions or settling or
+	// giving back their deliveries, so that the broker redelivers them only
+	// after their AckWait (a NATS driver closes its connection underneath;
+	// membus has Driver.Crash). The suite still calls d.Close afterwards and
+	// accepts any error from it. Without Crash, Settlement/CrashRedelivers
+	// is skipped.
+	Crash func(d driver.Driver) error
+
+	// Deduplicates says that the broker drops a publish of a message with
+	// the same (source, id, destination) as one it stored recently, and that
+	// Publish then returns an error matching driver.ErrDuplicate. The suite
+	// checks the claim either way.
+	Deduplicates bool
+
+	// BinaryModeOnly says that the driver sends every message in binary
+	// content mode whatever Message.Mode asks, so that a message published
+	// as Structured is received with Mode Binary. The content is checked
+	// either way.
+	BinaryModeOnly bool
 }
 
 // RunConformanceTests runs every conformance test that the driver's
@@ -105,6 +165,7 @@ func RunConformanceTests(t *testing.T, h Harness) {
 	d := s.open(t)
 	s.caps = d.Capabilities()
 	_, s.implementsRR = d.(driver.RequestReplier)
+	_, s.implementsGD = d.(driver.GroupDeclarer)
 	closeDriver(t, d)
 
 	t.Run("Capabilities", s.testCapabilities)
@@ -120,6 +181,10 @@ func RunConformanceTests(t *testing.T, h Harness) {
 	t.Run("RequestReply", s.testRequestReply)
 	t.Run("Batches", s.testBatches)
 	t.Run("Close", s.testClose)
+	t.Run("Deduplication", s.testDeduplication)
+	t.Run("Envelope", s.testEnvelope)
+	t.Run("ContentMode", s.testContentMode)
+	t.Run("DeclareGroup", s.testDeclareGroup)
 	t.Run("Load", s.testLoad)
 }
 
@@ -129,4 +194,5 @@ type suite struct {
 	h            Harness
 	caps         driver.Capabilities
 	implementsRR bool
+	implementsGD bool
 }

@@ -19,7 +19,8 @@ func memHarness(t *testing.T) drivertest.Harness {
 	broker := membus.New(nil)
 	t.Cleanup(func() { _ = broker.Close(context.Background()) })
 	return drivertest.Harness{
-		Open: func(context.Context) (driver.Driver, error) { return broker.Connect(), nil },
+		Open:  func(context.Context) (driver.Driver, error) { return broker.Connect(), nil },
+		Crash: func(d driver.Driver) error { d.(*membus.Driver).Crash(); return nil },
 	}
 }
 

@@ -1,6 +1,7 @@
 package drivertest
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -63,4 +64,39 @@ func (s *suite) testPrivateSubscriptions(t *testing.T) {
 	waitForEach(t, ids(msgs), a, b)
 	checkExactlyOnce(t, "subscriber A", msgs, a.deliveries())
 	checkExactlyOnce(t, "subscriber B", msgs, b.deliveries())
+}
+
+// testDeclareGroup checks driver.GroupDeclarer: a durable group declared
+// before its first member keeps what is published meanwhile.
+func (s *suite) testDeclareGroup(t *testing.T) {
+	if !s.implementsGD {
+		t.Skip("driver does not implement driver.GroupDeclarer")
+	}
+	d := s.open(t)
+	gd := d.(driver.GroupDeclarer)
+	dst := dest(s.groupPattern(t), "declare")
+	opts := driver.SubscribeOptions{Group: "dtgroup" + unique(), Durable: true}
+	if !s.caps.Durable {
+		err := gd.DeclareGroup(timeout(t, opTimeout), dst, opts)
+		if !errors.Is(err, driver.ErrUnsupported) {
+			t.Errorf("DeclareGroup on a driver that does not claim Durable: %v, want an error matching driver.ErrUnsupported", err)
+		}
+		return
+	}
+	if err := gd.DeclareGroup(timeout(t, opTimeout), dst, opts); err != nil {
+		t.Fatalf("DeclareGroup(%s, %+v): %v", dst, opts, err)
+	}
+	pub := s.open(t)
+	msgs := newMessages("declared", 10)
+	publish(t, pub, dst, msgs[:5]...)
+	// Declaring a group that exists changes nothing.
+	if err := gd.DeclareGroup(timeout(t, opTimeout), dst, opts); err != nil {
+		t.Fatalf("DeclareGroup(%s, %+v) a second time: %v", dst, opts, err)
+	}
+	publish(t, pub, dst, msgs[5:]...)
+
+	sub := subscribe(t, s.open(t), dst, opts)
+	got := receiveAndAck(t, sub, len(msgs), 10)
+	expectNone(t, sub, quietWindow, "every message was received and acked")
+	checkExactlyOnce(t, "the declared group's first member", msgs, got)
 }

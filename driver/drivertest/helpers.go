@@ -17,14 +17,17 @@ import (
 	"github.com/marty-msf/eventbus/driver"
 )
 
+// deliveryTimeout bounds the wait for deliveries that must arrive. The suite's
+// self-test shortens it (export_test.go), to fail faster on its faulty
+// drivers.
+var deliveryTimeout = 10 * time.Second
+
 // Bounds of every wait. A broker that is merely slow stays well inside them;
 // one that lost a message or hangs fails the test instead of stalling it.
 const (
 	// opTimeout bounds one call that is expected to succeed: open, publish,
 	// subscribe, settle, close.
 	opTimeout = 10 * time.Second
-	// deliveryTimeout bounds the wait for deliveries that must arrive.
-	deliveryTimeout = 10 * time.Second
 	// quietWindow is how long the suite watches for deliveries that must not
 	// arrive (duplicates, refused messages) once the expected ones are in.
 	quietWindow = 300 * time.Millisecond
@@ -124,6 +127,30 @@ func timeout(t *testing.T, d time.Duration) context.Context {
 // open opens a connection and closes it when the test ends.
 func (s *suite) open(t *testing.T) driver.Driver {
 	t.Helper()
+	d := s.dial(t)
+	t.Cleanup(func() { closeDriver(t, d) })
+	return d
+}
+
+// openCrashable opens a connection that the test may pass to Harness.Crash.
+// It is closed when the test ends, and any error of that Close is only
+// logged: a connection whose process "died" may not close cleanly.
+func (s *suite) openCrashable(t *testing.T) driver.Driver {
+	t.Helper()
+	d := s.dial(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		if err := d.Close(ctx); err != nil {
+			t.Logf("Driver.Close after Harness.Crash: %v", err)
+		}
+	})
+	return d
+}
+
+// dial opens a connection through the harness.
+func (s *suite) dial(t *testing.T) driver.Driver {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	d, err := s.h.Open(ctx)
@@ -133,7 +160,6 @@ func (s *suite) open(t *testing.T) driver.Driver {
 	if d == nil {
 		t.Fatal("Harness.Open returned a nil driver and no error")
 	}
-	t.Cleanup(func() { closeDriver(t, d) })
 	return d
 }
 
@@ -270,12 +296,18 @@ func checkBatch(t *testing.T, ds []*driver.Delivery, max int) []*driver.Delivery
 // within deliveryTimeout.
 func receive(t *testing.T, sub driver.Subscription, n, max int) []*driver.Delivery {
 	t.Helper()
-	ctx := timeout(t, deliveryTimeout)
+	return receiveWithin(t, sub, n, max, deliveryTimeout)
+}
+
+// receiveWithin is receive with a bound of its own.
+func receiveWithin(t *testing.T, sub driver.Subscription, n, max int, bound time.Duration) []*driver.Delivery {
+	t.Helper()
+	ctx := timeout(t, bound)
 	var got []*driver.Delivery
 	for len(got) < n {
 		ds, err := sub.Receive(ctx, max)
 		if err != nil {
-			t.Fatalf("Receive: got %d of %d deliveries %v: %v", len(got), n, deliveryIDs(got), err)
+			t.Fatalf("Receive: got %d of %d deliveries %v within %s: %v", len(got), n, deliveryIDs(got), bound, err)
 		}
 		got = append(got, checkBatch(t, ds, max)...)
 	}
@@ -523,6 +555,12 @@ func waitForIDs(t *testing.T, want []string, cs ...*consumer) [][]*driver.Delive
 // together. It reports the missing ones as a test error.
 func awaitIDs(t *testing.T, want []string, cs ...*consumer) bool {
 	t.Helper()
+	return awaitIDsWithin(t, want, deliveryTimeout, cs...)
+}
+
+// awaitIDsWithin is awaitIDs with a bound of its own.
+func awaitIDsWithin(t *testing.T, want []string, bound time.Duration, cs ...*consumer) bool {
+	t.Helper()
 	missing := func() []string {
 		n := make(map[string]int)
 		for _, c := range cs {
@@ -538,12 +576,35 @@ func awaitIDs(t *testing.T, want []string, cs ...*consumer) bool {
 		}
 		return out
 	}
-	if waitUntil(deliveryTimeout, func() bool { return len(missing()) == 0 }) {
+	if waitUntil(bound, func() bool { return len(missing()) == 0 }) {
 		return true
 	}
 	m := missing()
-	t.Errorf("%d of %d messages not delivered within %s: %s", len(m), len(want), deliveryTimeout, sample(m))
+	t.Errorf("%d of %d messages not delivered within %s: %s", len(m), len(want), bound, sample(m))
 	return false
+}
+
+// duplicates lists the ids delivered more than once.
+func duplicates(ds []*driver.Delivery) []string {
+	var out []string
+	for id, n := range countIDs(ds) {
+		if n > 1 {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// msgByID returns the message of msgs with id, or a message with that id
+// alone (so that a comparison with it fails) when there is none.
+func msgByID(msgs []*driver.Message, id string) *driver.Message {
+	for _, m := range msgs {
+		if m.ID == id {
+			return m
+		}
+	}
+	return &driver.Message{ID: id}
 }
 
 // sample shortens a long list of ids for an error message.

@@ -2,6 +2,7 @@ package drivertest
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,7 +14,9 @@ import (
 // they run in parallel.
 func (s *suite) testSettlement(t *testing.T) {
 	t.Run("AckNoRedelivery", s.testAckNoRedelivery)
-	t.Run("AckWaitRedelivers", s.testAckWaitRedelivers)
+	t.Run("HeldBatch", s.testHeldBatch)
+	t.Run("CloseGivesBack", s.testCloseGivesBack)
+	t.Run("CrashRedelivers", s.testCrashRedelivers)
 	t.Run("NackRedelivers", s.testNackRedelivers)
 	t.Run("NackDelay", s.testNackDelay)
 	t.Run("TermNoRedelivery", s.testTermNoRedelivery)
@@ -28,46 +31,166 @@ func (s *suite) settleOptions() driver.SubscribeOptions {
 	return driver.SubscribeOptions{Group: s.group(), AckWait: ackWait}
 }
 
-// redeliveryWindow is how long a test watches for a redelivery that must not
-// happen: past the ack wait, with a margin for the broker's timers.
-const redeliveryWindow = ackWait + 500*time.Millisecond
+const (
+	// redeliveryWindow is how long a test watches for a redelivery that must
+	// not happen: past the ack wait, with a margin for the broker's timers.
+	redeliveryWindow = ackWait + 500*time.Millisecond
+	// longAckWait is the AckWait of tests in which a delivery must come back
+	// at once, not at its deadline: far beyond giveBackBound.
+	longAckWait = 30 * time.Second
+	// giveBackBound bounds the time a closing member takes to give back what
+	// it holds, until another member has it.
+	giveBackBound = 5 * time.Second
+)
 
+// testAckNoRedelivery checks that an acked message is not delivered again:
+// not to its subscription past the ack wait, and not to another member of
+// its group once the subscription closed, which gives back only what it did
+// not settle.
 func (s *suite) testAckNoRedelivery(t *testing.T) {
 	t.Parallel()
 	dst := dest(s.groupPattern(t), "ack")
-	sub := subscribe(t, s.open(t), dst, s.settleOptions())
+	opts := s.settleOptions()
+	sub := subscribe(t, s.open(t), dst, opts)
 	m := newMessage("ack-1")
 	publish(t, s.open(t), dst, m)
 	d := receiveOne(t, sub)
 	checkMessage(t, m, d.Message)
 	ack(t, sub, d)
-	expectNone(t, sub, redeliveryWindow, "the message was acked")
+	if !s.caps.ConsumerGroups {
+		expectNone(t, sub, redeliveryWindow, "the message was acked")
+		return
+	}
+	other := subscribe(t, s.open(t), dst, opts)
+	closeSubscription(t, sub)
+	expectNone(t, other, redeliveryWindow, "the message was acked before its subscription closed")
 }
 
-// testAckWaitRedelivers checks that a delivery left unsettled, as by a
-// consumer stuck or gone without closing, comes back after the ack wait.
-func (s *suite) testAckWaitRedelivers(t *testing.T) {
-	s.requireCaps(t, "Redelivery")
+// testHeldBatch checks settlement latency and ack-deadline keeping: one
+// delivery of a batch is acked while the other is held unsettled, past the
+// ack wait, by a live subscription. Neither comes back, to the holder or to
+// another member of its group: the ack reached the broker without waiting for
+// the rest of the batch, and the driver kept the held one's deadline. When
+// the holder closes, the held one goes to the other member promptly, and the
+// acked one still does not.
+func (s *suite) testHeldBatch(t *testing.T) {
 	t.Parallel()
-	dst := dest(s.groupPattern(t), "ackwait")
-	sub := subscribe(t, s.open(t), dst, s.settleOptions())
-	m := newMessage("ackwait-1")
-	publish(t, s.open(t), dst, m)
+	dst := dest(s.groupPattern(t), "heldbatch")
+	opts := s.settleOptions()
+	holder := subscribe(t, s.open(t), dst, opts)
+	msgs := newMessages("held", 2)
+	publish(t, s.open(t), dst, msgs...)
+	batch := receive(t, holder, 2, 2)
+	acked, held := batch[0], batch[1]
+	ack(t, holder, acked)
 
-	first := receiveOne(t, sub)
+	watchers := []driver.Subscription{holder}
+	var other driver.Subscription
+	if s.caps.ConsumerGroups {
+		other = subscribe(t, s.open(t), dst, opts)
+		watchers = append(watchers, other)
+	}
+	var wg sync.WaitGroup
+	for _, sub := range watchers {
+		wg.Go(func() {
+			expectNone(t, sub, redeliveryWindow, fmt.Sprintf(
+				"one delivery was acked and the other is held unsettled by a live subscription past the AckWait of %s", ackWait))
+		})
+	}
+	wg.Wait()
+
+	if other == nil || !s.caps.Redelivery {
+		// Nobody else can take the held delivery: it is still the holder's
+		// to settle.
+		ack(t, holder, held)
+		return
+	}
+	closeSubscription(t, holder)
 	start := time.Now()
-	again := receiveOne(t, sub)
-	elapsed := time.Since(start)
+	again := receiveWithin(t, other, 1, 1, giveBackBound)[0]
+	t.Logf("the held delivery reached the other member %s after its holder closed", time.Since(start).Round(time.Millisecond))
+	if again.Message.ID != held.Message.ID {
+		t.Errorf("after the holder closed, the other member received %q, want the held %q (%q was acked)",
+			again.Message.ID, held.Message.ID, acked.Message.ID)
+	}
+	checkMessage(t, msgByID(msgs, again.Message.ID), again.Message)
+	ack(t, other, again)
+	expectNone(t, other, quietWindow, "the only unsettled delivery was given back and acked")
+}
+
+// testCloseGivesBack checks that a member that closes, its subscription or
+// its driver, gives what it holds back at once: with an ack wait of 30 s,
+// another member receives every message within giveBackBound.
+func (s *suite) testCloseGivesBack(t *testing.T) {
+	s.requireCaps(t, "Redelivery", "ConsumerGroups")
+	t.Parallel()
+	const rounds, n = 4, 20
+	for round := range rounds {
+		how := "its subscription"
+		if round%2 == 1 {
+			how = "its driver"
+		}
+		dst := dest(s.groupPattern(t), "giveback")
+		opts := driver.SubscribeOptions{Group: s.group(), AckWait: longAckWait}
+		conn := s.open(t)
+		leaving := subscribe(t, conn, dst, opts)
+		msgs := newMessages("giveback", n)
+		publish(t, s.open(t), dst, msgs...)
+		// The leaving member holds what Receive gave it, and its driver may
+		// have more buffered.
+		held := receive(t, leaving, 1, 5)
+		staying := startConsumer(t, subscribe(t, s.open(t), dst, opts), 10)
+		start := time.Now()
+		if round%2 == 1 {
+			closeDriver(t, conn)
+		} else {
+			closeSubscription(t, leaving)
+		}
+		if !awaitIDsWithin(t, ids(msgs), giveBackBound, staying) {
+			t.Fatalf("round %d: a member holding %d unsettled deliveries closed %s; with an AckWait of %s, the other member did not receive every message within %s",
+				round+1, len(held), how, longAckWait, giveBackBound)
+		}
+		t.Logf("round %d: after the member holding %d deliveries closed %s, the other had every message %s later",
+			round+1, len(held), how, time.Since(start).Round(time.Millisecond))
+		staying.stop()
+		if dups := duplicates(staying.deliveries()); len(dups) > 0 {
+			t.Logf("round %d: %d messages were delivered more than once: %s", round+1, len(dups), sample(dups))
+		}
+	}
+}
+
+// testCrashRedelivers checks that the unsettled delivery of a member whose
+// process died goes to another member of the group once its ack wait is
+// over.
+func (s *suite) testCrashRedelivers(t *testing.T) {
+	if s.h.Crash == nil {
+		t.Skip("Harness.Crash is not set: the suite cannot simulate a process that dies")
+	}
+	s.requireCaps(t, "Redelivery", "ConsumerGroups")
+	t.Parallel()
+	dst := dest(s.groupPattern(t), "crash")
+	opts := s.settleOptions()
+	victim := s.openCrashable(t)
+	sub, err := victim.Subscribe(timeout(t, opTimeout), dst, opts)
+	if err != nil {
+		t.Fatalf("Subscribe(%s, %+v): %v", dst, opts, err)
+	}
+	m := newMessage("crash-1")
+	publish(t, s.open(t), dst, m)
+	first := receiveOne(t, sub)
+	received := time.Now()
+	other := subscribe(t, s.open(t), dst, opts)
+	if err := s.h.Crash(victim); err != nil {
+		t.Fatalf("Harness.Crash: %v", err)
+	}
+	again := receiveWithin(t, other, 1, 1, ackWait+deliveryTimeout)[0]
+	t.Logf("redelivered %s after the first delivery, with AckWait %s", time.Since(received).Round(time.Millisecond), ackWait)
 	checkMessage(t, m, again.Message)
-	t.Logf("redelivered %s after the first delivery, with AckWait %s", elapsed.Round(time.Millisecond), ackWait)
-	if elapsed < ackWait/2 {
-		t.Errorf("an unsettled delivery came back after %s, well before its AckWait of %s", elapsed, ackWait)
-	}
 	if again.Attempt != first.Attempt+1 {
-		t.Errorf("redelivery after AckWait has Attempt %d, want %d", again.Attempt, first.Attempt+1)
+		t.Errorf("redelivery after a crash has Attempt %d, want %d", again.Attempt, first.Attempt+1)
 	}
-	ack(t, sub, again)
-	expectNone(t, sub, quietWindow, "the redelivered message was acked")
+	ack(t, other, again)
+	expectNone(t, other, quietWindow, "the redelivered message was acked")
 }
 
 func (s *suite) testNackRedelivers(t *testing.T) {
