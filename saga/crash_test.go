@@ -10,7 +10,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -23,19 +25,28 @@ import (
 	"github.com/marty-msf/eventbus/saga/sqlstore"
 )
 
-// The crash test runs the orchestrator in a child process (this test binary,
-// selected by crashHelperEnv) and kills it with SIGKILL again and again.
+// The crash test runs orchestrators and participants in child processes
+// (this test binary, selected by crashRoleEnv) and kills them with SIGKILL
+// again and again: participants, orchestrators, one of each at once, and
+// every process at once.
 const (
-	crashHelperEnv = "SAGA_CRASH_HELPER"
+	crashRoleEnv   = "SAGA_CRASH_ROLE" // "orchestrator" or "participants"
 	crashNATSEnv   = "SAGA_CRASH_NATS"
-	crashDBEnv     = "SAGA_CRASH_DB"
+	crashStoreEnv  = "SAGA_CRASH_STORE" // "postgres" or "sqlite"
+	crashDBEnv     = "SAGA_CRASH_DB"    // PostgreSQL URL or SQLite file
 	crashPrefixEnv = "SAGA_CRASH_PREFIX"
 	crashCountEnv  = "SAGA_CRASH_COUNT"
 
-	crashSagas   = 1000
 	initialStock = 100_000
 	initialMoney = 1_000_000
 )
+
+// crashServices are the participant services and their command types.
+var crashServices = map[string][]string{
+	"inventory": {"inventory.reserve", "inventory.release"},
+	"payment":   {"payment.charge", "payment.refund"},
+	"shipping":  {"shipping.ship", "shipping.cancel"},
+}
 
 type crashData struct {
 	I      int `json:"i"`
@@ -73,25 +84,55 @@ func crashDefinition() saga.Definition {
 	return d
 }
 
-// crashHelperMain is the orchestrator process: it starts every saga not
-// started yet and drives them until it is killed.
+// openCrashStore opens the store the crash test's processes share.
+func openCrashStore(ctx context.Context, kind, db, prefix string) (*sqlstore.Store, error) {
+	if kind == "sqlite" {
+		return sqlstore.OpenSQLite(ctx, db, &sqlstore.Options{TablePrefix: prefix})
+	}
+	return sqlstore.OpenPostgres(ctx, db, &sqlstore.Options{TablePrefix: prefix, MaxConns: 10})
+}
+
+// crashHelperMain is a child process: an orchestrator, which starts every
+// saga not started yet and drives them, or the participants of the three
+// services. It runs until it is killed.
 func crashHelperMain() int {
 	ctx := context.Background()
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "crash helper:", err); return 2 }
-	n, err := strconv.Atoi(os.Getenv(crashCountEnv))
-	if err != nil {
-		return fail(err)
-	}
-	store, err := sqlstore.OpenPostgres(ctx, os.Getenv(crashDBEnv), &sqlstore.Options{TablePrefix: os.Getenv(crashPrefixEnv), MaxConns: 10})
-	if err != nil {
-		return fail(err)
+	role := os.Getenv(crashRoleEnv)
+	prefix := os.Getenv(crashPrefixEnv)
+	// A busy shared database refuses connections now and then; a process
+	// restarted by its supervisor tries again.
+	var store *sqlstore.Store
+	var err error
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		store, err = openCrashStore(ctx, os.Getenv(crashStoreEnv), os.Getenv(crashDBEnv), prefix)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fail(err)
+		}
 	}
 	drv, err := natsbus.Open(ctx, &natsbus.Config{Servers: []string{os.Getenv(crashNATSEnv)}, Options: natsbus.Options{AckWait: 2 * time.Second}})
 	if err != nil {
 		return fail(err)
 	}
-	b := eventbus.New(&eventbus.Options{Source: "crash-orchestrator", Retry: eventbus.RetryPolicy{MaxAttempts: 100, MaxBackoff: time.Second}, Logger: debugLogger()})
+	b := eventbus.New(&eventbus.Options{Source: "crash-" + role, Retry: eventbus.RetryPolicy{MaxAttempts: 100, MaxBackoff: time.Second}, Logger: debugLogger()})
 	if err := b.Register("nats", drv); err != nil {
+		return fail(err)
+	}
+	if role == "participants" {
+		if err := crashParticipants(b, store, store.DB(), prefix); err != nil {
+			return fail(err)
+		}
+		if err := b.Start(ctx); err != nil {
+			return fail(err)
+		}
+		fmt.Println("ready")
+		select {}
+	}
+	n, err := strconv.Atoi(os.Getenv(crashCountEnv))
+	if err != nil {
 		return fail(err)
 	}
 	orc, err := saga.NewOrchestrator(b, store, &saga.Options{Lease: time.Second, PollInterval: 100 * time.Millisecond, Concurrency: 32, Logger: debugLogger()})
@@ -132,10 +173,13 @@ func crashHelperMain() int {
 	select {}
 }
 
-// crashParticipants serves the three services, each effect and its
-// bookkeeping in one PostgreSQL transaction.
-func crashParticipants(t *testing.T, b *eventbus.Bus, store saga.Store, db *sql.DB, prefix string) {
-	effect := func(ctx context.Context, req *saga.Request, action string, stmts ...string) error {
+// crashParticipants serves the three services. Each effect and its
+// bookkeeping is one transaction that also records the command's Key, so
+// that a handler run again after its process died between its commit and
+// the participant's record (the window saga's doc describes) changes
+// nothing: such re-runs are counted in the reruns table.
+func crashParticipants(b *eventbus.Bus, store saga.Store, db *sql.DB, prefix string) error {
+	effect := func(ctx context.Context, req *saga.Request, stmts ...string) error {
 		var d crashData
 		if err := req.Decode(&d); err != nil {
 			return saga.Fail(err)
@@ -145,10 +189,38 @@ func crashParticipants(t *testing.T, b *eventbus.Bus, store saga.Store, db *sql.
 			return err
 		}
 		defer tx.Rollback()
+		res, err := tx.ExecContext(ctx, `INSERT INTO `+prefix+`applied (rkey) VALUES ($1) ON CONFLICT DO NOTHING`, req.Key)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO `+prefix+`reruns (rkey) VALUES ($1)`, req.Key); err != nil {
+				return err
+			}
+			return tx.Commit()
+		}
+		if req.Compensation {
+			// An Uncertain compensation undoes the step only if it took
+			// effect.
+			var did int
+			doKey := strings.TrimSuffix(req.Key, "/undo") + "/do"
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM `+prefix+`applied WHERE rkey = $1`, doKey).Scan(&did); err != nil {
+				return err
+			}
+			if did == 0 {
+				return tx.Commit()
+			}
+		}
 		for _, s := range stmts {
 			if _, err := tx.ExecContext(ctx, s, d.Amount); err != nil {
 				return err
 			}
+		}
+		action := "do"
+		if req.Compensation {
+			action = "undo"
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO `+prefix+`effects (saga_id, step, action) VALUES ($1, $2, $3)`, req.SagaID, req.Step, action); err != nil {
 			return err
@@ -161,74 +233,106 @@ func crashParticipants(t *testing.T, b *eventbus.Bus, store saga.Store, db *sql.
 		return d.I
 	}
 	stock := func(da, dr string) string {
-		return `UPDATE ` + prefix + `stock SET available = available ` + da + ` 1, reserved = reserved ` + dr + ` 1 WHERE $1::bigint > 0`
+		return `UPDATE ` + prefix + `stock SET available = available ` + da + ` 1, reserved = reserved ` + dr + ` 1 WHERE CAST($1 AS BIGINT) > 0`
 	}
 	// One statement for both accounts, so that charges and refunds lock
 	// the rows in the same order and never deadlock.
 	move := func(from, to string) string {
-		return `UPDATE ` + prefix + `accounts SET balance = balance + CASE name WHEN '` + to + `' THEN $1::bigint ELSE -$1::bigint END WHERE name IN ('customer', 'merchant')`
+		return `UPDATE ` + prefix + `accounts SET balance = balance + CASE name WHEN '` + to + `' THEN CAST($1 AS BIGINT) ELSE -CAST($1 AS BIGINT) END WHERE name IN ('customer', 'merchant')`
 	}
-	handlers := map[string]map[string]saga.StepHandler{
-		"inventory": {
-			"inventory.reserve": func(ctx context.Context, req *saga.Request) (any, error) {
-				if reserveFlakyOnce(number(req)) && req.Attempt == 1 {
-					return nil, errors.New("warehouse busy")
-				}
-				return "reserved", effect(ctx, req, "do", stock("-", "+"))
-			},
-			"inventory.release": func(ctx context.Context, req *saga.Request) (any, error) {
-				return "released", effect(ctx, req, "undo", stock("+", "-"))
-			},
+	handlers := map[string]saga.StepHandler{
+		"inventory.reserve": func(ctx context.Context, req *saga.Request) (any, error) {
+			if reserveFlakyOnce(number(req)) && req.Attempt == 1 {
+				return nil, errors.New("warehouse busy")
+			}
+			return "reserved", effect(ctx, req, stock("-", "+"))
 		},
-		"payment": {
-			"payment.charge": func(ctx context.Context, req *saga.Request) (any, error) {
-				if paymentDeclined(number(req)) {
-					return nil, saga.Fail(errors.New("card declined"))
-				}
-				return "charged", effect(ctx, req, "do", move("customer", "merchant"))
-			},
-			"payment.refund": func(ctx context.Context, req *saga.Request) (any, error) {
-				return "refunded", effect(ctx, req, "undo", move("merchant", "customer"))
-			},
+		"inventory.release": func(ctx context.Context, req *saga.Request) (any, error) {
+			return "released", effect(ctx, req, stock("+", "-"))
 		},
-		"shipping": {
-			"shipping.ship": func(ctx context.Context, req *saga.Request) (any, error) {
-				if shippingRefused(number(req)) {
-					return nil, saga.Fail(errors.New("address refused"))
-				}
-				return "shipped", effect(ctx, req, "do")
-			},
-			"shipping.cancel": func(ctx context.Context, req *saga.Request) (any, error) {
-				return "cancelled", effect(ctx, req, "undo")
-			},
+		"payment.charge": func(ctx context.Context, req *saga.Request) (any, error) {
+			if paymentDeclined(number(req)) {
+				return nil, saga.Fail(errors.New("card declined"))
+			}
+			return "charged", effect(ctx, req, move("customer", "merchant"))
+		},
+		"payment.refund": func(ctx context.Context, req *saga.Request) (any, error) {
+			return "refunded", effect(ctx, req, move("merchant", "customer"))
+		},
+		"shipping.ship": func(ctx context.Context, req *saga.Request) (any, error) {
+			if shippingRefused(number(req)) {
+				return nil, saga.Fail(errors.New("address refused"))
+			}
+			return "shipped", effect(ctx, req)
+		},
+		"shipping.cancel": func(ctx context.Context, req *saga.Request) (any, error) {
+			return "cancelled", effect(ctx, req)
 		},
 	}
-	for service, hs := range handlers {
+	for service, cmds := range crashServices {
 		p, err := saga.NewParticipant(b, service, store, &saga.ParticipantOptions{Concurrency: 16, Logger: debugLogger()})
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		for cmd, h := range hs {
-			if err := p.Handle(cmd, h); err != nil {
-				t.Fatal(err)
+		for _, cmd := range cmds {
+			if err := p.Handle(cmd, handlers[cmd]); err != nil {
+				return err
 			}
 		}
 	}
+	return nil
+}
+
+// crashProc is a child process of the crash test.
+type crashProc struct {
+	role  string
+	cmd   *exec.Cmd
+	lines <-chan string
 }
 
 func TestCrashRecovery(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test is long")
 	}
-	dbURL := testenv.DatabaseURL(t)
+	sagas, rounds := 150, 4
+	if os.Getenv("EVENTBUS_SOAK") != "" {
+		sagas, rounds = 1000, 12
+	}
+	if v, err := strconv.Atoi(os.Getenv("SAGA_CRASH_SAGAS")); err == nil {
+		sagas = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("SAGA_CRASH_ROUNDS")); err == nil {
+		rounds = v
+	}
+	t.Run("postgres", func(t *testing.T) {
+		prefix := uniquePrefix(t)
+		openPostgres(t, prefix) // creates the tables, drops them at the end
+		crashRun(t, "postgres", testenv.DatabaseURL(t), prefix, sagas, rounds)
+	})
+	t.Run("sqlite", func(t *testing.T) {
+		crashRun(t, "sqlite", filepath.Join(t.TempDir(), "saga.db"), "saga_", sagas, rounds)
+	})
+}
+
+// crashRun runs sagas sagas through two orchestrator and two participant
+// processes on one store, killing some of them rounds times, then checks
+// that every saga ended as its participants' rules say, each effect made
+// exactly once.
+func crashRun(t *testing.T, storeKind, dbURL, prefix string, sagas, rounds int) {
 	ctx := context.Background()
-	prefix := uniquePrefix(t)
-	store := openPostgres(t, prefix)
+	began := time.Now()
+	store, err := openCrashStore(ctx, storeKind, dbURL, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
 	db := store.DB()
 	for _, s := range []string{
 		`CREATE TABLE ` + prefix + `stock (id INT PRIMARY KEY, available BIGINT NOT NULL, reserved BIGINT NOT NULL)`,
 		`CREATE TABLE ` + prefix + `accounts (name TEXT PRIMARY KEY, balance BIGINT NOT NULL)`,
 		`CREATE TABLE ` + prefix + `effects (saga_id TEXT NOT NULL, step TEXT NOT NULL, action TEXT NOT NULL)`,
+		`CREATE TABLE ` + prefix + `applied (rkey TEXT PRIMARY KEY)`,
+		`CREATE TABLE ` + prefix + `reruns (rkey TEXT NOT NULL)`,
 		`INSERT INTO ` + prefix + `stock VALUES (1, ` + strconv.Itoa(initialStock) + `, 0)`,
 		`INSERT INTO ` + prefix + `accounts VALUES ('customer', ` + strconv.Itoa(initialMoney) + `), ('merchant', 0)`,
 	} {
@@ -237,7 +341,7 @@ func TestCrashRecovery(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() {
-		for _, tbl := range []string{"stock", "accounts", "effects"} {
+		for _, tbl := range []string{"stock", "accounts", "effects", "applied", "reruns"} {
 			_, _ = db.Exec("DROP TABLE IF EXISTS " + prefix + tbl)
 		}
 	})
@@ -247,28 +351,14 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	drv, err := natsbus.Open(ctx, &natsbus.Config{Servers: []string{srv.ClientURL()}, Options: natsbus.Options{AckWait: 2 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := eventbus.New(&eventbus.Options{Source: "crash-participants", Retry: eventbus.RetryPolicy{MaxAttempts: 100, MaxBackoff: time.Second}, Logger: debugLogger()})
-	if err := b.Register("nats", drv); err != nil {
-		t.Fatal(err)
-	}
-	crashParticipants(t, b, store, db, prefix)
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = b.Close(cctx)
-	})
+	// The queues exist before any process runs, so that nothing sent
+	// while a service's every process is down is lost.
+	declareCrashQueues(t, srv.ClientURL())
 
-	spawn := func() (*exec.Cmd, <-chan string) {
+	spawn := func(role string) crashProc {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashHelperEnv+"=1", crashNATSEnv+"="+srv.ClientURL(), crashDBEnv+"="+dbURL,
-			crashPrefixEnv+"="+prefix, crashCountEnv+"="+strconv.Itoa(crashSagas))
+		cmd.Env = append(os.Environ(), crashRoleEnv+"="+role, crashNATSEnv+"="+srv.ClientURL(), crashStoreEnv+"="+storeKind,
+			crashDBEnv+"="+dbURL, crashPrefixEnv+"="+prefix, crashCountEnv+"="+strconv.Itoa(sagas))
 		cmd.Stderr = os.Stderr
 		out, err := cmd.StdoutPipe()
 		if err != nil {
@@ -285,16 +375,29 @@ func TestCrashRecovery(t *testing.T) {
 				lines <- sc.Text()
 			}
 		}()
-		return cmd, lines
+		return crashProc{role, cmd, lines}
 	}
-	kill := func(cmd *exec.Cmd, lines <-chan string) {
-		if cmd.ProcessState != nil {
+	kill := func(p crashProc) {
+		if p.cmd.ProcessState != nil {
 			return
 		}
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		for range lines {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		for range p.lines {
 		}
-		_ = cmd.Wait()
+		_ = p.cmd.Wait()
+	}
+	ready := func(p crashProc) {
+		select {
+		case l := <-p.lines:
+			if l == "ready" {
+				return
+			}
+			kill(p)
+			t.Fatalf("%s process said %q, want ready", p.role, l)
+		case <-time.After(90 * time.Second):
+			kill(p)
+			t.Fatalf("%s process not ready after 90s", p.role)
+		}
 	}
 	counts := func() map[saga.State]int {
 		rows, err := db.QueryContext(ctx, `SELECT state, count(*) FROM `+prefix+`instances GROUP BY state`)
@@ -313,71 +416,80 @@ func TestCrashRecovery(t *testing.T) {
 		}
 		return c
 	}
-
 	finished := func(c map[saga.State]int) int { return c[saga.Completed] + c[saga.Compensated] + c[saga.Failed] }
-	finishedBefore := 0
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	// Two orchestrator processes run at once. Each round kills one at a
-	// random moment (the other takes its sagas over when their leases
-	// expire), then the other (nobody runs: the next round restarts them).
-	rounds := 3
-	if v, err := strconv.Atoi(os.Getenv("SAGA_CRASH_ROUNDS")); err == nil {
-		rounds = v
+
+	// Two orchestrator and two participant processes run. Each round waits
+	// a random moment, once some sagas finished since the last kill, and
+	// kills by turn: a participant process, an orchestrator process, one of
+	// each at once, or all four; then restarts them.
+	procs := []crashProc{spawn("participants"), spawn("participants"), spawn("orchestrator"), spawn("orchestrator")}
+	for _, p := range procs {
+		ready(p)
 	}
-	type proc struct {
-		cmd   *exec.Cmd
-		lines <-chan string
-	}
-	start := func() proc {
-		cmd, lines := spawn()
-		if l := <-lines; l != "ready" {
-			kill(cmd, lines)
-			t.Fatalf("orchestrator process said %q, want ready", l)
+	defer func() {
+		for _, p := range procs {
+			kill(p)
 		}
-		return proc{cmd, lines}
-	}
-	kills := 0
-	killLater := func(p proc) {
-		// Kill at a random moment, once the processes made some progress,
-		// so that every kill lands in the middle of the work.
-		time.Sleep(time.Duration(200+rng.IntN(1000)) * time.Millisecond)
-		for wait := time.Now().Add(10 * time.Second); time.Now().Before(wait) && finished(counts()) < finishedBefore+40; {
+	}()
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	kinds := []string{"participant", "orchestrator", "both", "all"}
+	killsByKind := map[string]int{}
+	processesKilled := map[string]int{}
+	finishedBefore := 0
+	for r := range rounds {
+		kind := kinds[r%len(kinds)]
+		time.Sleep(time.Duration(200+rng.IntN(800)) * time.Millisecond)
+		for wait := time.Now().Add(10 * time.Second); time.Now().Before(wait) && finished(counts()) < finishedBefore+max(sagas/20, 5); {
 			time.Sleep(50 * time.Millisecond)
 		}
-		kill(p.cmd, p.lines)
-		kills++
+		var victims []int
+		switch kind {
+		case "participant":
+			victims = []int{rng.IntN(2)}
+		case "orchestrator":
+			victims = []int{2 + rng.IntN(2)}
+		case "both":
+			victims = []int{rng.IntN(2), 2 + rng.IntN(2)}
+		default:
+			victims = []int{0, 1, 2, 3}
+		}
+		for _, v := range victims {
+			_ = procs[v].cmd.Process.Signal(syscall.SIGKILL)
+		}
+		for _, v := range victims {
+			kill(procs[v])
+			processesKilled[procs[v].role]++
+		}
+		killsByKind[kind]++
 		c := counts()
 		finishedBefore = finished(c)
-		t.Logf("SIGKILL %d: %v", kills, c)
+		t.Logf("SIGKILL %d (%s): %v", r+1, kind, c)
+		for _, v := range victims {
+			procs[v] = spawn(procs[v].role)
+		}
+		for _, v := range victims {
+			ready(procs[v])
+		}
 	}
-	for range rounds {
-		p1, p2 := start(), start()
-		killLater(p1)
-		killLater(p2)
-	}
-	p1, p2 := start(), start()
-	defer kill(p1.cmd, p1.lines)
-	defer kill(p2.cmd, p2.lines)
-	deadline := time.Now().Add(60 * time.Second)
+	lastRestart := time.Now()
 	var c map[saga.State]int
-	for {
+	for deadline := time.Now().Add(3 * time.Minute); ; {
 		c = counts()
-		if c[saga.Completed]+c[saga.Compensated]+c[saga.Failed] == crashSagas {
+		if finished(c) == sagas {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("sagas not finished after the last restart: %v", c)
-		}
-		if os.Getenv("SAGA_CRASH_DEBUG") != "" {
-			t.Logf("%v", c)
+			t.Errorf("sagas not finished 3 minutes after the last restart: %v", c)
+			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	finishedIn := time.Since(lastRestart)
 
 	// Every saga ended as its participants' rules say.
 	wantCompleted, wantCompensated := 0, 0
 	want := map[string]map[string]int{}
-	for i := range crashSagas {
+	for i := range sagas {
 		e := map[string]int{}
 		switch {
 		case paymentDeclined(i):
@@ -400,7 +512,7 @@ func TestCrashRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	totalEffects := 0
+	totalEffects, duplicates := 0, 0
 	for rows.Next() {
 		var id, step, action string
 		var n int
@@ -412,6 +524,7 @@ func TestCrashRecovery(t *testing.T) {
 		}
 		got[id][step+"/"+action] = n
 		totalEffects += n
+		duplicates += n - 1
 	}
 	rows.Close()
 	bad := 0
@@ -431,16 +544,17 @@ func TestCrashRecovery(t *testing.T) {
 		t.Errorf("%d sagas with wrong effects", bad)
 	}
 
-	var available, reserved, customer, merchant, charged int
+	var available, reserved, customer, merchant, charged, reruns int
 	if err := db.QueryRowContext(ctx, `SELECT available, reserved FROM `+prefix+`stock`).Scan(&available, &reserved); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.QueryRowContext(ctx, `SELECT
 		(SELECT balance FROM `+prefix+`accounts WHERE name = 'customer'),
-		(SELECT balance FROM `+prefix+`accounts WHERE name = 'merchant')`).Scan(&customer, &merchant); err != nil {
+		(SELECT balance FROM `+prefix+`accounts WHERE name = 'merchant'),
+		(SELECT count(*) FROM `+prefix+`reruns)`).Scan(&customer, &merchant, &reruns); err != nil {
 		t.Fatal(err)
 	}
-	for i := range crashSagas {
+	for i := range sagas {
 		if !paymentDeclined(i) && !shippingRefused(i) {
 			charged += 1 + i%10
 		}
@@ -451,6 +565,54 @@ func TestCrashRecovery(t *testing.T) {
 	if customer+merchant != initialMoney || merchant != charged {
 		t.Errorf("money: customer %d + merchant %d, want %d with %d charged", customer, merchant, initialMoney, charged)
 	}
-	t.Logf("crash test: %d sagas, %d SIGKILLs, two orchestrator processes at a time; %d completed, %d compensated, %d failed; %d effects recorded; stock %d+%d, money %d+%d",
-		crashSagas, kills, c[saga.Completed], c[saga.Compensated], c[saga.Failed], totalEffects, available, reserved, customer, merchant)
+	timeouts, takeovers := 0, 0
+	all, err := store.List(ctx, saga.ListFilter{Limit: sagas + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range all {
+		for _, h := range in.History {
+			switch h.Kind {
+			case "step.do.timeout", "step.undo.timeout":
+				timeouts++
+			case "takeover":
+				takeovers++
+			}
+		}
+	}
+	t.Logf("crash test (%s): %d sagas; SIGKILL rounds %v, processes killed %v; %d completed, %d compensated, %d failed, %d stuck; "+
+		"%d effects, %d duplicates, %d handler re-runs absorbed by Request.Key; %d attempt timeouts, %d saga takeovers; "+
+		"finished %.1fs after the last restart, %.1fs in all",
+		storeKind, sagas, killsByKind, processesKilled, c[saga.Completed], c[saga.Compensated], c[saga.Failed], c[saga.Running]+c[saga.Compensating],
+		totalEffects, duplicates, reruns, timeouts, takeovers, finishedIn.Seconds(), time.Since(began).Seconds())
+}
+
+// declareCrashQueues creates the durable queues of the participants'
+// commands and the orchestrators' replies.
+func declareCrashQueues(t *testing.T, natsURL string) {
+	ctx := context.Background()
+	drv, err := natsbus.Open(ctx, &natsbus.Config{Servers: []string{natsURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := eventbus.New(nil)
+	if err := b.Register("nats", drv); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_ = b.Close(cctx)
+	}()
+	for service, cmds := range crashServices {
+		if err := b.DeclareCommands(ctx, service, cmds...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.DeclareCommands(ctx, "saga", saga.ReplyType); err != nil {
+		t.Fatal(err)
+	}
 }

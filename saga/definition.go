@@ -13,6 +13,12 @@ import (
 type Definition struct {
 	// Name identifies the saga type; Orchestrator.Start refers to it.
 	Name string
+	// Version numbers the revisions of a definition; zero means 1.
+	// Orchestrator.Start runs the highest version registered, and every
+	// instance runs to its end on the version it started with, so a changed
+	// definition gets a new version while the old one stays registered
+	// until no instance runs it.
+	Version int
 	// Steps run in order; the saga completes when the last one succeeds.
 	Steps []Step
 	// Timeout bounds the whole forward run: when it passes before the last
@@ -135,6 +141,9 @@ func (d *Definition) Validate() error {
 	if len(d.Steps) == 0 {
 		bad("", "no steps")
 	}
+	if d.Version < 0 {
+		bad("", "negative version %d", d.Version)
+	}
 	if d.Timeout < 0 {
 		bad("", "negative timeout %v", d.Timeout)
 	}
@@ -176,6 +185,7 @@ func (d *Definition) Validate() error {
 func (d *Definition) withDefaults() *Definition {
 	c := *d
 	c.Steps = append([]Step(nil), d.Steps...)
+	c.Version = max(c.Version, 1)
 	if c.CompensationRetry.Attempts == 0 {
 		c.CompensationRetry.Attempts = 10
 	}

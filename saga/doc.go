@@ -4,14 +4,14 @@
 //
 // # Pieces
 //
-//   - A [Definition] names the saga and its [Step]s: service, command type,
-//     compensation type, timeout, retry policy and an optional Input function
-//     that builds the step's payload from the saga's data and earlier
-//     replies. [Definition.Validate] reports every problem at once.
+//   - A [Definition] names the saga, its version and its [Step]s: service,
+//     command type, compensation type, timeout, retry policy and an optional
+//     Input function that builds the step's payload from the saga's data and
+//     earlier replies. [Definition.Validate] reports every problem at once.
 //   - An [Orchestrator] (one or several instances sharing a [Store]) starts
 //     sagas, sends their commands with Bus.SendCommand, applies the replies
 //     and fires deadlines. It is also the manager API: Start, Get, List,
-//     Cancel, Retry.
+//     Cancel, Retry, Unrunnable.
 //   - A [Participant] serves a service's step commands: handlers get a
 //     [Request] (saga id, step, attempt, payload) and return a reply, a
 //     transient error, or a definitive failure marked with [Fail].
@@ -48,8 +48,31 @@
 // from running afterwards. A handler runs at most once per effect unless the
 // participant dies between the handler's return and the recording of its
 // outcome; handlers whose effects must survive that use Request.Key as an
-// idempotency key in their own database. Orchestrators ignore duplicate and
-// late replies.
+// idempotency key in their own database (Request.Resumed tells them that an
+// earlier run was interrupted). Orchestrators ignore duplicate and late
+// replies.
+//
+// # Participant crashes
+//
+// A participant claims a command's record before running the handler. The
+// claim is short (ParticipantOptions.Claim, default 5s) and renewed while
+// the handler runs, so it lasts exactly as long as a live process works on
+// the command. When the process dies, its claims expire within Claim, and
+// whatever comes next takes them over: the command's redelivery or the
+// step's next attempt runs the handler again (Request.Resumed), and a
+// compensation bars the step and runs with Request.Uncertain set — the step
+// may or may not have taken effect, and the compensation undoes whatever of
+// it did. A duplicate that finds a live claim is redelivered by the bus
+// (with backoff, never dead-lettered) until the claim's outcome is
+// recorded or the claim expires. So a participant crash costs at most Claim
+// plus an attempt's timeout; keep Claim well below Step.Timeout ×
+// Retry.Attempts, and the same for the compensation's retry policy. A
+// handler that loses its claim while running (its renewals failed for
+// longer than Claim, and another process took the command over) has its
+// context cancelled, and its outcome is dropped in favour of the other
+// run's. The crash test (crash_test.go) kills orchestrator and participant
+// processes, alone and together, on both stores, and checks that every saga
+// ends completed or compensated with each effect made exactly once.
 //
 // # Persistence, recovery and several instances
 //
@@ -64,7 +87,21 @@
 // lets exactly one of two concurrent transitions of a saga win, and the
 // loser reloads and re-evaluates. So several instances on one store never
 // run a transition twice, and a saga whose instance died is finished by the
-// others.
+// others. Run renews its leases on a schedule of its own, so that a long
+// poll on a slow database does not let them lapse.
+//
+// # Definition versions
+//
+// An instance records the Definition.Version it started on and runs to its
+// end on it: steps, inputs, timeouts and retry policies are those of that
+// version, even when a newer one is registered meanwhile. Start uses the
+// highest version registered under the name. To change a definition, add it
+// with the next version and keep the old one registered until no instance
+// runs on it. An orchestrator that meets an instance whose version (or
+// name) it has not registered changes nothing: operations on it fail with
+// ErrUnknownVersion (or ErrUnknownSaga), its replies are redelivered until
+// an orchestrator that knows the version handles them, Run logs it once,
+// and Unrunnable lists it.
 //
 // # Lifecycle events
 //
@@ -86,9 +123,9 @@
 // # Errors and concurrency
 //
 // Errors match the package's sentinels with errors.Is: ErrUnknownSaga,
-// ErrExists, ErrNotFound, ErrNotRunning, ErrNotFailed, ErrConflict,
-// ErrInvalidDefinition (with *DefinitionError). Orchestrator and Participant
-// are safe for concurrent use. NewOrchestrator and Participant.Handle
-// register bus handlers, so they come before Bus.Start; Run runs until its
-// context ends and owns every goroutine it starts.
+// ErrUnknownVersion, ErrExists, ErrNotFound, ErrNotRunning, ErrNotFailed,
+// ErrConflict, ErrInvalidDefinition (with *DefinitionError). Orchestrator
+// and Participant are safe for concurrent use. NewOrchestrator and
+// Participant.Handle register bus handlers, before or after Bus.Start; Run
+// runs until its context ends and owns every goroutine it starts.
 package saga

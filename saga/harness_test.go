@@ -22,7 +22,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(crashHelperEnv) != "" {
+	if os.Getenv(crashRoleEnv) != "" {
 		os.Exit(crashHelperMain())
 	}
 	goleak.VerifyTestMain(m)

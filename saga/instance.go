@@ -46,9 +46,11 @@ const (
 // Instance is a saga instance: its state, every step's state and its
 // history. Stores persist it whole; Version guards every update.
 type Instance struct {
-	ID    string
-	Name  string
-	State State
+	ID   string
+	Name string
+	// DefinitionVersion is the Definition.Version the instance runs on.
+	DefinitionVersion int `json:",omitempty"`
+	State             State
 	// Data is the saga's data as given to Start, JSON encoded.
 	Data json.RawMessage
 	// Steps has one entry per step of the definition, in order.
@@ -142,6 +144,10 @@ func (in *Instance) WakeAt() time.Time {
 	}
 	return w
 }
+
+// definitionVersion is the version of the instance's definition; instances
+// persisted before definitions had versions ran on version 1.
+func (in *Instance) definitionVersion() int { return max(in.DefinitionVersion, 1) }
 
 func (in *Instance) clone() *Instance {
 	c := *in

@@ -48,6 +48,10 @@ type LifecycleEvent struct {
 var (
 	// ErrUnknownSaga: no definition is registered under that name.
 	ErrUnknownSaga = errors.New("saga: unknown saga")
+	// ErrUnknownVersion: an instance runs on a version of its definition
+	// that this orchestrator has not registered. The orchestrator leaves
+	// it alone (Unrunnable lists it) until one that has it handles it.
+	ErrUnknownVersion = errors.New("saga: unknown definition version")
 	// ErrDuplicateDefinition: a definition with that name is registered.
 	ErrDuplicateDefinition = errors.New("saga: duplicate definition")
 	// ErrNotRunning: Cancel found the saga compensating or finished.
@@ -97,11 +101,13 @@ type Orchestrator struct {
 	opts  Options
 	log   *slog.Logger
 
-	mu   sync.RWMutex
-	defs map[string]*Definition
+	mu     sync.RWMutex
+	defs   map[defKey]*Definition
+	latest map[string]int // name → highest version registered
 
-	running atomic.Bool
-	cache   instanceCache
+	running    atomic.Bool
+	cache      instanceCache
+	unrunnable sync.Map // ids of sagas of unknown definitions, warned about once
 }
 
 // NewOrchestrator returns an orchestrator on bus and store, and registers
@@ -134,7 +140,7 @@ func NewOrchestrator(bus *eventbus.Bus, store Store, opts *Options) (*Orchestrat
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	orc := &Orchestrator{bus: bus, store: store, opts: o, log: log, defs: map[string]*Definition{}}
+	orc := &Orchestrator{bus: bus, store: store, opts: o, log: log, defs: map[defKey]*Definition{}, latest: map[string]int{}}
 	h := eventbus.HandlerFunc(orc.handleReply)
 	if _, err := bus.HandleCommand(context.Background(), o.Service, ReplyType, h,
 		eventbus.WithConcurrency(o.Concurrency), eventbus.WithRetry(commandRetry)); err != nil {
@@ -143,8 +149,16 @@ func NewOrchestrator(bus *eventbus.Bus, store Store, opts *Options) (*Orchestrat
 	return orc, nil
 }
 
-// Register validates and adds definitions. Every instance of an orchestrator
-// sharing a store must register the same definitions.
+type defKey struct {
+	name    string
+	version int
+}
+
+// Register validates and adds definitions; it may be called at any time.
+// Several versions of one name may be registered: Start runs the highest,
+// and instances in flight keep theirs. Every instance of an orchestrator
+// sharing a store must register the same definitions, and keep a version
+// registered until no instance runs on it (see Unrunnable).
 func (o *Orchestrator) Register(defs ...Definition) error {
 	var errs []error
 	for i := range defs {
@@ -157,24 +171,63 @@ func (o *Orchestrator) Register(defs ...Definition) error {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	seen := map[defKey]bool{}
 	for _, d := range defs {
-		if o.defs[d.Name] != nil {
-			return fmt.Errorf("%w: %q", ErrDuplicateDefinition, d.Name)
+		k := defKey{d.Name, max(d.Version, 1)}
+		if o.defs[k] != nil || seen[k] {
+			return fmt.Errorf("%w: %q version %d", ErrDuplicateDefinition, k.name, k.version)
 		}
+		seen[k] = true
 	}
 	for i := range defs {
-		o.defs[defs[i].Name] = defs[i].withDefaults()
+		d := defs[i].withDefaults()
+		o.defs[defKey{d.Name, d.Version}] = d
+		o.latest[d.Name] = max(o.latest[d.Name], d.Version)
 	}
 	return nil
 }
 
+// definition returns the highest version registered under name.
 func (o *Orchestrator) definition(name string) (*Definition, error) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
-	if d := o.defs[name]; d != nil {
-		return d, nil
+	if v, ok := o.latest[name]; ok {
+		return o.defs[defKey{name, v}], nil
 	}
 	return nil, fmt.Errorf("%w: %q", ErrUnknownSaga, name)
+}
+
+// definitionOf returns the definition instance in runs on.
+func (o *Orchestrator) definitionOf(in *Instance) (*Definition, error) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	if d := o.defs[defKey{in.Name, in.definitionVersion()}]; d != nil {
+		return d, nil
+	}
+	if _, ok := o.latest[in.Name]; !ok {
+		return nil, fmt.Errorf("saga %s: %w: %q", in.ID, ErrUnknownSaga, in.Name)
+	}
+	return nil, fmt.Errorf("saga %s: %w: %q version %d", in.ID, ErrUnknownVersion, in.Name, in.definitionVersion())
+}
+
+// Unrunnable lists the active instances (at most limit; zero means 1000)
+// whose definition or definition version this orchestrator has not
+// registered: it leaves them alone, and they wait for an orchestrator that
+// has it. After a deployment it should be empty.
+func (o *Orchestrator) Unrunnable(ctx context.Context, limit int) ([]*Instance, error) {
+	var out []*Instance
+	for _, st := range []State{Running, Compensating} {
+		ins, err := o.store.List(ctx, ListFilter{State: st, Limit: limit})
+		if err != nil {
+			return nil, fmt.Errorf("saga: unrunnable: %w", err)
+		}
+		for _, in := range ins {
+			if _, err := o.definitionOf(in); err != nil {
+				out = append(out, in)
+			}
+		}
+	}
+	return out, nil
 }
 
 // StartOption tunes Start.
@@ -207,7 +260,7 @@ func (o *Orchestrator) Start(ctx context.Context, name string, data any, opts ..
 		return "", fmt.Errorf("saga: start %s: encode data: %w", name, err)
 	}
 	now := time.Now()
-	in := &Instance{ID: so.id, Name: name, Data: raw, Created: now, Updated: now, Version: 1,
+	in := &Instance{ID: so.id, Name: name, DefinitionVersion: def.Version, Data: raw, Created: now, Updated: now, Version: 1,
 		Owner: o.opts.Instance, LeaseUntil: now.Add(o.opts.Lease)}
 	(&machine{def: def, in: in, now: now}).start()
 	if err := o.store.Create(ctx, in); err != nil {
@@ -330,7 +383,8 @@ func (o *Orchestrator) poll(ctx context.Context) {
 				defer func() { <-sem; wg.Done() }()
 				if _, err := o.apply(ctx, id, false, o.due); err != nil {
 					failed.Store(true)
-					if ctx.Err() == nil {
+					unknown := errors.Is(err, ErrUnknownVersion) || errors.Is(err, ErrUnknownSaga)
+					if _, warned := o.unrunnable.LoadOrStore(id, true); ctx.Err() == nil && (!unknown || !warned) {
 						o.log.Warn("saga: process due saga", "saga", id, "err", err)
 					}
 				}
@@ -379,8 +433,9 @@ func (o *Orchestrator) apply(ctx context.Context, id string, cached bool, fn fun
 				return nil, fmt.Errorf("saga: %w", err)
 			}
 		}
-		def, err := o.definition(cur.Name)
+		def, err := o.definitionOf(cur)
 		if err != nil {
+			o.cache.forget(id)
 			return nil, err
 		}
 		next := cur.clone()
@@ -491,7 +546,7 @@ func CommandID(sagaID, step string, compensation bool, attempt int) string {
 }
 
 func (o *Orchestrator) sendCommand(ctx context.Context, in *Instance, out Outgoing) error {
-	def, err := o.definition(in.Name)
+	def, err := o.definitionOf(in)
 	if err != nil {
 		return err
 	}

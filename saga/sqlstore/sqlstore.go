@@ -9,9 +9,12 @@
 // idempotent and safe from several processes at once.
 //
 // Every update is a single statement guarded by the row's version, so several
-// orchestrator processes may share one PostgreSQL database. A SQLite store
-// runs in WAL mode with a busy timeout and one connection per process; it is
-// meant for one process (the embedded default).
+// orchestrator and participant processes may share one PostgreSQL database.
+// A SQLite store runs in WAL mode with a busy timeout and one connection per
+// process; it is meant for one process (the embedded default), and several
+// processes on one machine may share its file at a lower throughput (the
+// saga crash test runs four). A process killed mid-transaction leaves no
+// partial write on either.
 //
 // Errors wrap the database's error once, prefixed "sqlstore:"; Load's missing
 // instance matches saga.ErrNotFound and a lost version race saga.ErrConflict.
