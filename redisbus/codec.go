@@ -1,0 +1,350 @@
+package redisbus
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+// Stream entry fields. There is no official CloudEvents binding for Redis;
+// the driver follows the Kafka binding's binary content mode, whose names are
+// valid Redis field names and read well in redis-cli: every attribute and
+// extension is a field "ce_" + its name, datacontenttype is "content-type",
+// the key is the partitionkey extension, a free header is "hdr:" + its name
+// (several values joined by newlines, which header values cannot contain),
+// and the data is the field "data", last.
+const (
+	cePrefix         = "ce_"
+	fieldContentType = "content-type"
+	fieldData        = "data"
+	headerPrefix     = "hdr:"
+	fieldKey         = cePrefix + driver.ExtPartitionKey
+
+	structuredContentType = "application/cloudevents+json"
+)
+
+// ceField returns the field name of a CloudEvents attribute without
+// allocating for the attributes every message carries.
+func ceField(name string) string {
+	switch name {
+	case "specversion":
+		return "ce_specversion"
+	case "id":
+		return "ce_id"
+	case "source":
+		return "ce_source"
+	case "type":
+		return "ce_type"
+	case "subject":
+		return "ce_subject"
+	case "time":
+		return "ce_time"
+	case "dataschema":
+		return "ce_dataschema"
+	case driver.ExtCorrelationID:
+		return "ce_correlationid"
+	case driver.ExtCausationID:
+		return "ce_causationid"
+	case driver.ExtTraceParent:
+		return "ce_traceparent"
+	case driver.ExtTraceState:
+		return "ce_tracestate"
+	case driver.ExtReplyTo:
+		return "ce_replyto"
+	}
+	return cePrefix + name
+}
+
+// appendFields appends m's stream entry fields, name and value in turn, to
+// args: binary content mode unless m.Mode asks for structured mode.
+func appendFields(args []any, m *driver.Message) []any {
+	if m.Mode == driver.Structured {
+		args = append(args, fieldContentType, structuredContentType)
+		args = appendHeaders(args, m)
+		return append(args, fieldData, encodeStructured(m))
+	}
+	m.EachAttribute(func(name, value string) {
+		if name == "datacontenttype" {
+			args = append(args, fieldContentType, value)
+			return
+		}
+		args = append(args, ceField(name), value)
+	})
+	if m.Key != "" {
+		args = append(args, fieldKey, m.Key)
+	}
+	args = appendHeaders(args, m)
+	return append(args, fieldData, m.Data)
+}
+
+func appendHeaders(args []any, m *driver.Message) []any {
+	if len(m.Header) == 0 {
+		return args
+	}
+	names := make([]string, 0, len(m.Header))
+	for k := range m.Header {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		args = append(args, headerPrefix+k, strings.Join(m.Header[k], "\n"))
+	}
+	return args
+}
+
+// entry is one stream entry as read from Redis: its id and its fields in
+// order.
+type entry struct {
+	id     string
+	fields []string // name, value, name, value...
+}
+
+// decode reads an entry's fields as an envelope. A structured-mode event
+// (content-type application/cloudevents+json) is read from the data field;
+// a field the driver does not know becomes a free header of that name. When
+// the entry is not a valid event it returns what it could read, Data set to
+// the raw data field, and a *driver.MalformedError.
+func decode(fields []string) (*driver.Message, error) {
+	m := &driver.Message{}
+	var (
+		data        []byte
+		contentType string
+		spec        bool
+		firstErr    error
+	)
+	for i := 0; i+1 < len(fields); i += 2 {
+		name, value := fields[i], fields[i+1]
+		switch {
+		case name == fieldData:
+			data = []byte(value)
+		case name == fieldContentType:
+			contentType = value
+		case name == fieldKey:
+			m.Key = value
+		case strings.HasPrefix(name, cePrefix):
+			attr := name[len(cePrefix):]
+			if attr == "specversion" {
+				spec = true
+			}
+			if err := m.SetAttribute(attr, value); err != nil && firstErr == nil {
+				firstErr = err
+			}
+		default:
+			header := strings.TrimPrefix(name, headerPrefix)
+			if m.Header == nil {
+				m.Header = make(map[string][]string, 2)
+			}
+			m.Header[header] = strings.Split(value, "\n")
+		}
+	}
+	if isStructured(contentType) && !spec {
+		s, err := decodeStructured(data)
+		s.Header = m.Header
+		return s, err
+	}
+	if contentType != "" {
+		m.DataContentType = contentType
+	}
+	m.Data = data
+	switch {
+	case firstErr != nil:
+		return m, firstErr
+	case !spec:
+		return m, &driver.MalformedError{Reason: "missing ce_specversion field (and not a structured-mode event)"}
+	}
+	if err := m.Validate(); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+// isStructured reports whether a content type marks a structured-mode event.
+func isStructured(contentType string) bool {
+	ct := strings.ToLower(strings.TrimSpace(contentType))
+	return strings.HasPrefix(ct, "application/cloudevents") && !strings.HasPrefix(ct, "application/cloudevents-batch")
+}
+
+// decodeStructured reads an event in the JSON event format.
+func decodeStructured(body []byte) (*driver.Message, error) {
+	m := &driver.Message{Data: body, Mode: driver.Structured}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return m, &driver.MalformedError{Reason: "structured event is not a JSON object", Err: err}
+	}
+	var data []byte
+	hasData := false
+	for name, raw := range fields {
+		switch name {
+		case "data":
+			data, hasData = raw, true
+			continue
+		case "data_base64":
+			var enc string
+			if err := json.Unmarshal(raw, &enc); err != nil {
+				return m, &driver.MalformedError{Reason: "data_base64 is not a string", Err: err}
+			}
+			b, err := base64.StdEncoding.DecodeString(enc)
+			if err != nil {
+				return m, &driver.MalformedError{Reason: "data_base64 is not base64", Err: err}
+			}
+			data, hasData = b, true
+			continue
+		}
+		v, err := attributeText(raw)
+		if err != nil {
+			return m, &driver.MalformedError{Reason: "attribute " + name, Err: err}
+		}
+		if name == driver.ExtPartitionKey {
+			m.Key = v
+			continue
+		}
+		if err := m.SetAttribute(name, v); err != nil {
+			return m, err
+		}
+	}
+	if _, ok := fields["data"]; ok && isJSONString(data) && !isJSONType(m.DataContentType) {
+		// A string value under a non-JSON content type is the text itself.
+		var text string
+		if err := json.Unmarshal(data, &text); err == nil {
+			data = []byte(text)
+		}
+	}
+	if _, ok := fields["specversion"]; !ok {
+		return m, &driver.MalformedError{Reason: "missing specversion attribute"}
+	}
+	if err := m.Validate(); err != nil {
+		return m, err
+	}
+	m.Data = nil
+	if hasData {
+		m.Data = data
+	}
+	return m, nil
+}
+
+// attributeText is the canonical string of a JSON attribute value: strings
+// as they are, numbers and booleans as written.
+func attributeText(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) > 0 && raw[0] == '"' {
+		var s string
+		err := json.Unmarshal(raw, &s)
+		return s, err
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", err
+	}
+	switch v.(type) {
+	case float64, bool:
+		return string(raw), nil
+	}
+	return "", errors.New("not a string, number or boolean")
+}
+
+func isJSONString(raw []byte) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && raw[0] == '"'
+}
+
+// isJSONType reports whether a datacontenttype is JSON, in which case data
+// in a structured event is the JSON value itself. An absent type means JSON.
+func isJSONType(ct string) bool {
+	ct = strings.ToLower(ct)
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.TrimSpace(ct)
+	return ct == "" || ct == "application/json" || ct == "text/json" || strings.HasSuffix(ct, "+json")
+}
+
+// encodeStructured returns m in the JSON event format: every attribute and
+// extension a top-level member (the key as "partitionkey"), data inline when
+// its content type is JSON and it is valid JSON, else in data_base64.
+func encodeStructured(m *driver.Message) []byte {
+	b := make([]byte, 0, 256+len(m.Data)*4/3)
+	b = append(b, '{')
+	seen := make(map[string]bool, 16)
+	member := func(name, value string) {
+		// Message's own fields come first, so an extension never replaces
+		// an attribute.
+		if seen[name] {
+			return
+		}
+		seen[name] = true
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, name)
+		b = append(b, ':')
+		b = appendJSONString(b, value)
+	}
+	if m.Key != "" {
+		member(driver.ExtPartitionKey, m.Key)
+	}
+	m.EachAttribute(member)
+	if len(m.Data) > 0 {
+		if isJSONType(m.DataContentType) && json.Valid(m.Data) && len(bytes.TrimSpace(m.Data)) == len(m.Data) {
+			b = append(b, `,"data":`...)
+			b = append(b, m.Data...)
+		} else {
+			b = append(b, `,"data_base64":"`...)
+			b = base64.StdEncoding.AppendEncode(b, m.Data)
+			b = append(b, '"')
+		}
+	}
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	if !strings.ContainsFunc(s, func(r rune) bool { return r == '"' || r == '\\' || r < 0x20 || r == utf8.RuneError }) {
+		b = append(b, '"')
+		b = append(b, s...)
+		return append(b, '"')
+	}
+	enc, _ := json.Marshal(s)
+	return append(b, enc...)
+}
+
+// broadcastPayload is a Pub/Sub message: the fields a stream entry would
+// have, as one JSON document (Pub/Sub carries one string per message).
+type broadcastPayload struct {
+	Fields []string `json:"fields"`
+	Data   []byte   `json:"data,omitempty"`
+}
+
+// encodeBroadcast returns m as a Pub/Sub payload.
+func encodeBroadcast(m *driver.Message) ([]byte, error) {
+	args := appendFields(make([]any, 0, 32), m)
+	p := broadcastPayload{Fields: make([]string, 0, len(args))}
+	for i := 0; i+1 < len(args); i += 2 {
+		name := args[i].(string)
+		if name == fieldData {
+			switch v := args[i+1].(type) {
+			case []byte:
+				p.Data = v
+			case string:
+				p.Data = []byte(v)
+			}
+			continue
+		}
+		p.Fields = append(p.Fields, name, args[i+1].(string))
+	}
+	return json.Marshal(p)
+}
+
+// decodeBroadcast reads a Pub/Sub payload.
+func decodeBroadcast(payload string) (*driver.Message, error) {
+	var p broadcastPayload
+	if err := json.Unmarshal([]byte(payload), &p); err != nil {
+		return &driver.Message{Data: []byte(payload)}, &driver.MalformedError{Reason: "broadcast payload is not an eventbus envelope", Err: err}
+	}
+	return decode(append(p.Fields, fieldData, string(p.Data)))
+}

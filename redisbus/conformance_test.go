@@ -1,0 +1,23 @@
+package redisbus_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/driver/drivertest"
+	"github.com/marty-msf/eventbus/redisbus"
+)
+
+// TestConformance runs the driver suite against the Redis at REDIS_URL
+// (Debian's redis-server 7.0 on our machines). Crash closes the client
+// underneath the driver: nothing is settled or given back.
+func TestConformance(t *testing.T) {
+	cfg := testConfig(t)
+	drivertest.RunConformanceTests(t, drivertest.Harness{
+		Open: func(ctx context.Context) (driver.Driver, error) { return redisbus.Open(ctx, cfg) },
+		Crash: func(d driver.Driver) error {
+			return d.(*redisbus.Driver).Client().Close()
+		},
+	})
+}
