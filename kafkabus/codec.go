@@ -66,8 +66,10 @@ func retryTopicName(topic, groupID string) string {
 // encode maps m onto a record in the content mode it asks for: binary mode
 // puts every attribute in a ce_ header and datacontenttype in content-type;
 // structured mode puts the JSON event format in the value. The key is
-// Message.Key, or the partitionkey extension when Key is empty. Free headers
-// are record headers, one per value.
+// Message.Key, or the partitionkey extension when Key is empty; as the
+// binding asks, the key also travels as the partitionkey attribute, and a
+// partitionkey equal to the record key is read back as the key alone. Free
+// headers are record headers, one per value.
 func encode(topic string, m *driver.Message) *kgo.Record {
 	r := &kgo.Record{Topic: topic}
 	key := m.Key
@@ -86,7 +88,10 @@ func encode(topic string, m *driver.Message) *kgo.Record {
 		r.Headers = append(r.Headers, kgo.RecordHeader{Key: contentTypeHeader, Value: []byte(structuredContentType)})
 		r.Value = encodeStructured(m)
 	} else {
-		r.Headers = make([]kgo.RecordHeader, 0, n+10+len(m.Extensions))
+		r.Headers = make([]kgo.RecordHeader, 0, n+11+len(m.Extensions))
+		if m.Key != "" && m.Extensions[driver.ExtPartitionKey] == "" {
+			r.Headers = append(r.Headers, kgo.RecordHeader{Key: cePrefix + driver.ExtPartitionKey, Value: r.Key})
+		}
 		m.EachAttribute(func(name, value string) {
 			if name == "datacontenttype" {
 				r.Headers = append(r.Headers, kgo.RecordHeader{Key: contentTypeHeader, Value: []byte(value)})
@@ -149,6 +154,9 @@ func decode(r *kgo.Record) (*driver.Message, int, error) {
 		case h.Key == contentTypeHeader || h.Key == attemptsHeader:
 		case len(h.Key) > len(cePrefix) && strings.EqualFold(h.Key[:len(cePrefix)], cePrefix):
 			name := strings.ToLower(h.Key[len(cePrefix):])
+			if name == driver.ExtPartitionKey && string(h.Value) == m.Key {
+				continue // the key itself
+			}
 			if !utf8.Valid(h.Value) {
 				errs = append(errs, &driver.MalformedError{Reason: "header " + strconv.Quote(h.Key) + " is not UTF-8"})
 				continue
