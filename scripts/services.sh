@@ -296,10 +296,6 @@ service_aws() { ensure_service aws 4566 30 "$AWS_LOG"; }
 
 service_kcat() { ensure_pkg /usr/bin/kcat kcat; }
 
-# --- kcat: Debian's Kafka command-line client, for the kafkabus interop tests ---
-
-service_kcat() { ensure_pkg /usr/bin/kcat kcat; }
-
 # --- main ----------------------------------------------------------------------
 
 main() {
