@@ -31,18 +31,54 @@ type Definition struct {
 	CompensationRetry Retry
 }
 
+// StepKind places a step in the classic saga taxonomy.
+type StepKind int
+
+// The kinds of steps. A definition's steps go compensable first, then at
+// most one pivot, then retriable ones.
+const (
+	// Compensable (the default): a failure of a later step undoes it.
+	Compensable StepKind = iota
+	// Pivot: the go/no-go step. If it fails, the compensable steps before
+	// it are undone; once it succeeds the saga can only go forward. It has
+	// no compensation.
+	Pivot
+	// Retriable: a step after the point of no return, attempted until it
+	// succeeds — Retry.Attempts is not a limit, and even a failure marked
+	// with Fail is retried, after Retry.Backoff (default 1s) doubling up to
+	// a minute.
+	// It has no compensation. Once the saga reaches its first retriable
+	// step, Cancel fails with ErrPastPivot and Definition.Timeout no
+	// longer applies.
+	Retriable
+)
+
+func (k StepKind) String() string {
+	switch k {
+	case Compensable:
+		return "compensable"
+	case Pivot:
+		return "pivot"
+	case Retriable:
+		return "retriable"
+	}
+	return fmt.Sprintf("StepKind(%d)", int(k))
+}
+
 // Step is one command to a participant service and the command that undoes
 // it.
 type Step struct {
 	// Name is unique within the definition; it may not contain '/'.
 	Name string
+	// Kind is Compensable (default), Pivot or Retriable.
+	Kind StepKind
 	// Service is the participant service the commands are sent to.
 	Service string
 	// Command is the message type of the step's command.
 	Command string
 	// Compensation is the message type of the command that undoes the step.
-	// Every step but the last needs one: the last step's success completes
-	// the saga, so nothing after it can require undoing it.
+	// Every compensable step followed by a step that can fail (compensable
+	// or pivot) needs one; pivot and retriable steps have none.
 	Compensation string
 	// Timeout is how long the orchestrator waits for a reply to each attempt
 	// (and to each compensation attempt). Required.
@@ -151,6 +187,7 @@ func (d *Definition) Validate() error {
 		bad("", "negative compensation retry")
 	}
 	seen := map[string]bool{}
+	pivots := 0
 	for i, s := range d.Steps {
 		name := s.Name
 		switch {
@@ -169,8 +206,21 @@ func (d *Definition) Validate() error {
 		if s.Command == "" {
 			bad(name, "no command type")
 		}
-		if s.Compensation == "" && i < len(d.Steps)-1 {
-			bad(name, "no compensation command (required on every step but the last)")
+		switch {
+		case s.Kind < Compensable || s.Kind > Retriable:
+			bad(name, "unknown kind %v", s.Kind)
+		case s.Kind != Compensable && s.Compensation != "":
+			bad(name, "a %v step has no compensation", s.Kind)
+		case s.Kind == Compensable && s.Compensation == "" && d.canFailAfter(i):
+			bad(name, "no compensation command (required on a compensable step followed by one that can fail)")
+		}
+		if s.Kind == Pivot {
+			if pivots++; pivots == 2 {
+				bad(name, "a second pivot step")
+			}
+		}
+		if i > 0 && s.Kind < d.Steps[i-1].Kind {
+			bad(name, "a %v step after a %v step (compensable steps come first, then the pivot, then retriable ones)", s.Kind, d.Steps[i-1].Kind)
 		}
 		if s.Timeout <= 0 {
 			bad(name, "timeout must be positive, got %v", s.Timeout)
@@ -182,6 +232,16 @@ func (d *Definition) Validate() error {
 	return errors.Join(errs...)
 }
 
+// canFailAfter reports whether a step after step i can fail for good.
+func (d *Definition) canFailAfter(i int) bool {
+	for _, s := range d.Steps[i+1:] {
+		if s.Kind != Retriable {
+			return true
+		}
+	}
+	return false
+}
+
 func (d *Definition) withDefaults() *Definition {
 	c := *d
 	c.Steps = append([]Step(nil), d.Steps...)
@@ -191,6 +251,11 @@ func (d *Definition) withDefaults() *Definition {
 	}
 	if c.CompensationRetry.Backoff == 0 {
 		c.CompensationRetry.Backoff = time.Second
+	}
+	for i := range c.Steps {
+		if c.Steps[i].Kind == Retriable && c.Steps[i].Retry.Backoff == 0 {
+			c.Steps[i].Retry.Backoff = time.Second
+		}
 	}
 	return &c
 }

@@ -33,6 +33,21 @@
 // needs attention, and Retry resumes its compensation. Nothing is dropped
 // silently.
 //
+// # Compensable, pivot and retriable steps
+//
+// Steps follow the classic saga taxonomy ([StepKind]): compensable steps
+// first (the default; a later failure undoes them), then at most one Pivot
+// step, the go/no-go point with no compensation, then Retriable steps,
+// which have no compensation either. A pivot that fails, or is cancelled or
+// timed out, undoes the compensable steps before it like any step. Once
+// every step up to the first retriable one succeeded, the saga is past its
+// point of no return: each retriable step is attempted until it succeeds,
+// whatever Retry.Attempts says and even when its handler returns Fail
+// (participants record only its success), with backoff doubling up to a
+// minute; Cancel fails with ErrPastPivot and Definition.Timeout no longer
+// applies. Validate checks the order and that every compensable step that
+// a later failure could require undoing has a compensation.
+//
 // # Delivery and deduplication
 //
 // Commands and replies travel as bus commands, so they are durable and
@@ -123,8 +138,8 @@
 // # Errors and concurrency
 //
 // Errors match the package's sentinels with errors.Is: ErrUnknownSaga,
-// ErrUnknownVersion, ErrExists, ErrNotFound, ErrNotRunning, ErrNotFailed,
-// ErrConflict, ErrInvalidDefinition (with *DefinitionError). Orchestrator
+// ErrUnknownVersion, ErrExists, ErrNotFound, ErrNotRunning, ErrPastPivot,
+// ErrNotFailed, ErrConflict, ErrInvalidDefinition (with *DefinitionError). Orchestrator
 // and Participant are safe for concurrent use. NewOrchestrator and
 // Participant.Handle register bus handlers, before or after Bus.Start; Run
 // runs until its context ends and owns every goroutine it starts.

@@ -100,7 +100,17 @@ func (m *machine) beginStep(i int) {
 		return
 	}
 	st.Input, st.State, st.Attempts = payload, StepRunning, 1
+	if m.def.Steps[i].Kind == Retriable && !in.SagaDeadline.IsZero() {
+		// Past the point of no return: the saga can only go forward.
+		in.SagaDeadline = time.Time{}
+	}
 	m.send(actionDo, i, 1)
+}
+
+// forwardOnly reports whether the saga is past its point of no return: its
+// current step is retriable, so every step before it succeeded.
+func (m *machine) forwardOnly() bool {
+	return m.in.State == Running && m.def.Steps[m.in.Current].Kind == Retriable
 }
 
 func (m *machine) input(i int) (payload json.RawMessage, err error) {
@@ -151,6 +161,15 @@ func (m *machine) onReply(r *reply) bool {
 			m.event(EventStepCompleted, i, "")
 			m.beginStep(i + 1)
 		case OutcomeFailed:
+			if m.forwardOnly() {
+				if !current {
+					return false
+				}
+				m.record("step.do.retry", st.Name, r.Attempt, r.Error)
+				st.Error = r.Error
+				m.retryOrFail(m.def.Steps[i].Retry, r.Error)
+				break
+			}
 			st.State, st.Error, st.Finished = StepFailed, r.Error, m.now
 			m.event(EventStepFailed, i, r.Error)
 			m.compensate(fmt.Sprintf("step %s failed: %s", st.Name, r.Error))
@@ -283,8 +302,10 @@ func (m *machine) onDue() bool {
 }
 
 // triesLeft reports whether policy p allows another attempt of the current
-// command.
-func (m *machine) triesLeft(p Retry) bool { return m.in.Attempt-m.in.AttemptBase < p.attempts() }
+// command; a retriable step always has one.
+func (m *machine) triesLeft(p Retry) bool {
+	return m.forwardOnly() || m.in.Attempt-m.in.AttemptBase < p.attempts()
+}
 
 // bump sends the next attempt of the current command.
 func (m *machine) bump(st *StepStatus, action string) {

@@ -56,6 +56,9 @@ var (
 	ErrDuplicateDefinition = errors.New("saga: duplicate definition")
 	// ErrNotRunning: Cancel found the saga compensating or finished.
 	ErrNotRunning = errors.New("saga: not running")
+	// ErrPastPivot: Cancel found the saga past its point of no return (at
+	// a retriable step): it can only go forward.
+	ErrPastPivot = errors.New("saga: past its pivot")
 	// ErrNotFailed: Retry found the saga in another state than Failed.
 	ErrNotFailed = errors.New("saga: not failed")
 	// ErrAlreadyRunning: Run was called while it runs.
@@ -291,11 +294,15 @@ func (o *Orchestrator) List(ctx context.Context, f ListFilter) ([]*Instance, err
 
 // Cancel stops a running saga and compensates the steps that took effect,
 // in reverse order. It fails with ErrNotRunning when the saga is already
-// compensating or finished.
+// compensating or finished, and with ErrPastPivot when it is at a retriable
+// step.
 func (o *Orchestrator) Cancel(ctx context.Context, id string) error {
 	_, err := o.apply(ctx, id, false, func(m *machine) (bool, error) {
 		if m.in.State != Running {
 			return false, fmt.Errorf("saga: cancel %s (%s): %w", id, m.in.State, ErrNotRunning)
+		}
+		if m.forwardOnly() {
+			return false, fmt.Errorf("saga: cancel %s (at step %s): %w", id, m.in.Steps[m.in.Current].Name, ErrPastPivot)
 		}
 		return m.cancel(), nil
 	})
@@ -533,6 +540,9 @@ const (
 	extReplyTo = "sagareplyto"
 	extOutcome = "sagaoutcome"
 	extError   = "sagaerror"
+	// extRetriable marks the commands of retriable steps, whose failures
+	// participants do not record as final.
+	extRetriable = "sagaretriable"
 )
 
 // CommandID is the id of the command of a saga step: deterministic, so that
@@ -571,6 +581,9 @@ func (o *Orchestrator) sendCommand(ctx context.Context, in *Instance, out Outgoi
 			extAttempt: strconv.Itoa(out.Attempt),
 			extReplyTo: o.opts.Service,
 		},
+	}
+	if step.Kind == Retriable {
+		m.Extensions[extRetriable] = "1"
 	}
 	if err := o.bus.SendCommand(ctx, step.Service, m); err != nil {
 		return fmt.Errorf("saga: send %s to %s: %w", typ, step.Service, err)

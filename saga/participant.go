@@ -217,9 +217,10 @@ func (p *Participant) serve(ctx context.Context, m *eventbus.Message, h StepHand
 	if err != nil {
 		return err
 	}
-	// A compensation is retried until it succeeds, so only its success is
-	// final; a step's definitive failure is final too.
-	if out.Outcome == OutcomeRetry || (req.Compensation && out.Outcome != OutcomeOK) {
+	// A compensation and a retriable step are retried until they succeed,
+	// so only their success is final; another step's definitive failure is
+	// final too.
+	if out.Outcome == OutcomeRetry || ((req.Compensation || x[extRetriable] != "") && out.Outcome != OutcomeOK) {
 		if err := p.store.Release(ctx, req.Key, p.owner); err != nil {
 			return err
 		}

@@ -364,7 +364,7 @@ func TestValidation(t *testing.T) {
 		problems = append(problems, de.Step+": "+de.Problem)
 	}
 	equal(t, "problems", problems, []string{
-		"a: no compensation command (required on every step but the last)",
+		"a: no compensation command (required on a compensable step followed by one that can fail)",
 		"a: duplicate step name",
 		"a: timeout must be positive, got 0s",
 		"#3: empty name",
