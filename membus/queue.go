@@ -238,8 +238,9 @@ func (q *queue) timerLoop(stop <-chan struct{}, done chan<- struct{}) {
 	}
 }
 
-// maintain moves due delayed entries to the front of q, under q.mu. It returns the next time something falls due (0: nothing
-// pending) and whether entries were moved.
+// maintain moves due delayed entries to the front of q, under q.mu. It
+// returns the next time something falls due (0: nothing pending) and whether
+// entries were moved.
 func (q *queue) maintain(now int64) (next int64, moved bool) {
 	due := 0
 	for due < len(q.delayed) && q.delayed[due].due <= now {
