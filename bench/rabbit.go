@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/rabbitbus"
+)
+
+// RabbitMQ rows: every scenario uses the broker at AMQP_URL
+// (amqp://guest:guest@127.0.0.1:5672/ by default, which scripts/services.sh
+// starts), with exchanges and queues of its own that it deletes afterwards.
+// Every row publishes persistent messages with publisher confirms to one
+// durable classic queue and consumes them with manual acks.
+const rabbitBroker = "RabbitMQ"
+
+// rabbitWindow is the raw row's confirmations in flight per publisher.
+const rabbitWindow = 64
+
+func init() {
+	register(Scenario{Name: "raw amqp091-go, async confirms", Broker: rabbitBroker, Role: RoleRaw, Run: runRabbitRaw})
+	register(Scenario{Name: "eventbus on rabbitbus", Broker: rabbitBroker, Role: RoleBus, Run: runRabbitBus})
+	register(Scenario{Name: "Watermill AMQP, confirmed", Broker: rabbitBroker, Role: RolePeer, Run: runRabbitWatermill})
+
+	registerTarget(ratioTarget(rabbitBroker, "eventbus publish ≥ 0.9× raw", RoleBus, RoleRaw, Result.PublishRate, 0.9))
+	registerTarget(ratioTarget(rabbitBroker, "eventbus consume ≥ 0.9× raw", RoleBus, RoleRaw, Result.ConsumeRate, 0.9))
+	registerTarget(ratioTarget(rabbitBroker, "eventbus publish ≥ 3× Watermill", RoleBus, RolePeer, Result.PublishRate, 3))
+	registerTarget(ratioTarget(rabbitBroker, "eventbus consume ≥ 3× Watermill", RoleBus, RolePeer, Result.ConsumeRate, 3))
+}
+
+func rabbitURL() string {
+	if u := os.Getenv("AMQP_URL"); u != "" {
+		return u
+	}
+	return rabbitbus.DefaultURL
+}
+
+func rabbitName() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "bench-" + hex.EncodeToString(b[:])
+}
+
+// runRabbitRaw: one connection per side; each publisher has a channel of
+// its own in confirm mode and keeps up to rabbitWindow deferred
+// confirmations in flight; one consumer with a prefetch of 256 acks each
+// message.
+func runRabbitRaw(ctx context.Context, cfg Config) (Result, error) {
+	name := rabbitName()
+	pc, err := amqp.Dial(rabbitURL())
+	if err != nil {
+		return Result{}, err
+	}
+	defer pc.Close()
+	sc, err := amqp.Dial(rabbitURL())
+	if err != nil {
+		return Result{}, err
+	}
+	defer sc.Close()
+	sch, err := sc.Channel()
+	if err != nil {
+		return Result{}, err
+	}
+	if _, err := sch.QueueDeclare(name, true, false, false, false, amqp.Table{"x-queue-type": "classic"}); err != nil {
+		return Result{}, err
+	}
+	defer func() { _, _ = sch.QueueDelete(name, false, false, false) }()
+	if err := sch.Qos(256, 0, false); err != nil {
+		return Result{}, err
+	}
+	dl, err := sch.Consume(name, "", false, false, false, false, nil)
+	if err != nil {
+		return Result{}, err
+	}
+	tr := newTracker(cfg.Size)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for d := range dl {
+			tr.handled(d.Body)
+			_ = d.Ack(false)
+		}
+	})
+	defer wg.Wait()
+	defer func() { _ = sch.Cancel("", false); _ = sch.Close() }()
+	data := payload(cfg)
+	return throughput(ctx, cfg, tr, func(int) (publisher, error) {
+		ch, err := pc.Channel()
+		if err != nil {
+			return publisher{}, err
+		}
+		if err := ch.Confirm(false); err != nil {
+			return publisher{}, err
+		}
+		var inflight []*amqp.DeferredConfirmation
+		wait := func(ctx context.Context, c *amqp.DeferredConfirmation) error {
+			ok, err := c.WaitContext(ctx)
+			if err == nil && !ok {
+				err = fmt.Errorf("nack")
+			}
+			return err
+		}
+		return publisher{
+			publish: func(ctx context.Context, _ int) error {
+				if len(inflight) == rabbitWindow {
+					if err := wait(ctx, inflight[0]); err != nil {
+						return err
+					}
+					inflight = inflight[1:]
+				}
+				c, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", name, false, false,
+					amqp.Publishing{DeliveryMode: amqp.Persistent, Body: data})
+				if err != nil {
+					return err
+				}
+				inflight = append(inflight, c)
+				return nil
+			},
+			confirm: func(ctx context.Context) error {
+				for _, c := range inflight {
+					if err := wait(ctx, c); err != nil {
+						return err
+					}
+				}
+				inflight = nil
+				return nil
+			},
+		}, nil
+	})
+}
+
+// runRabbitBus: PublishEvent from every publisher on one bus (its driver's
+// shared confirm channels), a durable group on another bus and connection.
+func runRabbitBus(ctx context.Context, cfg Config) (Result, error) {
+	prefix := rabbitName()
+	open := func(subscribe func(*eventbus.Bus) error) (*eventbus.Bus, error) {
+		d, err := rabbitbus.Open(ctx, &rabbitbus.Config{URL: rabbitURL(), Options: rabbitbus.Options{Prefix: prefix, PublishChannels: 16}})
+		if err != nil {
+			return nil, err
+		}
+		b := eventbus.New(&eventbus.Options{Source: "bench"})
+		if err := b.Register("rabbit", d); err != nil {
+			_ = d.Close(ctx)
+			return nil, err
+		}
+		if subscribe != nil {
+			if err := subscribe(b); err != nil {
+				_ = b.Close(ctx)
+				return nil, err
+			}
+		}
+		if err := b.Start(ctx); err != nil {
+			_ = b.Close(ctx)
+			return nil, err
+		}
+		return b, nil
+	}
+	tr := newTracker(cfg.Size)
+	consumer, err := open(func(b *eventbus.Bus) error {
+		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("consumer bus: %w", err)
+	}
+	defer rabbitCleanup(prefix)
+	defer consumer.Close(context.WithoutCancel(ctx))
+	producer, err := open(nil)
+	if err != nil {
+		return Result{}, fmt.Errorf("publisher bus: %w", err)
+	}
+	defer producer.Close(context.WithoutCancel(ctx))
+	return throughput(ctx, cfg, tr, busPublisher(producer, payload(cfg)))
+}
+
+// rabbitCleanup deletes what runRabbitBus declared.
+func rabbitCleanup(prefix string) {
+	conn, err := amqp.Dial(rabbitURL())
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	_, _ = ch.QueueDelete(prefix+".events."+benchEventType+".bench", false, false, false)
+	for _, x := range []string{"events", "commands", "queries", "streams", "broadcast", "replies", "deadletter", "wait", "requeue"} {
+		_ = ch.ExchangeDelete(prefix+"."+x, false, false)
+	}
+}
+
+// runRabbitWatermill: Watermill's AMQP durable Pub/Sub with
+// Publish.ConfirmDelivery (each Publish waits for its confirmation, the
+// guarantee the other rows give), its default channel pool, one subscriber.
+func runRabbitWatermill(ctx context.Context, cfg Config) (Result, error) {
+	topic := rabbitName()
+	c := wmamqp.NewDurablePubSubConfig(rabbitURL(), wmamqp.GenerateQueueNameTopicNameWithSuffix("bench"))
+	c.Publish.ConfirmDelivery = true
+	c.Publish.ChannelPoolSize = cfg.Publishers
+	p, err := wmamqp.NewPublisher(c, watermill.NopLogger{})
+	if err != nil {
+		return Result{}, err
+	}
+	defer p.Close()
+	s, err := wmamqp.NewSubscriber(c, watermill.NopLogger{})
+	if err != nil {
+		return Result{}, err
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	msgs, err := s.Subscribe(cctx, topic)
+	if err != nil {
+		return Result{}, err
+	}
+	tr := newTracker(cfg.Size)
+	var wg sync.WaitGroup
+	wg.Go(func() { watermillConsumer(msgs, tr) })
+	defer func() {
+		cancel()
+		_ = s.Close()
+		wg.Wait()
+		if conn, err := amqp.Dial(rabbitURL()); err == nil {
+			if ch, err := conn.Channel(); err == nil {
+				_, _ = ch.QueueDelete(topic+"_bench", false, false, false)
+				_ = ch.ExchangeDelete(topic, false, false)
+			}
+			_ = conn.Close()
+		}
+	}()
+	return throughput(ctx, cfg, tr, watermillPublisher(p, topic, payload(cfg)))
+}
