@@ -21,13 +21,14 @@ func (e *InvalidError) Error() string { return "invalid message: " + e.Field + "
 func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
 
 // reservedNames are the CloudEvents attribute names and the extensions that
-// Message carries in fields of their own: an entry in Message.Extensions must
-// not shadow them.
+// Message carries in fields of their own (partitionkey is Message.Key on the
+// brokers that carry the key as that extension): an entry in
+// Message.Extensions must not shadow them.
 var reservedNames = map[string]bool{
 	"specversion": true, "id": true, "source": true, "type": true, "subject": true,
 	"time": true, "datacontenttype": true, "dataschema": true, "data": true, "data_base64": true,
 	ExtCorrelationID: true, ExtCausationID: true, ExtTraceParent: true, ExtTraceState: true,
-	ExtReplyTo: true,
+	ExtReplyTo: true, ExtPartitionKey: true,
 }
 
 // CheckEnvelope validates the messages of a publish the same way for every
