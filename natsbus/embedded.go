@@ -138,7 +138,9 @@ func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 }
 
 // Shutdown stops the server, which first flushes JetStream storage to disk,
-// and removes the temporary data directory, if it made one.
+// and removes the temporary data directory, if it made one. It keeps ctx's
+// deadline: when ctx ends first it returns ctx's error, and the server
+// finishes shutting down (and removes that directory) in the background.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
 	s.once.Do(func() {
@@ -147,14 +149,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			defer close(done)
 			s.ns.Shutdown()
 			s.ns.WaitForShutdown()
+			// Storage must be closed before its directory goes.
+			s.removeTemp()
 		}()
 		select {
 		case <-done:
 		case <-ctx.Done():
 			err = fmt.Errorf("natsbus: embedded server shutdown: %w", ctx.Err())
-			<-done // storage must be closed before its directory goes
 		}
-		s.removeTemp()
 	})
 	return err
 }
