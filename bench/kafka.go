@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/kafkabus"
+)
+
+// Kafka rows: every scenario starts its own in-process kfake broker (one
+// broker, topics of 4 partitions, data in memory) and talks to it over
+// loopback TCP, publishers and consumers on clients of their own. kfake is
+// in-memory, so CPU µs/msg and allocs/msg are the figures that carry over to
+// a real broker; the rates mostly measure the clients.
+const kafkaBroker = "Kafka on kfake"
+
+const kafkaTopic, kafkaPartitions = "bench.kafka", 4
+
+func init() {
+	register(Scenario{Name: "raw franz-go, async produce, acks=all", Broker: kafkaBroker, Role: RoleRaw, Run: runKafkaRaw})
+	register(Scenario{Name: "raw franz-go, one produce awaited per call", Broker: kafkaBroker, Role: RoleReference, Run: runKafkaRawSync})
+	register(Scenario{Name: "eventbus on kafkabus", Broker: kafkaBroker, Role: RoleBus, Run: runKafkaBus})
+	register(Scenario{Name: "Watermill Kafka (sarama)", Broker: kafkaBroker, Role: RolePeer, Run: runKafkaWatermill})
+	register(Scenario{Name: "eventbus on kafkabus, 64× publishers", Broker: kafkaBroker, Role: RoleReference, Run: runKafkaBusWide})
+
+	registerTarget(ratioTarget(kafkaBroker, "eventbus publish ≥ 0.9× raw", RoleBus, RoleRaw, Result.PublishRate, 0.9))
+	registerTarget(ratioTarget(kafkaBroker, "eventbus publish ≥ 3× Watermill", RoleBus, RolePeer, Result.PublishRate, 3))
+	registerTarget(ratioTarget(kafkaBroker, "eventbus consume ≥ 3× Watermill", RoleBus, RolePeer, Result.ConsumeRate, 3))
+	registerTarget(ratioOfRows(kafkaBroker, "eventbus publish / raw with one awaited produce per call (same guarantee per call)",
+		"eventbus on kafkabus", "raw franz-go, one produce awaited per call", Result.PublishRate))
+}
+
+func startKfake() (*kfake.Cluster, error) {
+	return kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(kafkaPartitions),
+		kfake.SeedTopics(kafkaPartitions, kafkaTopic))
+}
+
+// runKafkaRaw: kgo Produce with a promise from 16 goroutines on one client
+// (acks=all, idempotent: franz-go's defaults), each publisher flushing once
+// at the end; one group consumer polling with PollFetches and committing
+// marks.
+func runKafkaRaw(ctx context.Context, cfg Config) (Result, error) {
+	return runKafkaRawProduce(ctx, cfg, false)
+}
+
+// runKafkaRawSync: as runKafkaRaw, each publish waiting for its own record's
+// acknowledgement — the guarantee of one Publish of the bus.
+func runKafkaRawSync(ctx context.Context, cfg Config) (Result, error) {
+	return runKafkaRawProduce(ctx, cfg, true)
+}
+
+func runKafkaRawProduce(ctx context.Context, cfg Config, sync bool) (Result, error) {
+	c, err := startKfake()
+	if err != nil {
+		return Result{}, err
+	}
+	defer c.Close()
+	tr := newTracker(cfg.Size)
+	stop, err := rawKafkaConsumer(c.ListenAddrs(), tr)
+	if err != nil {
+		return Result{}, err
+	}
+	defer stop()
+	prod, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ProducerLinger(0))
+	if err != nil {
+		return Result{}, err
+	}
+	defer prod.Close()
+	data := payload(cfg)
+	return throughput(ctx, cfg, tr, func(int) (publisher, error) {
+		if sync {
+			return publisher{publish: func(ctx context.Context, _ int) error {
+				return prod.ProduceSync(ctx, &kgo.Record{Topic: kafkaTopic, Value: data}).FirstErr()
+			}}, nil
+		}
+		var failed atomic.Pointer[error]
+		promise := func(_ *kgo.Record, err error) {
+			if err != nil {
+				failed.CompareAndSwap(nil, &err)
+			}
+		}
+		return publisher{
+			publish: func(ctx context.Context, _ int) error {
+				prod.Produce(ctx, &kgo.Record{Topic: kafkaTopic, Value: data}, promise)
+				if p := failed.Load(); p != nil {
+					return *p
+				}
+				return nil
+			},
+			confirm: func(ctx context.Context) error {
+				if err := prod.Flush(ctx); err != nil {
+					return err
+				}
+				if p := failed.Load(); p != nil {
+					return *p
+				}
+				return nil
+			},
+		}, nil
+	})
+}
+
+// rawKafkaConsumer starts a group member that counts every record and
+// commits what it polled (marks committed by the client's autocommit).
+func rawKafkaConsumer(brokers []string, tr *tracker) (stop func(), err error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("bench"), kgo.ConsumeTopics(kafkaTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(200*time.Millisecond), kgo.AutoCommitMarks())
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			fs := cl.PollFetches(ctx)
+			fs.EachRecord(func(r *kgo.Record) { tr.handled(r.Value) })
+			cl.MarkCommitRecords(fs.Records()...)
+		}
+	})
+	return func() {
+		cancel()
+		wg.Wait()
+		cl.Close()
+	}, nil
+}
+
+// runKafkaBus: PublishEvent on one bus and a SubscribeEvents handler in
+// group "bench" on another, each with its own kafkabus driver (acks=all,
+// idempotent producer, the defaults).
+func runKafkaBus(ctx context.Context, cfg Config) (Result, error) {
+	c, err := startKfake()
+	if err != nil {
+		return Result{}, err
+	}
+	defer c.Close()
+	open := func(subscribe func(*eventbus.Bus) error) (*eventbus.Bus, error) {
+		d, err := kafkabus.Open(ctx, &kafkabus.Config{Brokers: c.ListenAddrs(), Options: kafkabus.Options{
+			Partitions: kafkaPartitions, FetchMaxWait: 200 * time.Millisecond,
+		}})
+		if err != nil {
+			return nil, err
+		}
+		b := eventbus.New(&eventbus.Options{Source: "bench"})
+		if err := b.Register("kafka", d); err != nil {
+			_ = d.Close(ctx)
+			return nil, err
+		}
+		if subscribe != nil {
+			if err := subscribe(b); err != nil {
+				_ = b.Close(ctx)
+				return nil, err
+			}
+		}
+		if err := b.Start(ctx); err != nil {
+			_ = b.Close(ctx)
+			return nil, err
+		}
+		return b, nil
+	}
+	tr := newTracker(cfg.Size)
+	consumer, err := open(func(b *eventbus.Bus) error {
+		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("consumer bus: %w", err)
+	}
+	defer consumer.Close(context.WithoutCancel(ctx))
+	producer, err := open(nil)
+	if err != nil {
+		return Result{}, fmt.Errorf("publisher bus: %w", err)
+	}
+	defer producer.Close(context.WithoutCancel(ctx))
+	return throughput(ctx, cfg, tr, busPublisher(producer, payload(cfg)))
+}
+
+// runKafkaBusWide: as runKafkaBus with 64 times the publishers (1024 by
+// default): each Publish waits for its own acknowledgement, so the bus
+// pipelines only across callers, and a raw async producer keeps far more
+// records in flight than 16 callers can.
+func runKafkaBusWide(ctx context.Context, cfg Config) (Result, error) {
+	cfg.Publishers *= 64
+	return runKafkaBus(ctx, cfg)
+}
+
+// runKafkaWatermill: Watermill's Kafka Pub/Sub (sarama): its publisher is a
+// sync producer (acks=all here, as the other rows), its subscriber a
+// consumer group from the oldest offset.
+func runKafkaWatermill(ctx context.Context, cfg Config) (Result, error) {
+	c, err := startKfake()
+	if err != nil {
+		return Result{}, err
+	}
+	defer c.Close()
+	pcfg := wmkafka.DefaultSaramaSyncPublisherConfig()
+	pcfg.Producer.RequiredAcks = sarama.WaitForAll
+	p, err := wmkafka.NewPublisher(wmkafka.PublisherConfig{
+		Brokers: c.ListenAddrs(), Marshaler: wmkafka.DefaultMarshaler{}, OverwriteSaramaConfig: pcfg,
+	}, watermill.NopLogger{})
+	if err != nil {
+		return Result{}, err
+	}
+	defer p.Close()
+	scfg := wmkafka.DefaultSaramaSubscriberConfig()
+	scfg.Consumer.Offsets.Initial = sarama.OffsetOldest
+	s, err := wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
+		Brokers: c.ListenAddrs(), Unmarshaler: wmkafka.DefaultMarshaler{}, ConsumerGroup: "bench",
+		OverwriteSaramaConfig: scfg,
+	}, watermill.NopLogger{})
+	if err != nil {
+		return Result{}, err
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	msgs, err := s.Subscribe(cctx, kafkaTopic)
+	if err != nil {
+		_ = s.Close()
+		return Result{}, err
+	}
+	tr := newTracker(cfg.Size)
+	var wg sync.WaitGroup
+	wg.Go(func() { watermillConsumer(msgs, tr) })
+	defer wg.Wait()
+	defer s.Close()
+	defer cancel()
+	return throughput(ctx, cfg, tr, watermillPublisher(p, kafkaTopic, payload(cfg)))
+}
