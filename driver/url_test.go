@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,9 +25,17 @@ func (f *fakeOpener) OpenURL(_ context.Context, u *url.URL, _ *driver.OpenOption
 	return nil, errors.New("fake cannot connect to " + u.String())
 }
 
+// fakeScheme is registered once per test binary: the registry refuses a
+// second registration, and -count runs a test again in the same binary.
+var (
+	fakeOnce   sync.Once
+	fakeScheme = &fakeOpener{}
+)
+
 func TestRegistryOpensByScheme(t *testing.T) {
-	f := &fakeOpener{}
-	driver.RegisterScheme("Fake-Test", f)
+	fakeOnce.Do(func() { driver.RegisterScheme("Fake-Test", fakeScheme) })
+	f := fakeScheme
+	f.got = nil
 	if !contains(driver.Schemes(), "fake-test") {
 		t.Fatalf("Schemes() = %v, want fake-test in it", driver.Schemes())
 	}
@@ -49,8 +58,10 @@ func TestRegistryOpensByScheme(t *testing.T) {
 	}
 }
 
+var dupOnce sync.Once
+
 func TestRegisterSchemeRefusesProgrammingErrors(t *testing.T) {
-	driver.RegisterScheme("dup-test", &fakeOpener{})
+	dupOnce.Do(func() { driver.RegisterScheme("dup-test", &fakeOpener{}) })
 	for name, f := range map[string]func(){
 		"twice":      func() { driver.RegisterScheme("DUP-test", &fakeOpener{}) },
 		"bad scheme": func() { driver.RegisterScheme("1x", &fakeOpener{}) },
