@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -518,5 +517,3 @@ func (d *Driver) forget(s *subscription) {
 	delete(d.subs, s)
 	d.mu.Unlock()
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
