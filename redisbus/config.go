@@ -90,7 +90,7 @@ type Options struct {
 	MaxMessageSize int
 	// PipelineWorkers is the number of goroutines that send the XADD and
 	// XACK commands of concurrent callers together, one pipeline each
-	// (default 4).
+	// (default 16).
 	PipelineWorkers int
 	// Logger receives operational messages; nil discards them.
 	Logger *slog.Logger
@@ -106,7 +106,7 @@ const (
 	defaultBlockTime       = 200 * time.Millisecond
 	defaultMaxMessageSize  = 1 << 20
 	maxMessageSizeLimit    = 512<<20 - 64<<10
-	defaultPipelineWorkers = 4
+	defaultPipelineWorkers = 16
 	defaultPoolSize        = 64
 	defaultDialTimeout     = 5 * time.Second
 	// replyMaxLen and replyTTL bound a bus instance's reply stream, which a
