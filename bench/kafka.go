@@ -10,6 +10,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	metrics "github.com/rcrowley/go-metrics"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -27,6 +28,9 @@ const kafkaBroker = "Kafka on kfake"
 const kafkaTopic, kafkaPartitions = "bench.kafka", 4
 
 func init() {
+	// sarama records client metrics through go-metrics, whose meters start a
+	// goroutine that never ends; nothing here reads them.
+	metrics.UseNilMetrics = true
 	register(Scenario{Name: "raw franz-go, async produce, acks=all", Broker: kafkaBroker, Role: RoleRaw, Run: runKafkaRaw})
 	register(Scenario{Name: "raw franz-go, one produce awaited per call", Broker: kafkaBroker, Role: RoleReference, Run: runKafkaRawSync})
 	register(Scenario{Name: "eventbus on kafkabus", Broker: kafkaBroker, Role: RoleBus, Run: runKafkaBus})
