@@ -185,7 +185,7 @@ func decode(h nats.Header, data []byte) (*driver.Message, error) {
 // that a batch of deliveries can share one allocation.
 func decodeInto(m *driver.Message, h nats.Header, data []byte) error {
 	for k, vs := range h {
-		if len(vs) > 0 && strings.EqualFold(k, contentType) && isStructured(vs[0]) {
+		if len(vs) > 0 && strings.EqualFold(k, contentType) && driver.IsStructured(vs[0]) {
 			sm, err := decodeStructured(h, k, data)
 			*m = *sm
 			return err
@@ -248,7 +248,7 @@ func decodeInto(m *driver.Message, h nats.Header, data []byte) error {
 		// No Content-Type either: some senders (the CloudEvents Go SDK's
 		// NATS bindings among them) send the JSON event format with no
 		// header at all.
-		if looksLikeJSONObject(data) {
+		if driver.LooksLikeJSONObject(data) {
 			if sm, err := decodeStructured(h, "", data); err == nil {
 				*m = *sm
 				return nil

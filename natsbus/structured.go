@@ -1,38 +1,20 @@
 package natsbus
 
 import (
-	"bytes"
-	"encoding/base64"
-	"encoding/json"
 	"slices"
-	"strings"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/marty-msf/eventbus/driver"
 )
 
-// isStructured reports whether a Content-Type marks a structured-mode event:
-// the binding's rule is a media type of application/cloudevents, matched
-// case-insensitively (in practice application/cloudevents+json).
-func isStructured(contentType string) bool {
-	ct := strings.ToLower(strings.TrimSpace(contentType))
-	return strings.HasPrefix(ct, "application/cloudevents") && !strings.HasPrefix(ct, "application/cloudevents-batch")
-}
-
-// looksLikeJSONObject reports whether body may be a JSON object, cheaply.
-func looksLikeJSONObject(body []byte) bool {
-	body = bytes.TrimSpace(body)
-	return len(body) >= 2 && body[0] == '{' && body[len(body)-1] == '}'
-}
-
 // decodeStructured reads an event in structured content mode, JSON event
 // format: what CloudEvents SDKs send over NATS by default, and what the
-// driver sends for a message whose Mode is driver.Structured. ctKey is the
-// Content-Type header's name, or "" when there is none.
+// driver sends for a message whose Mode is driver.Structured. Free NATS
+// headers stay headers; ctKey is the Content-Type header's name, or "" when
+// there is none.
 func decodeStructured(h nats.Header, ctKey string, body []byte) (*driver.Message, error) {
-	m := &driver.Message{Data: body, Mode: driver.Structured}
+	m, err := driver.DecodeStructured(body)
 	for k, vs := range h {
 		if k == ctKey || k == msgIDHeader {
 			continue
@@ -42,160 +24,20 @@ func decodeStructured(h nats.Header, ctKey string, body []byte) (*driver.Message
 		}
 		m.Header[k] = vs
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
-		return m, &driver.MalformedError{Reason: "structured event is not a JSON object", Err: err}
-	}
-	var data []byte
-	hasData := false
-	for name, raw := range fields {
-		switch name {
-		case "data":
-			data, hasData = raw, true
-			continue
-		case "data_base64":
-			var enc string
-			if err := json.Unmarshal(raw, &enc); err != nil {
-				return m, &driver.MalformedError{Reason: "data_base64 is not a string", Err: err}
-			}
-			b, err := base64.StdEncoding.DecodeString(enc)
-			if err != nil {
-				return m, &driver.MalformedError{Reason: "data_base64 is not base64", Err: err}
-			}
-			data, hasData = b, true
-			continue
-		}
-		v, err := attributeText(raw)
-		if err != nil {
-			return m, &driver.MalformedError{Reason: "attribute " + quote(name), Err: err}
-		}
-		if name == driver.ExtPartitionKey {
-			m.Key = v
-			continue
-		}
-		if err := m.SetAttribute(name, v); err != nil {
-			return m, err
-		}
-	}
-	if _, ok := fields["data"]; ok && isJSONString(data) && !isJSONType(m.DataContentType) {
-		// A string value under a non-JSON content type is the text itself.
-		var text string
-		if err := json.Unmarshal(data, &text); err == nil {
-			data = []byte(text)
-		}
-	}
-	if _, ok := fields["specversion"]; !ok {
-		return m, &driver.MalformedError{Reason: "missing specversion attribute"}
-	}
-	if err := m.Validate(); err != nil {
-		return m, err
-	}
-	// Only a valid event trades the raw body for its data.
-	m.Data = nil
-	if hasData {
-		m.Data = data
-	}
-	return m, nil
+	return m, err
 }
 
-// attributeText is the canonical string of a JSON attribute value: strings
-// as they are, numbers and booleans as written.
-func attributeText(raw json.RawMessage) (string, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) > 0 && raw[0] == '"' {
-		var s string
-		err := json.Unmarshal(raw, &s)
-		return s, err
-	}
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", err
-	}
-	switch v.(type) {
-	case float64, bool:
-		return string(raw), nil
-	}
-	return "", valueError("not a string, number or boolean")
-}
-
-func isJSONString(raw []byte) bool {
-	raw = bytes.TrimSpace(raw)
-	return len(raw) > 0 && raw[0] == '"'
-}
-
-// isJSONType reports whether a datacontenttype is JSON, in which case data
-// in a structured event is the JSON value itself. An absent type means JSON.
-func isJSONType(ct string) bool {
-	ct = strings.ToLower(ct)
-	if i := strings.IndexByte(ct, ';'); i >= 0 {
-		ct = ct[:i]
-	}
-	ct = strings.TrimSpace(ct)
-	return ct == "" || ct == "application/json" || ct == "text/json" || strings.HasSuffix(ct, "+json")
-}
-
-// structuredContentType marks a structured-mode message, per the NATS
-// protocol binding.
-const structuredContentType = "application/cloudevents+json"
-
-// encodeStructured maps m onto a NATS message in structured content mode:
-// the JSON event format in the body, every attribute and extension a
-// top-level member (the key as "partitionkey"), data inline when its content
-// type is JSON and it is valid JSON, else in data_base64. Free headers stay
-// NATS headers; stored adds the de-duplication header, as in binary mode.
+// encodeStructured maps m onto a NATS message in structured content mode
+// (driver.EncodeStructured in the body). Free headers stay NATS headers;
+// stored adds the de-duplication header, as in binary mode.
 func encodeStructured(subject string, m *driver.Message, stored bool) *nats.Msg {
 	h := make(nats.Header, len(m.Header)+2)
 	for k, vs := range m.Header {
 		h[k] = slices.Clone(vs)
 	}
-	h[contentType] = []string{structuredContentType}
-	b := make([]byte, 0, 256+len(m.Data)*4/3)
-	b = append(b, '{')
-	seen := make(map[string]bool, 16)
-	member := func(name, value string) {
-		// The first writer of a name wins: Message's own fields come first,
-		// so an extension never replaces an attribute.
-		if seen[name] {
-			return
-		}
-		seen[name] = true
-		if len(b) > 1 {
-			b = append(b, ',')
-		}
-		b = appendJSONString(b, name)
-		b = append(b, ':')
-		b = appendJSONString(b, value)
-	}
-	if m.Key != "" {
-		member(driver.ExtPartitionKey, m.Key)
-	}
-	m.EachAttribute(member)
-	if len(m.Data) > 0 {
-		if isJSONType(m.DataContentType) && json.Valid(m.Data) && len(bytes.TrimSpace(m.Data)) == len(m.Data) {
-			b = append(b, `,"data":`...)
-			b = append(b, m.Data...)
-		} else {
-			b = append(b, `,"data_base64":"`...)
-			b = base64.StdEncoding.AppendEncode(b, m.Data)
-			b = append(b, '"')
-		}
-	}
-	b = append(b, '}')
+	h[contentType] = []string{driver.StructuredContentType}
 	if stored && m.ID != "" {
 		h[msgIDHeader] = []string{dedupID(m.Source, m.ID, subject)}
 	}
-	return &nats.Msg{Subject: subject, Header: h, Data: b}
-}
-
-// appendJSONString appends s as a JSON string. Attribute values are valid
-// UTF-8 without control characters (CheckEnvelope), so only the quote and
-// the backslash need escaping; anything else is escaped by encoding/json.
-func appendJSONString(b []byte, s string) []byte {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r == '"' || r == '\\' || r < 0x20 || r == utf8.RuneError }) {
-		b = append(b, '"')
-		b = append(b, s...)
-		return append(b, '"')
-	}
-	enc, _ := json.Marshal(s)
-	return append(b, enc...)
+	return &nats.Msg{Subject: subject, Header: h, Data: driver.EncodeStructured(m)}
 }

@@ -1,14 +1,11 @@
 package rabbitbus
 
 import (
-	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -78,7 +75,7 @@ func encode(m *driver.Message, persistent bool) amqp.Publishing {
 	}
 	if m.Mode == driver.Structured {
 		p.ContentType = structuredCT
-		p.Body = encodeStructured(m)
+		p.Body = driver.EncodeStructured(m)
 		p.Headers = h
 		return p
 	}
@@ -105,7 +102,7 @@ func encode(m *driver.Message, persistent bool) amqp.Publishing {
 // cloudEvents_specversion) property is present. Anything else is a
 // *driver.MalformedError with the raw body as Data.
 func decode(d *amqp.Delivery) (*driver.Message, error) {
-	if isStructured(d.ContentType) {
+	if driver.IsStructured(d.ContentType) {
 		return decodeStructured(d.Headers, d.Body)
 	}
 	m := &driver.Message{Data: d.Body}
@@ -197,72 +194,10 @@ func headerValues(v any) ([]string, bool) {
 	return []string{s}, true
 }
 
-// isStructured reports whether a content type marks a structured-mode event.
-func isStructured(contentType string) bool {
-	ct := strings.ToLower(strings.TrimSpace(contentType))
-	return strings.HasPrefix(ct, "application/cloudevents") && !strings.HasPrefix(ct, "application/cloudevents-batch")
-}
-
-// encodeStructured writes m in the JSON event format: every attribute and
-// extension a top-level member (the key as "partitionkey"), data inline when
-// its content type is JSON and it is valid JSON, else in data_base64.
-func encodeStructured(m *driver.Message) []byte {
-	b := make([]byte, 0, 256+len(m.Data)*4/3)
-	b = append(b, '{')
-	seen := make(map[string]bool, 16)
-	member := func(name, value string) {
-		if seen[name] {
-			return
-		}
-		seen[name] = true
-		if len(b) > 1 {
-			b = append(b, ',')
-		}
-		b = appendJSONString(b, name)
-		b = append(b, ':')
-		b = appendJSONString(b, value)
-	}
-	if m.Key != "" {
-		member(driver.ExtPartitionKey, m.Key)
-	}
-	m.EachAttribute(member)
-	if len(m.Data) > 0 {
-		if isJSONType(m.DataContentType) && json.Valid(m.Data) && len(bytes.TrimSpace(m.Data)) == len(m.Data) {
-			b = append(b, `,"data":`...)
-			b = append(b, m.Data...)
-		} else {
-			b = append(b, `,"data_base64":"`...)
-			b = base64.StdEncoding.AppendEncode(b, m.Data)
-			b = append(b, '"')
-		}
-	}
-	return append(b, '}')
-}
-
-func appendJSONString(b []byte, s string) []byte {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r == '"' || r == '\\' || r < 0x20 || r == utf8.RuneError }) {
-		b = append(b, '"')
-		b = append(b, s...)
-		return append(b, '"')
-	}
-	enc, _ := json.Marshal(s)
-	return append(b, enc...)
-}
-
-// isJSONType reports whether a datacontenttype is JSON (an absent one is).
-func isJSONType(ct string) bool {
-	ct = strings.ToLower(ct)
-	if i := strings.IndexByte(ct, ';'); i >= 0 {
-		ct = ct[:i]
-	}
-	ct = strings.TrimSpace(ct)
-	return ct == "" || ct == "application/json" || ct == "text/json" || strings.HasSuffix(ct, "+json")
-}
-
 // decodeStructured reads an event in the JSON event format. Headers other
 // than the driver's and the broker's are the message's free headers.
 func decodeStructured(headers amqp.Table, body []byte) (*driver.Message, error) {
-	m := &driver.Message{Data: body, Mode: driver.Structured}
+	m, err := driver.DecodeStructured(body)
 	for k, v := range headers {
 		if brokerHeaders[k] || strings.HasPrefix(k, cePrefix) || strings.HasPrefix(k, ceAltPrefix) {
 			continue // the binding allows attributes as properties too; the body wins
@@ -274,74 +209,5 @@ func decodeStructured(headers amqp.Table, body []byte) (*driver.Message, error) 
 			m.Header[k] = vs
 		}
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
-		return m, &driver.MalformedError{Reason: "structured event is not a JSON object", Err: err}
-	}
-	var data []byte
-	hasData := false
-	for name, raw := range fields {
-		switch name {
-		case "data":
-			data, hasData = raw, true
-			continue
-		case "data_base64":
-			var enc string
-			if err := json.Unmarshal(raw, &enc); err != nil {
-				return m, &driver.MalformedError{Reason: "data_base64 is not a string", Err: err}
-			}
-			b, err := base64.StdEncoding.DecodeString(enc)
-			if err != nil {
-				return m, &driver.MalformedError{Reason: "data_base64 is not base64", Err: err}
-			}
-			data, hasData = b, true
-			continue
-		}
-		v, err := jsonAttribute(raw)
-		if err != nil {
-			return m, &driver.MalformedError{Reason: "attribute " + strconv.Quote(name), Err: err}
-		}
-		if name == driver.ExtPartitionKey {
-			m.Key = v
-			continue
-		}
-		if err := m.SetAttribute(name, v); err != nil {
-			return m, err
-		}
-	}
-	if raw, ok := fields["data"]; ok && len(raw) > 0 && raw[0] == '"' && !isJSONType(m.DataContentType) {
-		var text string
-		if err := json.Unmarshal(data, &text); err == nil {
-			data = []byte(text)
-		}
-	}
-	if _, ok := fields["specversion"]; !ok {
-		return m, &driver.MalformedError{Reason: "missing specversion attribute"}
-	}
-	if err := m.Validate(); err != nil {
-		return m, err
-	}
-	m.Data = nil
-	if hasData {
-		m.Data = data
-	}
-	return m, nil
-}
-
-func jsonAttribute(raw json.RawMessage) (string, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) > 0 && raw[0] == '"' {
-		var s string
-		err := json.Unmarshal(raw, &s)
-		return s, err
-	}
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", err
-	}
-	switch v.(type) {
-	case float64, bool:
-		return string(raw), nil
-	}
-	return "", fmt.Errorf("not a string, number or boolean")
+	return m, err
 }
