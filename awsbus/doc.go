@@ -1,0 +1,145 @@
+// Package awsbus is the eventbus driver for AWS SNS and SQS, on
+// github.com/aws/aws-sdk-go-v2.
+//
+//	d, err := awsbus.Open(ctx, &awsbus.Config{Region: "eu-west-1"})
+//	bus.Register("aws", d)
+//
+// # URLs
+//
+// Importing the package registers aws:// and sns+sqs:// with the driver
+// package, so that eventbus.Open and the configuration file open it by URL:
+//
+//	aws://eu-west-1
+//	aws://?region=us-east-1&endpoint=http://127.0.0.1:4566&prefix=shop&fifo=true
+//
+// The host is the region. Every field of [Config] has a query parameter
+// ([ParseURL] lists them); an unknown parameter is an error naming it, and so
+// is a bad value. Secrets given in a URL (secret_access_key, session_token)
+// never appear in an error.
+//
+// # Configuration and credentials
+//
+// [Config] covers the region, an endpoint override (an emulator, a VPC
+// endpoint), the name prefix of every topic and queue, FIFO, content-based
+// de-duplication, a KMS key for server-side encryption, and the queue
+// settings: visibility timeout, long-poll wait, max receive count (the
+// redrive policy) and retention. Credentials come from the standard AWS chain
+// (environment, shared files and profiles, SSO, web identity, ECS and EC2
+// roles); explicit keys are optional, and are never logged nor written into
+// an error. Config.AWSConfig hands over a ready aws.Config instead.
+//
+// # Topology
+//
+// Logical destinations become SNS and SQS names through one function
+// ([Config.TopicName], [Config.QueueName]): the prefix, a readable part
+// (dots become '_', cut to SQS's 80 characters) and 64 bits of a SHA-256 of
+// the exact logical name (and group), so that names that read alike never
+// share a resource; FIFO names end in ".fifo". Everything is created
+// idempotently on first use.
+//
+//   - Events (events.<type>): one SNS topic per event type. Each consumer
+//     group is an SQS queue subscribed to the topic with raw message delivery,
+//     with the queue policy that lets that topic (and nothing else) send to
+//     it. A subscription without a group gets a queue of its own, removed
+//     when it closes. A topic per type selects what a filter policy on the
+//     type would select on a shared topic, without spending a message
+//     attribute on it, and without every group queue's subscription being
+//     evaluated for every event.
+//   - Commands (commands.<service>.<type>): one SQS queue, published to
+//     directly; every instance of the service consumes it, so exactly one
+//     handles each command. Commands sent before any handler starts wait in
+//     the queue.
+//   - Queries: the request goes to the query's queue like a command; the
+//     reply to the requester's reply queue (replies.<instance>), one per bus
+//     instance, created when the bus starts and removed when it closes. The
+//     driver has no native request/reply (Capabilities.NativeRequestReply is
+//     false): the bus's generic fallback pairs replies and times out with its
+//     typed error. A reply to a requester that is gone fails (its queue no
+//     longer exists).
+//   - Streams (streams.<name>): always a FIFO topic, and FIFO group queues,
+//     with the key as message group id.
+//   - Broadcast (broadcast.<type>): a topic; every subscription has a queue
+//     of its own, removed when it closes: every instance receives each
+//     message, and nothing is kept for an instance that is not running.
+//   - Dead letters (deadletter.<origin>): an SQS queue per origin, which the
+//     bus publishes to and a console can list and replay. With
+//     Config.MaxReceiveCount, group queues get a redrive policy to the same
+//     queue, so that SQS moves a message there after that many receives even
+//     when no process of ours counts them.
+//
+// # Delivery semantics
+//
+// Publish returns once SNS (PublishBatch) or SQS (SendMessageBatch) accepted
+// every message, in batches of up to ten entries and 256 KiB; refused entries
+// come back as a [*BatchError] naming each message. Envelopes are checked with
+// driver.CheckEnvelope, and a message over [MaxMessageSize] (190 KiB: data
+// that is not text travels as base64 and must still fit SQS's 256 KiB) fails
+// with a *driver.TooLargeError before the wire. Events published while a group
+// has no queue yet are not kept for it: a group starts with what is published
+// after its queue exists (DeclareGroup creates it without consuming).
+//
+// Delivery is at least once. A subscription long-polls its queue (at most
+// Config.WaitTime per call) while it holds fewer than MaxInFlight deliveries.
+// Ack and Term delete at once (DeleteMessageBatch). Nack sets the visibility
+// timeout to the delay (whole seconds, up to 12 h; 0 redelivers at once), so
+// delays are native. Every held delivery — prefetched or running in a handler
+// — has its visibility timeout renewed every third of it, so it never times
+// out while the process lives; SubscribeOptions.AckWait (rounded up to whole
+// seconds, at least 2 s) or Config.VisibilityTimeout is how long a dead
+// process holds a message. Close gives back at once (visibility 0) every
+// delivery it holds, received or handed out; it waits for the long poll in
+// flight unless its context ends first. Attempt is SQS's
+// ApproximateReceiveCount.
+//
+// # FIFO and ordering
+//
+// With Config.FIFO, events, commands and broadcasts use FIFO topics and
+// queues; streams always do. The message group id is the key (a message
+// without a key uses its id: no order to keep, no head-of-line blocking),
+// hashed when SQS would refuse it as it is. The de-duplication id is a
+// SHA-256 of (source, id), or the body's digest with
+// Config.ContentBasedDeduplication. SQS drops a duplicate within its
+// five-minute window without telling the sender, so driver.ErrDuplicate is
+// never returned: a republished message is simply not delivered again.
+// Capabilities.OrderingByKey holds for streams, and for every pattern with
+// Config.FIFO; standard queues do not keep order.
+//
+// # Message attributes
+//
+// There is no official CloudEvents binding for SQS or SNS; this driver maps
+// the envelope in the style of the binary content mode of the HTTP binding.
+// SQS carries at most ten message attributes (String type here):
+//
+//   - ce-<name> for each CloudEvents attribute and extension, in this order of
+//     precedence: specversion, id, source, type, time, subject,
+//     datacontenttype, dataschema, traceparent, tracestate, correlationid,
+//     causationid, replyto, then the other extensions by name.
+//   - eventbus, when needed, a JSON object with what has no attribute of its
+//     own: {"key": the partition key, "header": {name: [values]}, "ce":
+//     {the attributes beyond the limit, and any with an empty value}, "enc":
+//     "base64" when the body is base64 (data that is not text SQS carries
+//     unchanged) or "empty" (no data; the body is "-")}. When it is present,
+//     nine ce- attributes at most travel on their own.
+//   - The body is the data.
+//
+// A message with Mode driver.Structured travels in the CloudEvents JSON
+// format instead: the whole event in the body (data inline when it is
+// compact JSON, else data_base64), content-type
+// application/cloudevents+json, and the eventbus attribute for the key and
+// headers. Receiving reads both modes, and a body that is a JSON event
+// without any attribute; message attributes of other senders that are
+// neither ce- nor eventbus become headers.
+//
+// # Dead letters and retries
+//
+// Retries and dead-lettering are the bus's: a failed handler nacks (with the
+// retry policy's delay as visibility timeout), and at its attempt limit the
+// bus publishes to the dead-letter queue and terms the delivery (deletes
+// it). Config.MaxReceiveCount adds SQS's own redrive as a safety net.
+//
+// # Escape hatches
+//
+// [Driver.SNS] and [Driver.SQS] return the SDK clients; [Driver.QueueURL]
+// and [Driver.TopicARN] create and name the resources of a destination, to
+// inspect, purge or redrive them with those clients.
+package awsbus
