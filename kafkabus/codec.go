@@ -65,19 +65,14 @@ func retryTopicName(topic, groupID string) string {
 
 // encode maps m onto a record in the content mode it asks for: binary mode
 // puts every attribute in a ce_ header and datacontenttype in content-type;
-// structured mode puts the JSON event format in the value. The key is
-// Message.Key, or the partitionkey extension when Key is empty; as the
-// binding asks, the key also travels as the partitionkey attribute, and a
-// partitionkey equal to the record key is read back as the key alone. Free
-// headers are record headers, one per value.
+// structured mode puts the JSON event format in the value. Message.Key is
+// the record key and, as the binding asks, the partitionkey attribute; on
+// receipt the record key wins, and partitionkey fills in for a record
+// without one. Free headers are record headers, one per value.
 func encode(topic string, m *driver.Message) *kgo.Record {
 	r := &kgo.Record{Topic: topic}
-	key := m.Key
-	if key == "" {
-		key = m.Extensions[driver.ExtPartitionKey]
-	}
-	if key != "" {
-		r.Key = []byte(key)
+	if m.Key != "" {
+		r.Key = []byte(m.Key)
 	}
 	n := 0
 	for _, vs := range m.Header {
@@ -89,7 +84,7 @@ func encode(topic string, m *driver.Message) *kgo.Record {
 		r.Value = encodeStructured(m)
 	} else {
 		r.Headers = make([]kgo.RecordHeader, 0, n+11+len(m.Extensions))
-		if m.Key != "" && m.Extensions[driver.ExtPartitionKey] == "" {
+		if m.Key != "" {
 			r.Headers = append(r.Headers, kgo.RecordHeader{Key: cePrefix + driver.ExtPartitionKey, Value: r.Key})
 		}
 		m.EachAttribute(func(name, value string) {
@@ -154,8 +149,13 @@ func decode(r *kgo.Record) (*driver.Message, int, error) {
 		case h.Key == contentTypeHeader || h.Key == attemptsHeader:
 		case len(h.Key) > len(cePrefix) && strings.EqualFold(h.Key[:len(cePrefix)], cePrefix):
 			name := strings.ToLower(h.Key[len(cePrefix):])
-			if name == driver.ExtPartitionKey && string(h.Value) == m.Key {
-				continue // the key itself
+			if name == driver.ExtPartitionKey {
+				// The key itself: the record key wins, this fills in
+				// for a record without one.
+				if m.Key == "" {
+					m.Key = string(h.Value)
+				}
+				continue
 			}
 			if !utf8.Valid(h.Value) {
 				errs = append(errs, &driver.MalformedError{Reason: "header " + strconv.Quote(h.Key) + " is not UTF-8"})
@@ -234,8 +234,10 @@ func decodeStructured(r *kgo.Record) (*driver.Message, error) {
 		if err != nil {
 			return m, &driver.MalformedError{Reason: "attribute " + strconv.Quote(name), Err: err}
 		}
-		if name == driver.ExtPartitionKey && string(r.Key) == v {
-			m.Key = v
+		if name == driver.ExtPartitionKey {
+			if len(r.Key) == 0 {
+				m.Key = v
+			}
 			continue
 		}
 		if err := m.SetAttribute(name, v); err != nil {
@@ -317,7 +319,7 @@ func encodeStructured(m *driver.Message) []byte {
 		b = append(b, ':')
 		b = appendJSONString(b, value)
 	}
-	if m.Key != "" && m.Extensions[driver.ExtPartitionKey] == "" {
+	if m.Key != "" {
 		member(driver.ExtPartitionKey, m.Key)
 	}
 	m.EachAttribute(member)

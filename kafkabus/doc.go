@@ -123,8 +123,8 @@
 // Messages follow the CloudEvents Kafka protocol binding. In binary mode (the
 // default) every attribute and extension is a "ce_" header (ce_specversion,
 // ce_id, ce_type...), datacontenttype is the content-type header, the key is
-// the record key and the ce_partitionkey attribute (a partitionkey
-// extension becomes the key when Message.Key is empty), free headers are
+// the record key and the ce_partitionkey attribute (on receipt the record
+// key wins; ce_partitionkey fills in for a record without one), free headers are
 // record headers, one per value, and the value is the data. A message with
 // Mode driver.Structured is sent as application/cloudevents+json, the JSON
 // event format in the value. On receipt both modes are read, and Message.Mode
