@@ -30,10 +30,13 @@ const redisMaxLen = 1_000_000
 
 func init() {
 	register(Scenario{Name: "raw go-redis, pipelined XADD, XREADGROUP + batch XACK", Broker: redisBroker, Role: RoleRaw, Run: runRedisRaw})
+	register(Scenario{Name: "raw go-redis, one XADD awaited per call", Broker: redisBroker, Role: RoleReference, Run: runRedisRawSync})
 	register(Scenario{Name: "eventbus on redisbus", Broker: redisBroker, Role: RoleBus, Run: runRedisBus})
 	register(Scenario{Name: "Watermill Redis Streams", Broker: redisBroker, Role: RolePeer, Run: runRedisWatermill})
 	register(Scenario{Name: "eventbus on redisbus, 64× publishers", Broker: redisBroker, Role: RoleReference, Run: runRedisBusWide})
 
+	registerTarget(ratioOfRows(redisBroker, "eventbus publish / raw with one XADD awaited per call (the same guarantee per call)",
+		"eventbus on redisbus", "raw go-redis, one XADD awaited per call", Result.PublishRate))
 	registerTarget(ratioTarget(redisBroker, "eventbus publish ≥ 0.9× raw", RoleBus, RoleRaw, Result.PublishRate, 0.9))
 	registerTarget(ratioTarget(redisBroker, "eventbus consume ≥ 0.9× raw", RoleBus, RoleRaw, Result.ConsumeRate, 0.9))
 	registerTarget(ratioTarget(redisBroker, "eventbus publish ≥ 3× Watermill", RoleBus, RolePeer, Result.PublishRate, 3))
@@ -118,7 +121,16 @@ func (e *redisEnv) openBus(ctx context.Context, subscribe func(*eventbus.Bus) er
 // one consumer reads with XREADGROUP COUNT 256 and acks each batch with one
 // XACK.
 func runRedisRaw(ctx context.Context, cfg Config) (Result, error) {
-	const batch = 64
+	return redisRaw(ctx, cfg, 64)
+}
+
+// runRedisRawSync: as runRedisRaw with one XADD per call, awaited: the
+// guarantee of one PublishEvent.
+func runRedisRawSync(ctx context.Context, cfg Config) (Result, error) {
+	return redisRaw(ctx, cfg, 1)
+}
+
+func redisRaw(ctx context.Context, cfg Config, batch int) (Result, error) {
 	env, err := startRedis(ctx)
 	if err != nil {
 		return Result{}, err
