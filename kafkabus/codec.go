@@ -1,10 +1,6 @@
 package kafkabus
 
 import (
-	"bytes"
-	"encoding/base64"
-	"encoding/json"
-	"errors"
 	"hash/fnv"
 	"strconv"
 	"strings"
@@ -81,7 +77,7 @@ func encode(topic string, m *driver.Message) *kgo.Record {
 	if m.Mode == driver.Structured {
 		r.Headers = make([]kgo.RecordHeader, 0, n+1)
 		r.Headers = append(r.Headers, kgo.RecordHeader{Key: contentTypeHeader, Value: []byte(structuredContentType)})
-		r.Value = encodeStructured(m)
+		r.Value = driver.EncodeStructured(m)
 	} else {
 		r.Headers = make([]kgo.RecordHeader, 0, n+11+len(m.Extensions))
 		if m.Key != "" {
@@ -128,7 +124,7 @@ func decode(r *kgo.Record) (*driver.Message, int, error) {
 		switch {
 		case h.Key == contentTypeHeader:
 			ct, hasCT = string(h.Value), true
-			structured = isStructured(ct)
+			structured = driver.IsStructured(ct)
 		case h.Key == attemptsHeader:
 			attempts, _ = strconv.Atoi(string(h.Value))
 		case h.Key == cePrefix+"specversion":
@@ -186,18 +182,14 @@ func decode(r *kgo.Record) (*driver.Message, int, error) {
 	return m, attempts, nil
 }
 
-// isStructured reports whether a content type marks a structured-mode event:
-// a media type of application/cloudevents, matched case-insensitively.
-func isStructured(contentType string) bool {
-	ct := strings.ToLower(strings.TrimSpace(contentType))
-	return strings.HasPrefix(ct, "application/cloudevents") && !strings.HasPrefix(ct, "application/cloudevents-batch")
-}
-
-// decodeStructured reads an event in structured content mode, JSON event
-// format: what the driver sends for a message whose Mode is
-// driver.Structured, and what CloudEvents SDKs send when asked to.
+// decodeStructured reads a record in structured content mode (the JSON event
+// format in the value). The record key wins over the event's partitionkey;
+// headers other than the driver's stay free headers.
 func decodeStructured(r *kgo.Record) (*driver.Message, error) {
-	m := &driver.Message{Data: r.Value, Mode: driver.Structured}
+	m, err := driver.DecodeStructured(r.Value)
+	if len(r.Key) > 0 {
+		m.Key = string(r.Key)
+	}
 	for _, h := range r.Headers {
 		if h.Key == contentTypeHeader || h.Key == attemptsHeader {
 			continue
@@ -207,142 +199,5 @@ func decodeStructured(r *kgo.Record) (*driver.Message, error) {
 		}
 		m.Header[h.Key] = append(m.Header[h.Key], string(h.Value))
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(r.Value, &fields); err != nil {
-		return m, &driver.MalformedError{Reason: "structured event is not a JSON object", Err: err}
-	}
-	var data []byte
-	hasData := false
-	for name, raw := range fields {
-		switch name {
-		case "data":
-			data, hasData = raw, true
-			continue
-		case "data_base64":
-			var enc string
-			if err := json.Unmarshal(raw, &enc); err != nil {
-				return m, &driver.MalformedError{Reason: "data_base64 is not a string", Err: err}
-			}
-			b, err := base64.StdEncoding.DecodeString(enc)
-			if err != nil {
-				return m, &driver.MalformedError{Reason: "data_base64 is not base64", Err: err}
-			}
-			data, hasData = b, true
-			continue
-		}
-		v, err := attributeText(raw)
-		if err != nil {
-			return m, &driver.MalformedError{Reason: "attribute " + strconv.Quote(name), Err: err}
-		}
-		if name == driver.ExtPartitionKey {
-			if len(r.Key) == 0 {
-				m.Key = v
-			}
-			continue
-		}
-		if err := m.SetAttribute(name, v); err != nil {
-			return m, err
-		}
-	}
-	if _, ok := fields["data"]; ok && isJSONString(data) && !isJSONType(m.DataContentType) {
-		// A string value under a non-JSON content type is the text itself.
-		var text string
-		if err := json.Unmarshal(data, &text); err == nil {
-			data = []byte(text)
-		}
-	}
-	if _, ok := fields["specversion"]; !ok {
-		return m, &driver.MalformedError{Reason: "missing specversion attribute"}
-	}
-	if err := m.Validate(); err != nil {
-		return m, err
-	}
-	m.Data = nil
-	if hasData {
-		m.Data = data
-	}
-	return m, nil
-}
-
-// attributeText is the canonical string of a JSON attribute value: strings
-// as they are, numbers and booleans as written.
-func attributeText(raw json.RawMessage) (string, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) > 0 && raw[0] == '"' {
-		var s string
-		err := json.Unmarshal(raw, &s)
-		return s, err
-	}
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", err
-	}
-	switch v.(type) {
-	case float64, bool:
-		return string(raw), nil
-	}
-	return "", errors.New("not a string, number or boolean")
-}
-
-func isJSONString(raw []byte) bool {
-	raw = bytes.TrimSpace(raw)
-	return len(raw) > 0 && raw[0] == '"'
-}
-
-// isJSONType reports whether a datacontenttype is JSON, in which case data
-// in a structured event is the JSON value itself. An absent type means JSON.
-func isJSONType(ct string) bool {
-	ct = strings.ToLower(ct)
-	if i := strings.IndexByte(ct, ';'); i >= 0 {
-		ct = ct[:i]
-	}
-	ct = strings.TrimSpace(ct)
-	return ct == "" || ct == "application/json" || ct == "text/json" || strings.HasSuffix(ct, "+json")
-}
-
-// encodeStructured writes m in the JSON event format: every attribute and
-// extension a top-level member, data inline when its content type is JSON
-// and it is valid JSON, else in data_base64.
-func encodeStructured(m *driver.Message) []byte {
-	b := make([]byte, 0, 256+len(m.Data)*4/3)
-	b = append(b, '{')
-	seen := make(map[string]bool, 16)
-	member := func(name, value string) {
-		if seen[name] {
-			return
-		}
-		seen[name] = true
-		if len(b) > 1 {
-			b = append(b, ',')
-		}
-		b = appendJSONString(b, name)
-		b = append(b, ':')
-		b = appendJSONString(b, value)
-	}
-	if m.Key != "" {
-		member(driver.ExtPartitionKey, m.Key)
-	}
-	m.EachAttribute(member)
-	if len(m.Data) > 0 {
-		if isJSONType(m.DataContentType) && json.Valid(m.Data) && len(bytes.TrimSpace(m.Data)) == len(m.Data) {
-			b = append(b, `,"data":`...)
-			b = append(b, m.Data...)
-		} else {
-			b = append(b, `,"data_base64":"`...)
-			b = base64.StdEncoding.AppendEncode(b, m.Data)
-			b = append(b, '"')
-		}
-	}
-	return append(b, '}')
-}
-
-// appendJSONString appends s as a JSON string.
-func appendJSONString(b []byte, s string) []byte {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r == '"' || r == '\\' || r < 0x20 || r == utf8.RuneError }) {
-		b = append(b, '"')
-		b = append(b, s...)
-		return append(b, '"')
-	}
-	enc, _ := json.Marshal(s)
-	return append(b, enc...)
+	return m, err
 }

@@ -1,13 +1,9 @@
 package redisbus
 
 import (
-	"bytes"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"sort"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -67,7 +63,7 @@ func appendFields(args []any, m *driver.Message) []any {
 	if m.Mode == driver.Structured {
 		args = append(args, fieldContentType, structuredContentType)
 		args = appendHeaders(args, m)
-		return append(args, fieldData, encodeStructured(m))
+		return append(args, fieldData, driver.EncodeStructured(m))
 	}
 	m.EachAttribute(func(name, value string) {
 		if name == "datacontenttype" {
@@ -143,8 +139,8 @@ func decode(fields []string) (*driver.Message, error) {
 			m.Header[header] = strings.Split(value, "\n")
 		}
 	}
-	if isStructured(contentType) && !spec {
-		s, err := decodeStructured(data)
+	if driver.IsStructured(contentType) && !spec {
+		s, err := driver.DecodeStructured(data)
 		s.Header = m.Header
 		return s, err
 	}
@@ -162,155 +158,6 @@ func decode(fields []string) (*driver.Message, error) {
 		return m, err
 	}
 	return m, nil
-}
-
-// isStructured reports whether a content type marks a structured-mode event.
-func isStructured(contentType string) bool {
-	ct := strings.ToLower(strings.TrimSpace(contentType))
-	return strings.HasPrefix(ct, "application/cloudevents") && !strings.HasPrefix(ct, "application/cloudevents-batch")
-}
-
-// decodeStructured reads an event in the JSON event format.
-func decodeStructured(body []byte) (*driver.Message, error) {
-	m := &driver.Message{Data: body, Mode: driver.Structured}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
-		return m, &driver.MalformedError{Reason: "structured event is not a JSON object", Err: err}
-	}
-	var data []byte
-	hasData := false
-	for name, raw := range fields {
-		switch name {
-		case "data":
-			data, hasData = raw, true
-			continue
-		case "data_base64":
-			var enc string
-			if err := json.Unmarshal(raw, &enc); err != nil {
-				return m, &driver.MalformedError{Reason: "data_base64 is not a string", Err: err}
-			}
-			b, err := base64.StdEncoding.DecodeString(enc)
-			if err != nil {
-				return m, &driver.MalformedError{Reason: "data_base64 is not base64", Err: err}
-			}
-			data, hasData = b, true
-			continue
-		}
-		v, err := attributeText(raw)
-		if err != nil {
-			return m, &driver.MalformedError{Reason: "attribute " + name, Err: err}
-		}
-		if name == driver.ExtPartitionKey {
-			m.Key = v
-			continue
-		}
-		if err := m.SetAttribute(name, v); err != nil {
-			return m, err
-		}
-	}
-	if _, ok := fields["data"]; ok && isJSONString(data) && !isJSONType(m.DataContentType) {
-		// A string value under a non-JSON content type is the text itself.
-		var text string
-		if err := json.Unmarshal(data, &text); err == nil {
-			data = []byte(text)
-		}
-	}
-	if _, ok := fields["specversion"]; !ok {
-		return m, &driver.MalformedError{Reason: "missing specversion attribute"}
-	}
-	if err := m.Validate(); err != nil {
-		return m, err
-	}
-	m.Data = nil
-	if hasData {
-		m.Data = data
-	}
-	return m, nil
-}
-
-// attributeText is the canonical string of a JSON attribute value: strings
-// as they are, numbers and booleans as written.
-func attributeText(raw json.RawMessage) (string, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) > 0 && raw[0] == '"' {
-		var s string
-		err := json.Unmarshal(raw, &s)
-		return s, err
-	}
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", err
-	}
-	switch v.(type) {
-	case float64, bool:
-		return string(raw), nil
-	}
-	return "", errors.New("not a string, number or boolean")
-}
-
-func isJSONString(raw []byte) bool {
-	raw = bytes.TrimSpace(raw)
-	return len(raw) > 0 && raw[0] == '"'
-}
-
-// isJSONType reports whether a datacontenttype is JSON, in which case data
-// in a structured event is the JSON value itself. An absent type means JSON.
-func isJSONType(ct string) bool {
-	ct = strings.ToLower(ct)
-	if i := strings.IndexByte(ct, ';'); i >= 0 {
-		ct = ct[:i]
-	}
-	ct = strings.TrimSpace(ct)
-	return ct == "" || ct == "application/json" || ct == "text/json" || strings.HasSuffix(ct, "+json")
-}
-
-// encodeStructured returns m in the JSON event format: every attribute and
-// extension a top-level member (the key as "partitionkey"), data inline when
-// its content type is JSON and it is valid JSON, else in data_base64.
-func encodeStructured(m *driver.Message) []byte {
-	b := make([]byte, 0, 256+len(m.Data)*4/3)
-	b = append(b, '{')
-	seen := make(map[string]bool, 16)
-	member := func(name, value string) {
-		// Message's own fields come first, so an extension never replaces
-		// an attribute.
-		if seen[name] {
-			return
-		}
-		seen[name] = true
-		if len(b) > 1 {
-			b = append(b, ',')
-		}
-		b = appendJSONString(b, name)
-		b = append(b, ':')
-		b = appendJSONString(b, value)
-	}
-	if m.Key != "" {
-		member(driver.ExtPartitionKey, m.Key)
-	}
-	m.EachAttribute(member)
-	if len(m.Data) > 0 {
-		if isJSONType(m.DataContentType) && json.Valid(m.Data) && len(bytes.TrimSpace(m.Data)) == len(m.Data) {
-			b = append(b, `,"data":`...)
-			b = append(b, m.Data...)
-		} else {
-			b = append(b, `,"data_base64":"`...)
-			b = base64.StdEncoding.AppendEncode(b, m.Data)
-			b = append(b, '"')
-		}
-	}
-	return append(b, '}')
-}
-
-// appendJSONString appends s as a JSON string.
-func appendJSONString(b []byte, s string) []byte {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r == '"' || r == '\\' || r < 0x20 || r == utf8.RuneError }) {
-		b = append(b, '"')
-		b = append(b, s...)
-		return append(b, '"')
-	}
-	enc, _ := json.Marshal(s)
-	return append(b, enc...)
 }
 
 // broadcastPayload is a Pub/Sub message: the fields a stream entry would
