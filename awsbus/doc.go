@@ -82,14 +82,19 @@
 // Config.WaitTime per call) while it holds fewer than MaxInFlight deliveries.
 // Ack and Term delete at once (DeleteMessageBatch). Nack sets the visibility
 // timeout to the delay (whole seconds, up to 12 h; 0 redelivers at once), so
-// delays are native. Every held delivery — prefetched or running in a handler
-// — has its visibility timeout renewed every third of it, so it never times
-// out while the process lives; SubscribeOptions.AckWait (rounded up to whole
+// delays are native. A receive asks for a visibility timeout of at most 4 s
+// (so that a poll cancelled in flight hides its messages no longer), and
+// every held delivery — prefetched or running in a handler — has it renewed
+// to the full timeout before it runs out, so it never times out while the
+// process lives; SubscribeOptions.AckWait (rounded up to whole
 // seconds, at least 2 s) or Config.VisibilityTimeout is how long a dead
 // process holds a message. Close gives back at once (visibility 0) every
 // delivery it holds, received or handed out; it waits for the long poll in
-// flight unless its context ends first. Attempt is SQS's
-// ApproximateReceiveCount.
+// flight unless its context ends first; a poll cancelled that way may have
+// taken messages that no one sees for up to 4 s. Attempt is SQS's ApproximateReceiveCount.
+//
+// Batch calls do not span Publish calls: each Publish sends its own batches,
+// so concurrent publishers of single messages make one call each.
 //
 // # FIFO and ordering
 //

@@ -38,9 +38,9 @@ type subscription struct {
 
 	mu      sync.Mutex
 	closed  bool
-	buf     []*driver.Delivery          // received, not handed out
-	held    map[string]*driver.Delivery // receipt handle → every unsettled delivery
-	changed chan struct{}               // closed and replaced on every change of buf or held
+	buf     []*driver.Delivery   // received, not handed out
+	held    map[string]time.Time // receipt handle of every unsettled delivery → its visibility deadline
+	changed chan struct{}        // closed and replaced on every change of buf or held
 }
 
 // handle is a Delivery's Handle: the receipt handle of its receive.
@@ -72,7 +72,7 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 		visibility:  d.cfg.visibility(),
 		maxInFlight: d.cfg.maxInFlight(),
 		done:        make(chan struct{}),
-		held:        make(map[string]*driver.Delivery),
+		held:        make(map[string]time.Time),
 		changed:     make(chan struct{}),
 	}
 	if opts.AckWait > 0 {
@@ -152,6 +152,7 @@ func (s *subscription) notify() {
 func (s *subscription) poll() {
 	defer s.wg.Done()
 	wait := int32(s.d.cfg.waitTime() / time.Second)
+	first := s.firstVisibility()
 	backoff := 100 * time.Millisecond
 	for {
 		s.mu.Lock()
@@ -171,11 +172,12 @@ func (s *subscription) poll() {
 			return
 		default:
 		}
+		asked := time.Now()
 		out, err := s.d.sqs.ReceiveMessage(s.pollCtx, &sqs.ReceiveMessageInput{
 			QueueUrl:                    aws.String(s.queueURL),
 			MaxNumberOfMessages:         int32(min(room, 10)),
 			WaitTimeSeconds:             wait,
-			VisibilityTimeout:           int32(s.visibility / time.Second),
+			VisibilityTimeout:           int32(first / time.Second),
 			MessageAttributeNames:       []string{"All"},
 			MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameApproximateReceiveCount},
 		})
@@ -200,7 +202,7 @@ func (s *subscription) poll() {
 		for i := range out.Messages {
 			dl := s.delivery(&out.Messages[i])
 			s.buf = append(s.buf, dl)
-			s.held[dl.Handle.(*handle).receipt] = dl
+			s.held[dl.Handle.(*handle).receipt] = asked.Add(first)
 		}
 		s.notify()
 		s.mu.Unlock()
@@ -224,11 +226,23 @@ func (s *subscription) delivery(m *sqstypes.Message) *driver.Delivery {
 	}
 }
 
-// extend keeps the visibility timeout of every held delivery ahead: every
-// third of it, it sets it again to the full timeout.
+// receiveVisibility bounds the visibility timeout a receive asks for. A
+// poll cancelled in flight (a Close whose context ended) may have taken
+// messages that nobody sees until it runs out; the extender lengthens it to
+// the subscription's full timeout for what did arrive.
+const receiveVisibility = 4 * time.Second
+
+func (s *subscription) firstVisibility() time.Duration {
+	return min(s.visibility, receiveVisibility)
+}
+
+// extend keeps the visibility timeout of every held delivery ahead: a
+// delivery whose deadline comes within two ticks gets the full timeout
+// again.
 func (s *subscription) extend() {
 	defer s.wg.Done()
-	t := time.NewTicker(s.visibility / 3)
+	tick := s.firstVisibility() / 4
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
 		select {
@@ -236,10 +250,14 @@ func (s *subscription) extend() {
 			return
 		case <-t.C:
 		}
+		now := time.Now()
 		s.mu.Lock()
-		receipts := make([]string, 0, len(s.held))
-		for r := range s.held {
-			receipts = append(receipts, r)
+		var receipts []string
+		for r, deadline := range s.held {
+			if deadline.Sub(now) < 2*tick {
+				receipts = append(receipts, r)
+				s.held[r] = now.Add(s.visibility)
+			}
 		}
 		s.mu.Unlock()
 		if len(receipts) == 0 {
