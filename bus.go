@@ -51,6 +51,10 @@ type Options struct {
 
 	// Logger receives operational logs. nil discards them.
 	Logger *slog.Logger
+
+	// Observer receives the bus's telemetry hooks (package telemetry
+	// implements it with OpenTelemetry). nil costs nothing.
+	Observer Observer
 }
 
 // RetryPolicy says how often and how fast a failed message is redelivered

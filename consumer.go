@@ -401,6 +401,7 @@ func (c *consumer) giveBack(ds []*driver.Delivery) {
 	}
 	if !c.be.caps.Redelivery {
 		c.bus.stats.dropped.Add(uint64(len(ds)))
+		c.settled(ds, Dropped)
 		c.bus.log.Error("eventbus: messages dropped at close: the backend does not redeliver", "destination", c.dest.Name, "backend", c.be.name, "count", len(ds))
 	}
 	if err := c.sub.Nack(context.WithoutCancel(c.work), ds, 0); err != nil {
@@ -415,17 +416,20 @@ func (c *consumer) handle(d *driver.Delivery) bool {
 		c.deadLetter([]*driver.Delivery{d}, d.Err)
 		return false
 	}
-	call := func() error { return c.reg.handler.Handle(c.handlerCx, d.Message) }
+	call := func() error {
+		return c.observe(OpProcess, d.Message, nil, func(ctx context.Context) error { return c.reg.handler.Handle(ctx, d.Message) })
+	}
 	c.running.Add(1)
-	err := safely(call)
+	err := call()
 	// A broker that never redelivers (core NATS) would lose the message on a
 	// nack: retry here instead, with the same policy.
 	for err != nil && !c.be.caps.Redelivery && !IsPermanent(err) && !c.retry.exhausted(d.Attempt) {
 		if !c.sleep(c.retry.backoff(d.Attempt)) {
 			break
 		}
+		c.settled([]*driver.Delivery{d}, Retried)
 		d.Attempt++
-		err = safely(call)
+		err = call()
 	}
 	c.running.Add(-1)
 	if err == nil {
@@ -471,6 +475,7 @@ func (c *consumer) fail(ds []*driver.Delivery, err error) {
 	}
 	if len(retry) > 0 {
 		c.bus.log.Debug("eventbus: handler failed; will retry", "destination", c.dest.Name, "attempt", attempt, "error", err)
+		c.settled(retry, Retried)
 		c.nack(retry, c.retry.backoff(attempt))
 	}
 }
@@ -524,6 +529,7 @@ func (c *consumer) deadLetter(ds []*driver.Delivery, reason error) {
 		switch {
 		case err == nil:
 			c.bus.stats.deadLettered.Add(1)
+			c.settled([]*driver.Delivery{d}, DeadLettered)
 			c.bus.log.Warn("eventbus: message dead-lettered", "destination", c.dest.Name, "dead_letter", dl.Name, "id", m.ID, "reason", reason)
 			c.settle(d, opTerm)
 		case refused(err) || d.Attempt >= max(c.retry.MaxAttempts, 1)+deadLetterRetries:
@@ -538,6 +544,7 @@ func (c *consumer) deadLetter(ds []*driver.Delivery, reason error) {
 // drop terminates deliveries that cannot be handled nor dead-lettered.
 func (c *consumer) drop(ds []*driver.Delivery, reason error, why string) {
 	c.bus.stats.dropped.Add(uint64(len(ds)))
+	c.settled(ds, Dropped)
 	c.bus.log.Error("eventbus: message dropped: "+why, "destination", c.dest.Name, "backend", c.be.name, "count", len(ds), "reason", reason)
 	for _, d := range ds {
 		c.settle(d, opTerm)
@@ -727,7 +734,7 @@ func (c *consumer) flush(batch []*driver.Delivery) {
 		msgs[i] = d.Message
 	}
 	c.running.Add(1)
-	err := safely(func() error { return c.reg.batch.HandleBatch(c.handlerCx, msgs) })
+	err := c.observe(OpProcessBatch, nil, msgs, func(ctx context.Context) error { return c.reg.batch.HandleBatch(ctx, msgs) })
 	c.running.Add(-1)
 	if err != nil {
 		c.fail(batch, err)

@@ -61,7 +61,7 @@ func (b *Bus) PublishStream(ctx context.Context, stream string, msgs ...*Message
 	for _, m := range msgs {
 		b.fill(m)
 	}
-	if err := be.drv.Publish(ctx, dest, msgs); err != nil {
+	if err := b.send(ctx, be, dest, msgs); err != nil {
 		return fmt.Errorf("eventbus: publish %s via %s: %w", dest.Name, be.name, err)
 	}
 	return nil
@@ -83,7 +83,7 @@ func (b *Bus) publish(ctx context.Context, dest driver.Destination, m *Message) 
 	// The driver refuses an oversize message before the wire with a
 	// *driver.TooLargeError (the conformance suite holds it to that).
 	one := [1]*Message{m}
-	if err := be.drv.Publish(ctx, dest, one[:]); err != nil {
+	if err := b.send(ctx, be, dest, one[:]); err != nil {
 		return fmt.Errorf("eventbus: publish %s via %s: %w", dest.Name, be.name, err)
 	}
 	return nil

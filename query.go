@@ -40,7 +40,19 @@ func (b *Bus) Query(ctx context.Context, service string, m *Message) (*Message, 
 	if max := be.caps.MaxMessageSize; max > 0 && m.Size() > max {
 		return nil, fmt.Errorf("eventbus: query %s: %w", dest.Name, &driver.TooLargeError{Size: m.Size(), Limit: max})
 	}
+	if obs := b.opts.Observer; obs != nil {
+		done := obs.Publish(ctx, operation(OpQuery, dest, "", be), []*Message{m})
+		reply, err := b.request(ctx, service, be, dest, m)
+		done(err)
+		return reply, err
+	}
+	return b.request(ctx, service, be, dest, m)
+}
+
+// request sends the query m to dest on be and waits for its reply.
+func (b *Bus) request(ctx context.Context, service string, be *backend, dest driver.Destination, m *Message) (*Message, error) {
 	var reply *Message
+	var err error
 	if be.rr != nil {
 		reply, err = be.rr.Request(ctx, dest, m)
 	} else {
@@ -102,11 +114,11 @@ func (c *consumer) answer(d *driver.Delivery) bool {
 	if d.Err != nil {
 		err = d.Err
 	} else {
-		err = safely(func() error {
+		err = c.observe(OpAnswer, req, nil, func(ctx context.Context) error {
 			var herr error
 			c.running.Add(1)
 			defer c.running.Add(-1)
-			reply, herr = c.reg.query.HandleQuery(c.handlerCx, req)
+			reply, herr = c.reg.query.HandleQuery(ctx, req)
 			return herr
 		})
 	}

@@ -1,0 +1,46 @@
+// Package telemetry observes an eventbus.Bus with OpenTelemetry: traces
+// and metrics (with a Prometheus exporter), slog records that carry message
+// and trace ids, and health reports of the bus's backends and the saga
+// store.
+//
+// # Use
+//
+//	obs, err := telemetry.New(&telemetry.Options{TracerProvider: tp, MeterProvider: mp})
+//	bus := eventbus.New(&eventbus.Options{Observer: obs})
+//	stop, err := obs.Watch(bus) // consumer lag, read at each collection
+//
+// Without an Observer the bus makes no call and no allocation for
+// telemetry; an Observer without providers does nothing but fill the
+// causation and correlation ids of the messages handlers publish.
+//
+// # Traces
+//
+// Publishing starts a producer span ("send <destination>") and writes its
+// W3C trace context into the message's traceparent and tracestate
+// attributes — the CloudEvents distributed-tracing extension, so consumers
+// on other CloudEvents SDKs continue the trace, and our consumers continue
+// theirs. Handling a message starts a consumer span ("process
+// <destination>") that is a child of, and linked to, the producer's span;
+// a batch handler's span starts a trace of its own with a link to each
+// message's producer. A query is a client span ("query <destination>") until
+// the reply and its handler a server span ("answer <destination>"). The
+// handler's context carries its span, so that whatever the handler starts
+// or publishes with that context nests under it. A saga driven by an
+// orchestrator on an observed bus is one trace: its commands are published
+// from the handler of the previous step's reply.
+//
+// # Metrics
+//
+// See the Metric* constants. Labels are bounded: system, operation,
+// destination, consumer group, backend, message type and error type —
+// never message ids or data. The counts agree with eventbus.Bus.Stats:
+// consumed-minus-failed is Stats.Handled, dead_lettered is
+// Stats.DeadLettered, dropped is Stats.Dropped.
+//
+// # Logs and health
+//
+// LogHandler adds trace and message ids to slog records logged with a
+// handler's context; Options.Logger receives handler failures, dead letters
+// and drops with the same ids. Health serves readiness and liveness of each
+// backend (driver.Pinger) and of further checks such as SagaStoreCheck.
+package telemetry
