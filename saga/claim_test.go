@@ -53,7 +53,10 @@ func TestDeadHolderCompensation(t *testing.T) {
 		deadHolder(t, store, "payment", "d2", "payment", time.Now().Add(1500*time.Millisecond))
 		def := orderDefinition(200*time.Millisecond, saga.Retry{Attempts: 2})
 		def.CompensationRetry = saga.Retry{Attempts: 30, Backoff: 100 * time.Millisecond}
-		w := newWorld(t, store, worldOptions{def: def, part: &saga.ParticipantOptions{Claim: time.Second}})
+		// The step's commands find no handler: redelivered once the dead
+		// claim expired, they would race the compensation for the record,
+		// and either winner is correct.
+		w := newWorld(t, store, worldOptions{def: def, part: &saga.ParticipantOptions{Claim: time.Second}, skip: map[string]bool{"payment.charge": true}})
 		var uncertain atomic.Bool
 		w.hooks.set("payment.refund", func(req *saga.Request) error {
 			uncertain.Store(req.Uncertain && req.Reply == nil)

@@ -19,7 +19,8 @@ type Definition struct {
 	// definition gets a new version while the old one stays registered
 	// until no instance runs it.
 	Version int
-	// Steps run in order; the saga completes when the last one succeeds.
+	// Steps run in order, except that adjacent steps with the same Group
+	// run at once; the saga completes when the last one succeeds.
 	Steps []Step
 	// Timeout bounds the whole forward run: when it passes before the last
 	// step succeeded, the saga compensates. Zero means no saga timeout.
@@ -66,12 +67,27 @@ func (k StepKind) String() string {
 }
 
 // Step is one command to a participant service and the command that undoes
-// it.
+// it, or, with Event set, a wait for an event.
 type Step struct {
 	// Name is unique within the definition; it may not contain '/'.
 	Name string
 	// Kind is Compensable (default), Pivot or Retriable.
 	Kind StepKind
+	// Group makes adjacent steps with the same non-empty Group a parallel
+	// group: they start together (each with its own timeout and retries),
+	// and the saga moves on when every one of them succeeded. When one
+	// fails, the others are interrupted and every step of the group that
+	// took effect, or may have, is compensated — at once, then the groups
+	// before it in reverse order. A group holds compensable steps only.
+	Group string
+	// Event makes the step wait for an event of this type whose
+	// CorrelationID is the saga's id, instead of sending a command: the
+	// event's data becomes the step's reply. Timeout bounds the wait (it
+	// is persisted, and fires after a restart too); when it passes, the
+	// step fails and the saga compensates. An event that arrives before
+	// the saga reached the step is kept for it. A wait step has no Service,
+	// Command, Compensation or Retry, and may not be retriable.
+	Event string
 	// Service is the participant service the commands are sent to.
 	Service string
 	// Command is the message type of the step's command.
@@ -81,7 +97,8 @@ type Step struct {
 	// or pivot) needs one; pivot and retriable steps have none.
 	Compensation string
 	// Timeout is how long the orchestrator waits for a reply to each attempt
-	// (and to each compensation attempt). Required.
+	// (and to each compensation attempt), or for the event of a wait step.
+	// Required.
 	Timeout time.Duration
 	// Retry says how often the step is attempted when the participant
 	// reports a transient failure or does not reply in time.
@@ -187,6 +204,8 @@ func (d *Definition) Validate() error {
 		bad("", "negative compensation retry")
 	}
 	seen := map[string]bool{}
+	groups := map[string]bool{}
+	awaited := map[string]bool{}
 	pivots := 0
 	for i, s := range d.Steps {
 		name := s.Name
@@ -200,18 +219,46 @@ func (d *Definition) Validate() error {
 			bad(name, "duplicate step name")
 		}
 		seen[s.Name] = true
-		if s.Service == "" {
-			bad(name, "no service")
+		if s.Event != "" {
+			if s.Service != "" || s.Command != "" || s.Compensation != "" {
+				bad(name, "a wait step (Event %q) has no service, command or compensation", s.Event)
+			}
+			if s.Retry != (Retry{}) {
+				bad(name, "a wait step has no retry: its Timeout is the wait")
+			}
+			if s.Kind == Retriable {
+				bad(name, "a wait step cannot be retriable")
+			}
+			if awaited[s.Event] {
+				bad(name, "a second step waits for event %q", s.Event)
+			}
+			awaited[s.Event] = true
+		} else {
+			if s.Service == "" {
+				bad(name, "no service")
+			}
+			if s.Command == "" {
+				bad(name, "no command type")
+			}
 		}
-		if s.Command == "" {
-			bad(name, "no command type")
+		if s.Group != "" {
+			if groups[s.Group] && d.Steps[i-1].Group != s.Group {
+				bad(name, "the steps of group %q are not adjacent", s.Group)
+			}
+			groups[s.Group] = true
+			if s.Kind != Compensable {
+				bad(name, "a %v step in parallel group %q (groups hold compensable steps only)", s.Kind, s.Group)
+			}
 		}
+		lo, hi := d.group(i)
 		switch {
 		case s.Kind < Compensable || s.Kind > Retriable:
 			bad(name, "unknown kind %v", s.Kind)
 		case s.Kind != Compensable && s.Compensation != "":
 			bad(name, "a %v step has no compensation", s.Kind)
-		case s.Kind == Compensable && s.Compensation == "" && d.canFailAfter(i):
+		case s.Kind == Compensable && s.Event == "" && s.Compensation == "" && hi-lo > 1:
+			bad(name, "no compensation command (required on a step of a parallel group)")
+		case s.Kind == Compensable && s.Event == "" && s.Compensation == "" && d.canFailAfter(i):
 			bad(name, "no compensation command (required on a compensable step followed by one that can fail)")
 		}
 		if s.Kind == Pivot {
@@ -240,6 +287,34 @@ func (d *Definition) canFailAfter(i int) bool {
 		}
 	}
 	return false
+}
+
+// group returns the bounds [lo, hi) of the parallel group of step i; a step
+// without Group is a group of its own.
+func (d *Definition) group(i int) (lo, hi int) {
+	lo, hi = i, i+1
+	g := d.Steps[i].Group
+	if g == "" {
+		return lo, hi
+	}
+	for lo > 0 && d.Steps[lo-1].Group == g {
+		lo--
+	}
+	for hi < len(d.Steps) && d.Steps[hi].Group == g {
+		hi++
+	}
+	return lo, hi
+}
+
+// events returns the event types the definition's wait steps wait for.
+func (d *Definition) events() []string {
+	var out []string
+	for _, s := range d.Steps {
+		if s.Event != "" {
+			out = append(out, s.Event)
+		}
+	}
+	return out
 }
 
 func (d *Definition) withDefaults() *Definition {

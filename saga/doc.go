@@ -7,7 +7,9 @@
 //   - A [Definition] names the saga, its version and its [Step]s: service,
 //     command type, compensation type, timeout, retry policy and an optional
 //     Input function that builds the step's payload from the saga's data and
-//     earlier replies. [Definition.Validate] reports every problem at once.
+//     earlier replies — or, for a step that waits for an event, the event's
+//     type. Adjacent steps with the same Step.Group run in parallel.
+//     [Definition.Validate] reports every problem at once.
 //   - An [Orchestrator] (one or several instances sharing a [Store]) starts
 //     sagas, sends their commands with Bus.SendCommand, applies the replies
 //     and fires deadlines. It is also the manager API: Start, Get, List,
@@ -20,9 +22,12 @@
 //
 // # State machine
 //
-// A saga is Running while its steps run in order, one at a time. A step that
-// replies OK completes and the next starts; the last one completes the saga
-// (Completed). A transient failure or an unanswered attempt (Step.Timeout) is
+// A saga is Running while its steps run in order, one group at a time: a
+// group is one step, or adjacent steps with the same Step.Group (a parallel
+// group), which start together. When every step of the group replied OK the
+// next group starts; the last one completes the saga (Completed). Each step
+// has its own attempts, timeout and backoff, persisted in its StepStatus;
+// Instance.Deadline is the earliest of them. A transient failure or an unanswered attempt (Step.Timeout) is
 // retried after Step.Retry's backoff until its attempts are spent. A
 // definitive failure, spent retries, the saga's own Definition.Timeout or
 // Cancel switch the saga to Compensating: the compensations of the steps
@@ -30,8 +35,31 @@
 // unanswered may have taken effect, so it is compensated too. Compensations
 // are retried (Definition.CompensationRetry) until they succeed — the saga is
 // then Compensated — or the attempts are spent: the saga is then Failed,
-// needs attention, and Retry resumes its compensation. Nothing is dropped
-// silently.
+// needs attention, and Retry resumes its compensation. In a parallel group,
+// a compensation that gave up waits for its siblings' compensations to end
+// before the saga is Failed, and Retry resumes every one that gave up.
+// Nothing is dropped silently.
+//
+// # Waiting for an event
+//
+// A step with Step.Event set sends no command: it waits for an event of
+// that type whose CorrelationID is the saga's id (a webhook, a human
+// approval, another service's outcome), and the event's data becomes its
+// reply. Register subscribes the orchestrator to the types its wait steps
+// wait for, in the durable event group named Options.Service, so the
+// orchestrator instances of a store share them and an event published
+// while none runs is kept where the backend is durable. The wait is bounded
+// by Step.Timeout, persisted as the step's deadline like any other: it
+// fires in whatever orchestrator instance runs when it passes, after a
+// restart too, and fails the step, so the saga compensates. An event that
+// arrives while the saga is still before its wait step is kept in the
+// instance (Instance.Received) and completes the step as soon as it begins;
+// an event for a step that finished, for a saga that is not running, or
+// with a CorrelationID that names no saga is acknowledged and dropped. An
+// event is applied at most once per saga: the first wins. Wait steps may
+// be parallel with commands or other waits; they have nothing to
+// compensate. Event data that is not JSON is kept as a JSON string
+// (base64).
 //
 // # Compensable, pivot and retriable steps
 //

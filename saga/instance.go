@@ -2,6 +2,7 @@ package saga
 
 import (
 	"encoding/json"
+	"maps"
 	"time"
 )
 
@@ -12,7 +13,8 @@ type State string
 // orchestrator drives them. The others are final, except that Retry moves a
 // Failed saga back to Compensating.
 const (
-	// Running: steps are being executed in order.
+	// Running: steps are being executed in order (a parallel group's
+	// steps at once).
 	Running State = "running"
 	// Compensating: a step failed for good, timed out or the saga was
 	// cancelled; completed steps are being undone in reverse order.
@@ -56,20 +58,16 @@ type Instance struct {
 	// Steps has one entry per step of the definition, in order.
 	Steps []StepStatus
 	// Current is the index of the step being executed (Running) or
-	// compensated (Compensating, Failed).
+	// compensated (Compensating, Failed); for a parallel group, of the
+	// group's first step. Each step's attempts and deadline are in its
+	// StepStatus.
 	Current int
-	// Attempt is the current attempt of that step's command (or
-	// compensation).
-	Attempt int
-	// AttemptBase is the number of attempts made before Retry resumed the
-	// saga; the retry policy counts from it.
-	AttemptBase int `json:",omitempty"`
-	// Waiting is true while the orchestrator waits out a retry backoff
-	// rather than a reply.
-	Waiting bool
-	// Deadline is when the current attempt times out, or when the next
-	// attempt is due while Waiting.
+	// Deadline is the earliest deadline of the active steps: when an
+	// attempt times out, a retry is due or a wait for an event ends.
 	Deadline time.Time
+	// Received holds, by type, the events that arrived for wait steps the
+	// saga had not reached yet.
+	Received map[string]json.RawMessage `json:",omitempty"`
 	// SagaDeadline is when the forward run times out (Definition.Timeout);
 	// zero without one.
 	SagaDeadline time.Time
@@ -102,6 +100,19 @@ type StepStatus struct {
 	// Attempts and CompensationAttempts count the commands sent.
 	Attempts             int `json:",omitempty"`
 	CompensationAttempts int `json:",omitempty"`
+	// Attempt is the number of the step's current command (or
+	// compensation) attempt; command ids carry it.
+	Attempt int `json:",omitempty"`
+	// AttemptBase is the number of attempts made before Retry resumed the
+	// step's compensation; the retry policy counts from it.
+	AttemptBase int `json:",omitempty"`
+	// Waiting is true while the step waits out a retry backoff rather
+	// than a reply.
+	Waiting bool `json:",omitempty"`
+	// Deadline is, while the step runs or compensates, when its current
+	// attempt (or its wait for an event) times out, or when its next
+	// attempt is due while Waiting.
+	Deadline time.Time `json:",omitzero"`
 	// Input is the payload sent with the step's commands.
 	Input json.RawMessage `json:",omitempty"`
 	// Reply is the participant's reply.
@@ -154,5 +165,8 @@ func (in *Instance) clone() *Instance {
 	c.Steps = append([]StepStatus(nil), in.Steps...)
 	c.History = append([]Event(nil), in.History...)
 	c.Outbox = append([]Outgoing(nil), in.Outbox...)
+	if in.Received != nil {
+		c.Received = maps.Clone(in.Received)
+	}
 	return &c
 }

@@ -57,14 +57,32 @@ func (m *machine) event(kind string, step int, errMsg string) {
 	m.in.Outbox = append(m.in.Outbox, Outgoing{Kind: kind, Step: step, Attempt: len(m.in.History), Error: errMsg})
 }
 
-func (m *machine) send(action string, step, attempt int) {
+func (m *machine) send(action string, i, attempt int) {
+	st := &m.in.Steps[i]
 	if attempt == 1 {
-		m.in.AttemptBase = 0
+		st.AttemptBase = 0
 	}
-	m.in.Current, m.in.Attempt, m.in.Waiting = step, attempt, false
-	m.in.Deadline = m.now.Add(m.def.Steps[step].Timeout)
-	m.record("step."+action+".sent", m.in.Steps[step].Name, attempt, "")
-	m.in.Outbox = append(m.in.Outbox, Outgoing{Kind: action, Step: step, Attempt: attempt})
+	st.Attempt, st.Waiting = attempt, false
+	st.Deadline = m.now.Add(m.def.Steps[i].Timeout)
+	m.record("step."+action+".sent", st.Name, attempt, "")
+	m.in.Outbox = append(m.in.Outbox, Outgoing{Kind: action, Step: i, Attempt: attempt})
+}
+
+// settle sets the instance's Deadline to the earliest deadline of its active
+// steps, after a transition.
+func (m *machine) settle() {
+	in := m.in
+	in.Deadline = time.Time{}
+	for i := range in.Steps {
+		st := &in.Steps[i]
+		if st.State != StepRunning && st.State != StepCompensating || !in.State.Active() {
+			st.Deadline, st.Waiting = time.Time{}, false
+			continue
+		}
+		if !st.Deadline.IsZero() && (in.Deadline.IsZero() || st.Deadline.Before(in.Deadline)) {
+			in.Deadline = st.Deadline
+		}
+	}
 }
 
 // start initializes a new instance and sends its first step.
@@ -79,32 +97,76 @@ func (m *machine) start() {
 		in.SagaDeadline = m.now.Add(m.def.Timeout)
 	}
 	m.event(EventStarted, -1, "")
-	m.beginStep(0)
+	m.beginGroup(0)
 }
 
-func (m *machine) beginStep(i int) {
+// beginGroup starts the steps of the group that begins with step i (one
+// step, or a parallel group), or completes the saga after its last step.
+func (m *machine) beginGroup(i int) {
 	in := m.in
 	if i == len(in.Steps) {
-		in.State, in.Deadline, in.Waiting = Completed, time.Time{}, false
+		in.State = Completed
 		m.event(EventCompleted, -1, "")
 		return
 	}
-	st := &in.Steps[i]
-	in.Current = i
-	st.Started = m.now
-	payload, err := m.input(i)
-	if err != nil {
-		st.State, st.Error, st.Finished = StepFailed, err.Error(), m.now
-		m.event(EventStepFailed, i, st.Error)
-		m.compensate(fmt.Sprintf("step %s: %v", st.Name, err))
-		return
+	lo, hi := m.def.group(i)
+	in.Current = lo
+	// Every input is computed before any command goes out: a step whose
+	// input fails fails the group before its siblings start.
+	payloads := make([]json.RawMessage, hi-lo)
+	for j := lo; j < hi; j++ {
+		if m.def.Steps[j].Event != "" {
+			continue
+		}
+		payload, err := m.input(j)
+		if err != nil {
+			st := &in.Steps[j]
+			st.Started, st.State, st.Error, st.Finished = m.now, StepFailed, err.Error(), m.now
+			m.event(EventStepFailed, j, st.Error)
+			m.compensate(fmt.Sprintf("step %s: %v", st.Name, err))
+			return
+		}
+		payloads[j-lo] = payload
 	}
-	st.Input, st.State, st.Attempts = payload, StepRunning, 1
-	if m.def.Steps[i].Kind == Retriable && !in.SagaDeadline.IsZero() {
+	if m.def.Steps[lo].Kind == Retriable && !in.SagaDeadline.IsZero() {
 		// Past the point of no return: the saga can only go forward.
 		in.SagaDeadline = time.Time{}
 	}
-	m.send(actionDo, i, 1)
+	for j := lo; j < hi; j++ {
+		st := &in.Steps[j]
+		st.Started, st.State = m.now, StepRunning
+		if ev := m.def.Steps[j].Event; ev != "" {
+			st.Deadline = m.now.Add(m.def.Steps[j].Timeout)
+			m.record("step.wait", st.Name, 0, ev)
+			continue
+		}
+		st.Input, st.Attempts = payloads[j-lo], 1
+		m.send(actionDo, j, 1)
+	}
+	// Events that arrived before the saga reached its wait steps.
+	for j := lo; j < hi; j++ {
+		ev := m.def.Steps[j].Event
+		if data, ok := in.Received[ev]; ok && ev != "" && in.Steps[j].State == StepRunning {
+			delete(in.Received, ev)
+			m.stepDone(j, data)
+		}
+	}
+}
+
+// stepDone completes step i with its reply, and starts the next group once
+// every step of i's group completed.
+func (m *machine) stepDone(i int, reply json.RawMessage) {
+	in := m.in
+	st := &in.Steps[i]
+	st.State, st.Reply, st.Error, st.Finished = StepCompleted, reply, "", m.now
+	m.event(EventStepCompleted, i, "")
+	lo, hi := m.def.group(i)
+	for j := lo; j < hi; j++ {
+		if in.Steps[j].State != StepCompleted {
+			return
+		}
+	}
+	m.beginGroup(hi)
 }
 
 // forwardOnly reports whether the saga is past its point of no return: its
@@ -119,7 +181,8 @@ func (m *machine) input(i int) (payload json.RawMessage, err error) {
 		return m.in.Data, nil
 	}
 	in := Input{SagaID: m.in.ID, Data: m.in.Data, Replies: map[string]json.RawMessage{}}
-	for _, st := range m.in.Steps[:i] {
+	lo, _ := m.def.group(i)
+	for _, st := range m.in.Steps[:lo] {
 		if st.State == StepCompleted {
 			in.Replies[st.Name] = st.Reply
 		}
@@ -145,11 +208,11 @@ func (m *machine) input(i int) (payload json.RawMessage, err error) {
 func (m *machine) onReply(r *reply) bool {
 	in := m.in
 	i := m.def.stepIndex(r.Step)
-	if i < 0 || in.Current != i {
+	if i < 0 || m.def.Steps[i].Event != "" {
 		return false
 	}
 	st := &in.Steps[i]
-	current := r.Attempt == in.Attempt && !in.Waiting
+	current := r.Attempt == st.Attempt && !st.Waiting
 	switch r.Action {
 	case actionDo:
 		if in.State != Running || st.State != StepRunning {
@@ -157,9 +220,7 @@ func (m *machine) onReply(r *reply) bool {
 		}
 		switch r.Outcome {
 		case OutcomeOK:
-			st.State, st.Reply, st.Error, st.Finished = StepCompleted, r.Data, "", m.now
-			m.event(EventStepCompleted, i, "")
-			m.beginStep(i + 1)
+			m.stepDone(i, r.Data)
 		case OutcomeFailed:
 			if m.forwardOnly() {
 				if !current {
@@ -167,7 +228,7 @@ func (m *machine) onReply(r *reply) bool {
 				}
 				m.record("step.do.retry", st.Name, r.Attempt, r.Error)
 				st.Error = r.Error
-				m.retryOrFail(m.def.Steps[i].Retry, r.Error)
+				m.retryOrFail(i, m.def.Steps[i].Retry, r.Error)
 				break
 			}
 			st.State, st.Error, st.Finished = StepFailed, r.Error, m.now
@@ -179,7 +240,7 @@ func (m *machine) onReply(r *reply) bool {
 			}
 			m.record("step.do.retry", st.Name, r.Attempt, r.Error)
 			st.Error = r.Error
-			m.retryOrFail(m.def.Steps[i].Retry, r.Error)
+			m.retryOrFail(i, m.def.Steps[i].Retry, r.Error)
 		}
 	case actionUndo:
 		if in.State != Compensating || st.State != StepCompensating {
@@ -188,7 +249,7 @@ func (m *machine) onReply(r *reply) bool {
 		if r.Outcome == OutcomeOK {
 			st.State, st.Error, st.Finished = StepCompensated, "", m.now
 			m.event(EventStepCompensated, i, "")
-			m.nextCompensation(i - 1)
+			m.groupCompensated(i)
 			return true
 		}
 		if !current {
@@ -196,76 +257,149 @@ func (m *machine) onReply(r *reply) bool {
 		}
 		m.record("step.undo.retry", st.Name, r.Attempt, r.Error)
 		st.Error = r.Error
-		m.retryOrFail(m.def.CompensationRetry, r.Error)
+		m.retryOrFail(i, m.def.CompensationRetry, r.Error)
 	default:
 		return false
 	}
 	return true
 }
 
-// retryOrFail handles a failed attempt of the current command: wait and try
-// again while the policy allows, otherwise fail the step (forward) or the
-// saga (compensation).
-func (m *machine) retryOrFail(p Retry, errMsg string) {
+// onEvent applies an event of type typ correlated to the saga: it completes
+// the wait step for it, or keeps it for a wait step not reached yet. It
+// reports false for an event that changes nothing.
+func (m *machine) onEvent(typ string, data json.RawMessage) bool {
 	in := m.in
-	st := &in.Steps[in.Current]
-	if m.triesLeft(p) {
-		in.Waiting = true
-		in.Deadline = m.now.Add(p.delay(in.Attempt - in.AttemptBase))
+	if in.State != Running {
+		return false
+	}
+	for i, s := range m.def.Steps {
+		if s.Event != typ {
+			continue
+		}
+		st := &in.Steps[i]
+		switch st.State {
+		case StepRunning:
+			m.record("event.received", st.Name, 0, "")
+			m.stepDone(i, data)
+			return true
+		case StepPending:
+			if _, ok := in.Received[typ]; ok {
+				return false
+			}
+			if in.Received == nil {
+				in.Received = map[string]json.RawMessage{}
+			}
+			in.Received[typ] = data
+			m.record("event.received", st.Name, 0, "before the step began")
+			return true
+		}
+		return false
+	}
+	return false
+}
+
+// retryOrFail handles a failed attempt of step i's current command: wait
+// and try again while the policy allows, otherwise fail the step (forward)
+// or its compensation.
+func (m *machine) retryOrFail(i int, p Retry, errMsg string) {
+	in := m.in
+	st := &in.Steps[i]
+	if m.triesLeft(i, p) {
+		st.Waiting = true
+		st.Deadline = m.now.Add(p.delay(st.Attempt - st.AttemptBase))
 		return
 	}
 	if in.State == Running {
 		st.State, st.Finished = StepFailed, m.now
-		msg := fmt.Sprintf("gave up after %d attempts: %s", in.Attempt-in.AttemptBase, errMsg)
-		m.event(EventStepFailed, in.Current, msg)
+		msg := fmt.Sprintf("gave up after %d attempts: %s", st.Attempt-st.AttemptBase, errMsg)
+		m.event(EventStepFailed, i, msg)
 		m.compensate(fmt.Sprintf("step %s %s", st.Name, msg))
 		return
 	}
 	st.State = StepCompensationFailed
-	in.State, in.Deadline, in.Waiting = Failed, time.Time{}, false
-	in.Error = fmt.Sprintf("compensation of step %s gave up after %d attempts: %s", st.Name, in.Attempt-in.AttemptBase, errMsg)
-	m.event(EventFailed, in.Current, in.Error)
+	st.Error = fmt.Sprintf("compensation gave up after %d attempts: %s", st.Attempt-st.AttemptBase, errMsg)
+	in.Error = fmt.Sprintf("compensation of step %s gave up after %d attempts: %s", st.Name, st.Attempt-st.AttemptBase, errMsg)
+	m.groupCompensated(i)
 }
 
-// compensate starts undoing, from the current step backwards.
+// compensate starts undoing, from the current group backwards.
 func (m *machine) compensate(reason string) {
 	in := m.in
-	st := &in.Steps[in.Current]
-	if st.State == StepRunning {
-		// Interrupted while the command may be running: it may take
+	lo, hi := m.def.group(in.Current)
+	for j := lo; j < hi; j++ {
+		st := &in.Steps[j]
+		if st.State != StepRunning {
+			continue
+		}
+		// Interrupted while its command may be running: it may take
 		// effect, so it is undone too (participants turn an undo that
-		// overtakes its command into a no-op that also blocks the command).
-		if !in.Waiting {
+		// overtakes its command into a no-op that also blocks the
+		// command). A step waiting for an event has nothing to undo.
+		if !st.Waiting && m.def.Steps[j].Event == "" {
 			st.Uncertain = true
 		}
 		st.State, st.Error, st.Finished = StepFailed, reason, m.now
 	}
-	in.State, in.Reason, in.Waiting = Compensating, reason, false
+	in.State, in.Reason = Compensating, reason
 	m.event(EventCompensating, -1, reason)
-	m.nextCompensation(in.Current)
+	m.nextCompensation(hi - 1)
 }
 
-func (m *machine) nextCompensation(from int) {
+// nextCompensation sends the compensations of the group that ends with
+// step last, at once, or of the first group before it that has any; with
+// none left, the saga is Compensated.
+func (m *machine) nextCompensation(last int) {
 	in := m.in
-	for j := from; j >= 0; j-- {
-		st := &in.Steps[j]
-		if st.State != StepCompleted && !(st.State == StepFailed && st.Uncertain) {
-			continue
+	for last >= 0 {
+		lo, _ := m.def.group(last)
+		sent := false
+		for j := last; j >= lo; j-- {
+			st := &in.Steps[j]
+			if st.State != StepCompleted && !(st.State == StepFailed && st.Uncertain) {
+				continue
+			}
+			if m.def.Steps[j].Compensation == "" {
+				m.record("step.undo.skipped", st.Name, 0, "no compensation defined")
+				continue
+			}
+			st.State, st.CompensationAttempts, st.Error = StepCompensating, 1, ""
+			m.send(actionUndo, j, 1)
+			sent = true
 		}
-		if m.def.Steps[j].Compensation == "" {
-			m.record("step.undo.skipped", st.Name, 0, "no compensation defined")
-			continue
+		if sent {
+			in.Current = lo
+			return
 		}
-		st.State, st.CompensationAttempts, st.Error = StepCompensating, 1, ""
-		m.send(actionUndo, j, 1)
-		return
+		last = lo - 1
 	}
-	in.State, in.Deadline, in.Waiting = Compensated, time.Time{}, false
+	in.State = Compensated
 	m.event(EventCompensated, -1, in.Reason)
 }
 
-// onDue handles deadlines that passed: the saga's, a retry backoff that
-// ended, an attempt that went unanswered.
+// groupCompensated goes on once no compensation of step i's group is in
+// flight: with the previous group, or to Failed when one gave up.
+func (m *machine) groupCompensated(i int) {
+	in := m.in
+	lo, hi := m.def.group(i)
+	gaveUp := -1
+	for j := lo; j < hi; j++ {
+		switch in.Steps[j].State {
+		case StepCompensating:
+			return
+		case StepCompensationFailed:
+			gaveUp = j
+		}
+	}
+	if gaveUp >= 0 {
+		in.State, in.Current = Failed, lo
+		m.event(EventFailed, gaveUp, in.Error)
+		return
+	}
+	m.nextCompensation(lo - 1)
+}
+
+// onDue handles deadlines that passed: the saga's, retry backoffs that
+// ended, attempts that went unanswered, waits for events that ended.
 func (m *machine) onDue() bool {
 	in := m.in
 	if !in.State.Active() {
@@ -275,46 +409,67 @@ func (m *machine) onDue() bool {
 		m.compensate("saga timed out")
 		return true
 	}
-	if in.Deadline.IsZero() || m.now.Before(in.Deadline) {
-		return false
+	changed := false
+	for i := range in.Steps {
+		st := &in.Steps[i]
+		// An earlier step's deadline may have changed this one's state.
+		if !in.State.Active() || st.Deadline.IsZero() || m.now.Before(st.Deadline) ||
+			(st.State != StepRunning && st.State != StepCompensating) {
+			continue
+		}
+		changed = true
+		m.stepDue(i)
 	}
-	st := &in.Steps[in.Current]
+	return changed
+}
+
+// stepDue handles step i's passed deadline.
+func (m *machine) stepDue(i int) {
+	st := &m.in.Steps[i]
 	action := actionDo
-	if in.State == Compensating {
+	if st.State == StepCompensating {
 		action = actionUndo
 	}
-	if in.Waiting {
-		m.bump(st, action)
-		return true
+	if st.Waiting {
+		m.bump(i, action)
+		return
 	}
-	m.record("step."+action+".timeout", st.Name, in.Attempt, "")
+	if ev := m.def.Steps[i].Event; ev != "" {
+		msg := fmt.Sprintf("no %s event within %v", ev, m.def.Steps[i].Timeout)
+		st.State, st.Error, st.Finished = StepFailed, msg, m.now
+		m.event(EventStepFailed, i, msg)
+		m.compensate(fmt.Sprintf("step %s: %s", st.Name, msg))
+		return
+	}
+	m.record("step."+action+".timeout", st.Name, st.Attempt, "")
 	if action == actionDo {
 		st.Uncertain = true
-		if m.triesLeft(m.def.Steps[in.Current].Retry) {
-			m.bump(st, action)
-			return true
+		if m.triesLeft(i, m.def.Steps[i].Retry) {
+			m.bump(i, action)
+			return
 		}
-		m.retryOrFail(m.def.Steps[in.Current].Retry, "timed out")
-		return true
+		m.retryOrFail(i, m.def.Steps[i].Retry, "timed out")
+		return
 	}
-	m.retryOrFail(m.def.CompensationRetry, "timed out")
-	return true
+	m.retryOrFail(i, m.def.CompensationRetry, "timed out")
 }
 
-// triesLeft reports whether policy p allows another attempt of the current
-// command; a retriable step always has one.
-func (m *machine) triesLeft(p Retry) bool {
-	return m.forwardOnly() || m.in.Attempt-m.in.AttemptBase < p.attempts()
+// triesLeft reports whether policy p allows another attempt of step i's
+// current command; a retriable step always has one.
+func (m *machine) triesLeft(i int, p Retry) bool {
+	st := &m.in.Steps[i]
+	return m.forwardOnly() || st.Attempt-st.AttemptBase < p.attempts()
 }
 
-// bump sends the next attempt of the current command.
-func (m *machine) bump(st *StepStatus, action string) {
+// bump sends the next attempt of step i's current command.
+func (m *machine) bump(i int, action string) {
+	st := &m.in.Steps[i]
 	if action == actionDo {
 		st.Attempts++
 	} else {
 		st.CompensationAttempts++
 	}
-	m.send(action, m.in.Current, m.in.Attempt+1)
+	m.send(action, i, st.Attempt+1)
 }
 
 func (m *machine) cancel() bool {
@@ -326,17 +481,24 @@ func (m *machine) cancel() bool {
 	return true
 }
 
-// retry resumes compensating a Failed saga at the step whose compensation
+// retry resumes compensating a Failed saga at the steps whose compensation
 // gave up, with a fresh budget of attempts.
 func (m *machine) retry() {
 	in := m.in
-	st := &in.Steps[in.Current]
 	in.State, in.Error = Compensating, ""
-	st.State = StepCompensating
-	st.CompensationAttempts++
-	m.record("retry", st.Name, 0, "")
-	// Attempt numbers go on, so that the commands' ids stay unique; the
-	// budget starts afresh.
-	m.send(actionUndo, in.Current, in.Attempt+1)
-	in.AttemptBase = in.Attempt - 1
+	lo, hi := m.def.group(in.Current)
+	for j := lo; j < hi; j++ {
+		st := &in.Steps[j]
+		if st.State != StepCompensationFailed {
+			continue
+		}
+		st.State, st.Error = StepCompensating, ""
+		st.CompensationAttempts++
+		m.record("retry", st.Name, 0, "")
+		// Attempt numbers go on, so that the commands' ids stay unique;
+		// the budget starts afresh.
+		base := st.Attempt
+		m.send(actionUndo, j, st.Attempt+1)
+		st.AttemptBase = base
+	}
 }

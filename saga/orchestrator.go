@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -95,8 +96,9 @@ type Options struct {
 // every transition in its Store before sending what the transition sends.
 // It is also the manager API: Start, Get, List, Cancel and Retry.
 //
-// Create it with NewOrchestrator before the bus starts (it registers the
-// reply handler), register definitions, start the bus, then keep Run running.
+// Create it with NewOrchestrator (it registers the reply handler), register
+// definitions (a definition with wait steps subscribes to their events),
+// start the bus, then keep Run running.
 // Its methods are safe for concurrent use.
 type Orchestrator struct {
 	bus   *eventbus.Bus
@@ -107,6 +109,9 @@ type Orchestrator struct {
 	mu     sync.RWMutex
 	defs   map[defKey]*Definition
 	latest map[string]int // name → highest version registered
+
+	subMu  sync.Mutex
+	events map[string]bool // event types subscribed to for wait steps
 
 	running    atomic.Bool
 	cache      instanceCache
@@ -182,10 +187,43 @@ func (o *Orchestrator) Register(defs ...Definition) error {
 		}
 		seen[k] = true
 	}
+	if err := o.subscribeEvents(defs); err != nil {
+		return err
+	}
 	for i := range defs {
 		d := defs[i].withDefaults()
 		o.defs[defKey{d.Name, d.Version}] = d
 		o.latest[d.Name] = max(o.latest[d.Name], d.Version)
+	}
+	return nil
+}
+
+// subscribeEvents subscribes to the event types the wait steps of defs wait
+// for, in the durable group Options.Service, unless done already.
+func (o *Orchestrator) subscribeEvents(defs []Definition) error {
+	o.subMu.Lock()
+	defer o.subMu.Unlock()
+	var types []string
+	for i := range defs {
+		for _, t := range defs[i].events() {
+			if !o.events[t] && !slices.Contains(types, t) {
+				types = append(types, t)
+			}
+		}
+	}
+	if len(types) == 0 {
+		return nil
+	}
+	h := eventbus.HandlerFunc(o.handleEvent)
+	if _, err := o.bus.SubscribeEvents(context.Background(), types, o.opts.Service, h,
+		eventbus.WithConcurrency(o.opts.Concurrency), eventbus.WithRetry(commandRetry)); err != nil {
+		return fmt.Errorf("saga: subscribe to %v: %w", types, err)
+	}
+	if o.events == nil {
+		o.events = map[string]bool{}
+	}
+	for _, t := range types {
+		o.events[t] = true
 	}
 	return nil
 }
@@ -265,7 +303,9 @@ func (o *Orchestrator) Start(ctx context.Context, name string, data any, opts ..
 	now := time.Now()
 	in := &Instance{ID: so.id, Name: name, DefinitionVersion: def.Version, Data: raw, Created: now, Updated: now, Version: 1,
 		Owner: o.opts.Instance, LeaseUntil: now.Add(o.opts.Lease)}
-	(&machine{def: def, in: in, now: now}).start()
+	m := &machine{def: def, in: in, now: now}
+	m.start()
+	m.settle()
 	if err := o.store.Create(ctx, in); err != nil {
 		return "", fmt.Errorf("saga: start %s: %w", name, err)
 	}
@@ -456,6 +496,7 @@ func (o *Orchestrator) apply(ctx context.Context, id string, cached bool, fn fun
 		if err != nil || !changed {
 			return cur, err
 		}
+		m.settle()
 		next.Version = cur.Version + 1
 		next.Updated = now
 		next.Owner, next.LeaseUntil = o.opts.Instance, now.Add(o.opts.Lease)
@@ -625,6 +666,33 @@ func (o *Orchestrator) handleReply(ctx context.Context, m *eventbus.Message) err
 	})
 	if errors.Is(err, ErrNotFound) {
 		o.log.Warn("saga: reply for unknown saga", "saga", r.SagaID)
+		return nil
+	}
+	return err
+}
+
+// handleEvent applies an event a wait step may be waiting for; its
+// CorrelationID names the saga. Events of other sagas and of no saga are
+// acknowledged and dropped.
+func (o *Orchestrator) handleEvent(ctx context.Context, m *eventbus.Message) error {
+	if m.CorrelationID == "" {
+		return nil
+	}
+	data := json.RawMessage(m.Data)
+	if len(data) == 0 {
+		data = json.RawMessage("null")
+	} else if !json.Valid(data) {
+		// Kept as a JSON string (base64), so that the instance stays JSON.
+		b, err := json.Marshal(m.Data)
+		if err != nil {
+			return eventbus.Permanent(fmt.Errorf("saga: event %s: %w", m.ID, err))
+		}
+		data = b
+	}
+	_, err := o.apply(ctx, m.CorrelationID, true, func(mc *machine) (bool, error) {
+		return mc.onEvent(m.Type, data), nil
+	})
+	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
 	return err

@@ -61,7 +61,7 @@ func TestRestartResumes(t *testing.T) {
 		orcB, _ := w.orchestratorOn(store, def, &saga.Options{Instance: "B", PollInterval: 20 * time.Millisecond, Lease: 300 * time.Millisecond}, false)
 		w.run(orcB)
 		w.orc = orcB
-		waitFor(t, orcB, "r1", func(in *saga.Instance) bool { return in.Attempt == 2 })
+		waitFor(t, orcB, "r1", func(in *saga.Instance) bool { return in.Steps[in.Current].Attempt == 2 })
 		close(gate)
 		in := w.wait("r1")
 		if in.State != saga.Completed {
