@@ -114,8 +114,9 @@
 // longer than Claim, and another process took the command over) has its
 // context cancelled, and its outcome is dropped in favour of the other
 // run's. The crash test (crash_test.go) kills orchestrator and participant
-// processes, alone and together, on both stores, and checks that every saga
-// ends completed or compensated with each effect made exactly once.
+// processes, alone and together, on both stores, half of the sagas with a
+// parallel group, and checks that every saga ends completed or compensated
+// with each effect made exactly once.
 //
 // # Persistence, recovery and several instances
 //
