@@ -147,6 +147,23 @@
 // an orchestrator that knows the version handles them, Run logs it once,
 // and Unrunnable lists it.
 //
+// # Choreography
+//
+// The package has no choreography helpers, on purpose. In a choreographed
+// saga each service reacts to the others' events and no process holds the
+// saga's state: nothing knows which steps took effect, when the saga is
+// over, which compensations are due or that one keeps failing. What this
+// package promises — every transition persisted, deadlines that fire after
+// a crash, compensation in reverse, Failed sagas listed for a person, Retry
+// — rests on that state; helpers would have to rebuild an orchestrator in
+// every service, or promise less under the same name. What choreography
+// needs from a library the root package already has: durable event groups
+// (Bus.SubscribeEvents), deterministic ids for deduplication, and
+// CorrelationID to carry the saga's id. The two styles meet through wait
+// steps: an orchestrated saga can wait for an event another service
+// publishes as part of its own choreography, and its lifecycle events let
+// choreographed services react to the saga's outcome.
+//
 // # Lifecycle events
 //
 // With Options.DisableEvents unset, transitions publish events (types
