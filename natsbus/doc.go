@@ -172,4 +172,10 @@
 // Every Close honours its context: with the server gone for good (reconnect
 // attempts exhausted, credentials refused) it returns by the context's
 // deadline, and at once when the connection is already closed.
+//
+// Giving back at close relies on the server forgetting a pull request whose
+// requester went away. nats-server 2.9 (Debian's) keeps a closed
+// subscription's last pull request waiting until it expires (10 s) and may
+// deliver a message given back at close to it; that message then returns
+// only after AckWait. Current servers, such as the embedded one, do not.
 package natsbus

@@ -152,6 +152,12 @@ type Harness struct {
 	// as Structured is received with Mode Binary. The content is checked
 	// either way.
 	BinaryModeOnly bool
+
+	// Limitations names subtests that this broker cannot pass, by their path
+	// below the test that runs the suite ("Settlement/CloseGivesBack"), with
+	// the reason; they are skipped with it. It is for a documented limitation
+	// of a particular broker version, never for a defect of the driver.
+	Limitations map[string]string
 }
 
 // RunConformanceTests runs every conformance test that the driver's
