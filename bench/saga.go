@@ -46,7 +46,10 @@ func init() {
 			return runSagaRawPG(ctx, cfg, c)
 		}})
 		register(Scenario{Name: "saga, happy path", Broker: broker, Role: RoleBus, Run: func(ctx context.Context, cfg Config) (Result, error) {
-			return runSagaPG(ctx, cfg, c, false)
+			return runSagaPG(ctx, cfg, c, false, "order", 0)
+		}})
+		register(Scenario{Name: "saga, parallel group (charge ‖ ship)", Broker: broker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
+			return runSagaPG(ctx, cfg, c, false, "order-parallel", 0)
 		}})
 		registerTarget(ratioTarget(broker, "sagas/s ≥ 0.5× raw loop", RoleBus, RoleRaw, Result.PublishRate, 0.5))
 		if c != 16 {
@@ -55,8 +58,19 @@ func init() {
 		// The compensation path runs at one concurrency: it costs as much
 		// as a scenario of its own at each.
 		register(Scenario{Name: "saga, compensation path", Broker: broker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
-			return runSagaPG(ctx, cfg, c, true)
+			return runSagaPG(ctx, cfg, c, true, "order", 0)
 		}})
+		// Steps that take time (a call to another system) are where a
+		// parallel group pays: its two steps overlap.
+		for _, name := range []string{"order", "order-parallel"} {
+			label := "sequential"
+			if name == "order-parallel" {
+				label = "parallel group (charge ‖ ship)"
+			}
+			register(Scenario{Name: "saga, 10 ms steps, " + label, Broker: broker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
+				return runSagaPG(ctx, cfg, c, false, name, 10*time.Millisecond)
+			}})
+		}
 		registerTarget(Target{Broker: broker, Goal: "compensation path sagas/s ≥ 0.5× happy path", Measure: func(g *group) (string, bool, bool) {
 			comp, happy := g.name("saga, compensation path"), g.name("saga, happy path")
 			if comp == nil || happy == nil || happy.res.PublishRate() == 0 {
@@ -104,7 +118,9 @@ var sagaSteps = [][3]string{
 }
 
 // sagaWorld is an orchestrator and three participants on one bus; done
-// reports each saga's final event.
+// reports each saga's final event. It registers two definitions of the
+// same steps: "order" runs them in sequence, "order-parallel" charges and
+// ships at once (a parallel group).
 type sagaWorld struct {
 	bus     *eventbus.Bus
 	orc     *saga.Orchestrator
@@ -112,7 +128,7 @@ type sagaWorld struct {
 	waiting map[string]chan string
 }
 
-func newSagaWorld(drv driver.Driver, store saga.Store) (*sagaWorld, error) {
+func newSagaWorld(drv driver.Driver, store saga.Store, work time.Duration) (*sagaWorld, error) {
 	w := &sagaWorld{waiting: map[string]chan string{}}
 	w.bus = eventbus.New(&eventbus.Options{Source: "bench"})
 	if err := w.bus.Register("b", drv); err != nil {
@@ -127,7 +143,10 @@ func newSagaWorld(drv driver.Driver, store saga.Store) (*sagaWorld, error) {
 	for _, s := range sagaSteps {
 		def.Steps = append(def.Steps, saga.Step{Name: s[0], Service: s[0], Command: s[1], Compensation: s[2], Timeout: 30 * time.Second})
 	}
-	if err := orc.Register(def); err != nil {
+	par := def
+	par.Name, par.Steps = "order-parallel", append([]saga.Step(nil), def.Steps...)
+	par.Steps[1].Group, par.Steps[2].Group = "charge-and-ship", "charge-and-ship"
+	if err := orc.Register(def, par); err != nil {
 		return nil, err
 	}
 	for _, s := range sagaSteps {
@@ -141,6 +160,9 @@ func newSagaWorld(drv driver.Driver, store saga.Store) (*sagaWorld, error) {
 				_ = req.Decode(&d)
 				if d.Fail && req.Step == "shipping" {
 					return nil, saga.Fail(errors.New("refused"))
+				}
+				if work > 0 {
+					time.Sleep(work) // the step's call to another system
 				}
 				return map[string]string{"ok": req.Step}, nil
 			})
@@ -167,7 +189,7 @@ func newSagaWorld(drv driver.Driver, store saga.Store) (*sagaWorld, error) {
 
 // run starts sagas from clients goroutines, back to back, and times each
 // until its final event.
-func (w *sagaWorld) run(ctx context.Context, cfg Config, clients int, fail bool) (Result, error) {
+func (w *sagaWorld) run(ctx context.Context, cfg Config, clients int, fail bool, name string) (Result, error) {
 	if err := w.bus.Start(ctx); err != nil {
 		return Result{}, err
 	}
@@ -186,7 +208,7 @@ func (w *sagaWorld) run(ctx context.Context, cfg Config, clients int, fail bool)
 		w.mu.Lock()
 		w.waiting[id] = ch
 		w.mu.Unlock()
-		if _, err := w.orc.Start(ctx, "order", map[string]any{"Fail": fail, "Order": id}, saga.WithID(id)); err != nil {
+		if _, err := w.orc.Start(ctx, name, map[string]any{"Fail": fail, "Order": id}, saga.WithID(id)); err != nil {
 			return err
 		}
 		select {
@@ -210,19 +232,22 @@ func (w *sagaWorld) close() error {
 	return w.bus.Close(ctx)
 }
 
-func runSagaPG(ctx context.Context, cfg Config, clients int, fail bool) (Result, error) {
+func runSagaPG(ctx context.Context, cfg Config, clients int, fail bool, name string, work time.Duration) (Result, error) {
 	store, _, drop, err := openBenchPG(ctx)
 	if err != nil {
 		return Result{}, err
 	}
 	defer drop()
-	w, err := newSagaWorld(membus.New(nil), store)
+	w, err := newSagaWorld(membus.New(nil), store, work)
 	if err != nil {
 		return Result{}, err
 	}
 	defer w.close()
-	res, err := w.run(ctx, cfg, clients, fail)
+	res, err := w.run(ctx, cfg, clients, fail, name)
 	res.Note = fmt.Sprintf("%d clients; commands, replies and events on membus", clients)
+	if work > 0 {
+		res.Note += fmt.Sprintf("; each step's handler takes %v", work)
+	}
 	return res, err
 }
 
@@ -241,13 +266,13 @@ func runSagaEmbedded(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	w, err := newSagaWorld(drv, store)
+	w, err := newSagaWorld(drv, store, 0)
 	if err != nil {
 		_ = drv.Close(ctx)
 		return Result{}, err
 	}
 	defer w.close()
-	return w.run(ctx, cfg, 16, false)
+	return w.run(ctx, cfg, 16, false, "order")
 }
 
 // runSagaRawPG runs the statements a saga makes, with pgxpool, from clients
