@@ -186,7 +186,8 @@
 // Errors match the package's sentinels with errors.Is: ErrUnknownSaga,
 // ErrUnknownVersion, ErrExists, ErrNotFound, ErrNotRunning, ErrPastPivot,
 // ErrNotFailed, ErrConflict, ErrInvalidDefinition (with *DefinitionError). Orchestrator
-// and Participant are safe for concurrent use. NewOrchestrator and
-// Participant.Handle register bus handlers, before or after Bus.Start; Run
+// and Participant are safe for concurrent use. NewOrchestrator,
+// Participant.Handle and Orchestrator.Register (for the events of wait
+// steps) register bus handlers, before or after Bus.Start; Run
 // runs until its context ends and owns every goroutine it starts.
 package saga
