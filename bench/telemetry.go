@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/membus"
+	"github.com/marty-msf/eventbus/natsbus"
+	"github.com/marty-msf/eventbus/telemetry"
+)
+
+// Telemetry rows: the bus rows again with package telemetry observing both
+// ends — every message sampled into a span (producer and consumer),
+// exported in batches to an exporter that discards them, and every metric
+// recorded into an SDK meter provider. The targets compare them with the
+// bus rows of the same run.
+const (
+	memTelemetryRow = "eventbus on membus, tracing + metrics"
+	jsTelemetryRow  = "eventbus on natsbus, tracing + metrics"
+)
+
+func init() {
+	register(Scenario{Name: memTelemetryRow, Broker: memBroker, Role: RoleReference, Run: runMembusTelemetry})
+	register(Scenario{Name: jsTelemetryRow, Broker: jsBroker, Role: RoleReference, Run: runJetStreamTelemetry})
+	for _, c := range []struct{ broker, on, off string }{
+		{memBroker, memTelemetryRow, "eventbus on membus"},
+		{jsBroker, jsTelemetryRow, "eventbus on natsbus"},
+	} {
+		registerTarget(telemetryTarget(c.broker, "publish with tracing + metrics ≥ 0.9× without", c.on, c.off, Result.PublishRate))
+		registerTarget(telemetryTarget(c.broker, "consume with tracing + metrics ≥ 0.9× without", c.on, c.off, Result.ConsumeRate))
+	}
+}
+
+func telemetryTarget(broker, goal, on, off string, metric func(Result) float64) Target {
+	return Target{Broker: broker, Goal: goal, Measure: func(g *group) (string, bool, bool) {
+		a, b := g.name(on), g.name(off)
+		if a == nil || b == nil || metric(b.res) == 0 {
+			return "", false, false
+		}
+		r := metric(a.res) / metric(b.res)
+		return fmt.Sprintf("%.2f×", r), r >= 0.9, true
+	}}
+}
+
+// discard is a span exporter that drops what it is given.
+type discard struct{}
+
+func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discard) Shutdown(context.Context) error                             { return nil }
+
+// newObserver returns an observer with an always-sampling tracer provider
+// and a meter provider, and the function that shuts both down.
+func newObserver() (*telemetry.Observer, func(context.Context), error) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	shutdown := func(ctx context.Context) {
+		_ = tp.Shutdown(ctx)
+		_ = mp.Shutdown(ctx)
+	}
+	obs, err := telemetry.New(&telemetry.Options{TracerProvider: tp, MeterProvider: mp})
+	if err != nil {
+		shutdown(context.Background())
+		return nil, nil, err
+	}
+	return obs, shutdown, nil
+}
+
+func runMembusTelemetry(ctx context.Context, cfg Config) (Result, error) {
+	obs, shutdown, err := newObserver()
+	if err != nil {
+		return Result{}, err
+	}
+	defer shutdown(context.WithoutCancel(ctx))
+	b := eventbus.New(&eventbus.Options{Source: "bench", Observer: obs})
+	defer b.Close(context.WithoutCancel(ctx))
+	if err := b.Register("mem", membus.New(nil)); err != nil {
+		return Result{}, err
+	}
+	tr := newTracker(cfg.Size)
+	if _, err := b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)); err != nil {
+		return Result{}, err
+	}
+	if err := b.Start(ctx); err != nil {
+		return Result{}, err
+	}
+	return throughput(ctx, cfg, tr, busPublisher(b, payload(cfg)))
+}
+
+func runJetStreamTelemetry(ctx context.Context, cfg Config) (Result, error) {
+	obs, shutdown, err := newObserver()
+	if err != nil {
+		return Result{}, err
+	}
+	defer shutdown(context.WithoutCancel(ctx))
+	env, err := startNATS(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	defer env.close(ctx)
+	open := func() (*eventbus.Bus, error) {
+		jetStream := true
+		d, err := natsbus.Open(ctx, &natsbus.Config{Servers: []string{env.url()}, Options: natsbus.Options{JetStream: &jetStream}})
+		if err != nil {
+			return nil, err
+		}
+		b := eventbus.New(&eventbus.Options{Source: "bench", Observer: obs})
+		if err := b.Register("nats", d); err != nil {
+			_ = d.Close(ctx)
+			return nil, err
+		}
+		return b, nil
+	}
+	tr := newTracker(cfg.Size)
+	consumer, err := open()
+	if err != nil {
+		return Result{}, err
+	}
+	defer consumer.Close(context.WithoutCancel(ctx))
+	if _, err := consumer.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)); err != nil {
+		return Result{}, err
+	}
+	if err := consumer.Start(ctx); err != nil {
+		return Result{}, err
+	}
+	producer, err := open()
+	if err != nil {
+		return Result{}, err
+	}
+	defer producer.Close(context.WithoutCancel(ctx))
+	if err := producer.Start(ctx); err != nil {
+		return Result{}, err
+	}
+	return throughput(ctx, cfg, tr, busPublisher(producer, payload(cfg)))
+}
