@@ -8,23 +8,26 @@ import (
 )
 
 // URLQuery writes the query of a URL that [Params] reads back: the reverse of
-// Params, for a driver's (*Config).URL method. Each method sets a parameter
-// only when its value is not the zero value, which stands for the default
-// and needs no parameter. The zero URLQuery is ready to use; Encode gives the
-// query, sorted by name.
-type URLQuery struct{ url.Values }
+// Params, for a driver's (*Config).URL method. Each typed method sets a
+// parameter only when its value is not the zero value, which stands for the
+// default and needs no parameter. The zero URLQuery is ready to use.
+type URLQuery struct{ values url.Values }
 
-func (q *URLQuery) set(name, value string) {
-	if q.Values == nil {
-		q.Values = url.Values{}
+// Set sets name to v, even when v is empty.
+func (q *URLQuery) Set(name, v string) {
+	if q.values == nil {
+		q.values = url.Values{}
 	}
-	q.Set(name, value)
+	q.values.Set(name, v)
 }
+
+// Encode returns the query, sorted by name, without the leading "?".
+func (q *URLQuery) Encode() string { return q.values.Encode() }
 
 // String sets name to v, unless v is empty.
 func (q *URLQuery) String(name, v string) {
 	if v != "" {
-		q.set(name, v)
+		q.Set(name, v)
 	}
 }
 
@@ -32,14 +35,14 @@ func (q *URLQuery) String(name, v string) {
 // splits them again.
 func (q *URLQuery) Strings(name string, vs []string) {
 	if len(vs) > 0 {
-		q.set(name, strings.Join(vs, ","))
+		q.Set(name, strings.Join(vs, ","))
 	}
 }
 
 // Bool sets name to true when v is; false is the default and is left out.
 func (q *URLQuery) Bool(name string, v bool) {
 	if v {
-		q.set(name, "true")
+		q.Set(name, "true")
 	}
 }
 
@@ -47,7 +50,7 @@ func (q *URLQuery) Bool(name string, v bool) {
 // [Params.BoolPtr].
 func (q *URLQuery) BoolPtr(name string, v *bool) {
 	if v != nil {
-		q.set(name, strconv.FormatBool(*v))
+		q.Set(name, strconv.FormatBool(*v))
 	}
 }
 
@@ -60,13 +63,13 @@ func (q *URLQuery) Int32(name string, v int32) { q.Int64(name, int64(v)) }
 // Int64 sets name to v in decimal, unless v is zero.
 func (q *URLQuery) Int64(name string, v int64) {
 	if v != 0 {
-		q.set(name, strconv.FormatInt(v, 10))
+		q.Set(name, strconv.FormatInt(v, 10))
 	}
 }
 
 // Duration sets name to v as a Go duration (1m30s), unless v is zero.
 func (q *URLQuery) Duration(name string, v time.Duration) {
 	if v != 0 {
-		q.set(name, v.String())
+		q.Set(name, v.String())
 	}
 }

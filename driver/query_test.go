@@ -22,6 +22,10 @@ func TestURLQuerySkipsZeroValues(t *testing.T) {
 	if got := q.Encode(); got != "" {
 		t.Errorf("zero values wrote %q", got)
 	}
+	q.Set("empty", "")
+	if got := q.Encode(); got != "empty=" {
+		t.Errorf("Set of an empty value wrote %q, want empty=", got)
+	}
 }
 
 // What URLQuery writes, Params reads back as it was.

@@ -82,8 +82,9 @@ func (t *TLSConfig) Build() (*tls.Config, error) {
 
 // Problems lists what would make Build fail, without parsing anything: a
 // CertFile without its KeyFile (or the reverse), and a file that cannot be
-// read. A driver's Validate prefixes each with its package name. Fields are
-// named as in a driver's Config, whose field is always TLS.
+// read (it stats the files: a Validate that promises no I/O checks only
+// the pair). A driver's Validate prefixes each with its package name.
+// Fields are named as in a driver's Config, whose field is always TLS.
 func (t *TLSConfig) Problems() []string {
 	var out []string
 	if (t.CertFile == "") != (t.KeyFile == "") {
