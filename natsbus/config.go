@@ -2,8 +2,6 @@ package natsbus
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,20 +46,9 @@ type Config struct {
 	Options
 }
 
-// TLSConfig configures TLS from files, or from a ready tls.Config.
-type TLSConfig struct {
-	// CAFile is a PEM bundle of the authorities that signed the server's
-	// certificate, added to Config's RootCAs (or replacing the system pool).
-	CAFile string
-	// CertFile and KeyFile are the PEM client certificate and its key, for
-	// servers that verify clients.
-	CertFile, KeyFile string
-	// InsecureSkipVerify disables verification of the server's certificate.
-	// For tests only.
-	InsecureSkipVerify bool
-	// Config is the base configuration, cloned; nil means a default one.
-	Config *tls.Config
-}
+// TLSConfig configures TLS from files, or from a ready tls.Config, whose
+// fields it overrides: see [driver.TLSConfig].
+type TLSConfig = driver.TLSConfig
 
 // Options are the settings of a Driver that do not concern the connection.
 // They apply to Open and to New alike.
@@ -192,13 +179,10 @@ func (c *Config) Validate() error {
 	}
 	checkFile("NKeySeedFile", c.NKeySeedFile)
 	checkFile("CredentialsFile", c.CredentialsFile)
-	if t := c.TLS; t != nil {
-		if (t.CertFile == "") != (t.KeyFile == "") {
-			add("TLS.CertFile and TLS.KeyFile go together")
+	if c.TLS != nil {
+		for _, p := range c.TLS.Problems() {
+			add("%s", p)
 		}
-		checkFile("TLS.CAFile", t.CAFile)
-		checkFile("TLS.CertFile", t.CertFile)
-		checkFile("TLS.KeyFile", t.KeyFile)
 	}
 	if c.ReconnectWait < 0 {
 		add("ReconnectWait %v is negative", c.ReconnectWait)
@@ -347,9 +331,9 @@ func (c *Config) natsOptions(log *slog.Logger) ([]nats.Option, error) {
 		opts = append(opts, nats.UserCredentials(c.CredentialsFile))
 	}
 	if c.TLS != nil {
-		tc, err := c.TLS.build()
+		tc, err := c.TLS.Build()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("natsbus: %w", err)
 		}
 		opts = append(opts, nats.Secure(tc))
 	}
@@ -366,40 +350,6 @@ func (c *Config) natsOptions(log *slog.Logger) ([]nats.Option, error) {
 		opts = append(opts, nats.Timeout(c.ConnectTimeout))
 	}
 	return opts, nil
-}
-
-func (t *TLSConfig) build() (*tls.Config, error) {
-	var tc *tls.Config
-	if t.Config != nil {
-		tc = t.Config.Clone()
-	} else {
-		tc = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	if t.InsecureSkipVerify {
-		tc.InsecureSkipVerify = true
-	}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("natsbus: TLS.CAFile: %w", err)
-		}
-		pool := tc.RootCAs
-		if pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("natsbus: TLS.CAFile %q holds no PEM certificate", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("natsbus: TLS client certificate: %w", err)
-		}
-		tc.Certificates = append(tc.Certificates, cert)
-	}
-	return tc, nil
 }
 
 // servers returns the server list for nats.Connect.

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -52,7 +50,8 @@ func optionParams(p *driver.Params, o *Options) {
 //	name                connection name (default: the bus's Source)
 //	max_reconnects, reconnect_wait, connect_timeout
 //	nkey_seed_file, credentials_file
-//	tls_ca_file, tls_cert_file, tls_key_file, tls_insecure_skip_verify
+//	tls_ca_file, tls_cert_file, tls_key_file, tls_server_name,
+//	tls_insecure_skip_verify
 //	jetstream           true or false
 //	stream_prefix, subject_prefix, ack_wait, max_message_size,
 //	publish_window, prefetch
@@ -103,14 +102,7 @@ func parseServerURL(u *url.URL) (*Config, error) {
 	p.Duration("connect_timeout", &c.ConnectTimeout)
 	p.String("nkey_seed_file", &c.NKeySeedFile)
 	p.String("credentials_file", &c.CredentialsFile)
-	t := &TLSConfig{}
-	p.String("tls_ca_file", &t.CAFile)
-	p.String("tls_cert_file", &t.CertFile)
-	p.String("tls_key_file", &t.KeyFile)
-	p.Bool("tls_insecure_skip_verify", &t.InsecureSkipVerify)
-	if *t != (TLSConfig{}) {
-		c.TLS = t
-	}
+	c.TLS = p.TLS()
 	optionParams(p, &c.Options)
 	if err := p.Err(); err != nil {
 		return nil, err
@@ -138,65 +130,36 @@ func (c *Config) URL() string {
 	case c.Token != "":
 		u.User = url.User(c.Token)
 	}
-	q := url.Values{}
-	if len(servers) > 1 {
-		q.Set("servers", strings.Join(servers[1:], ","))
-	}
-	setString(q, "name", c.Name)
-	setInt(q, "max_reconnects", int64(c.MaxReconnects))
-	setDuration(q, "reconnect_wait", c.ReconnectWait)
-	setDuration(q, "connect_timeout", c.ConnectTimeout)
-	setString(q, "nkey_seed_file", c.NKeySeedFile)
-	setString(q, "credentials_file", c.CredentialsFile)
-	if t := c.TLS; t != nil {
-		setString(q, "tls_ca_file", t.CAFile)
-		setString(q, "tls_cert_file", t.CertFile)
-		setString(q, "tls_key_file", t.KeyFile)
-		if t.InsecureSkipVerify {
-			q.Set("tls_insecure_skip_verify", "true")
-		}
-	}
-	optionQuery(q, &c.Options)
+	var q driver.URLQuery
+	q.Strings("servers", servers[1:])
+	q.String("name", c.Name)
+	q.Int("max_reconnects", c.MaxReconnects)
+	q.Duration("reconnect_wait", c.ReconnectWait)
+	q.Duration("connect_timeout", c.ConnectTimeout)
+	q.String("nkey_seed_file", c.NKeySeedFile)
+	q.String("credentials_file", c.CredentialsFile)
+	q.TLS(c.TLS)
+	optionQuery(&q, &c.Options)
 	u.RawQuery = q.Encode()
 	return u.String()
 }
 
-func optionQuery(q url.Values, o *Options) {
-	if o.JetStream != nil {
-		q.Set("jetstream", strconv.FormatBool(*o.JetStream))
-	}
-	setString(q, "stream_prefix", o.StreamPrefix)
-	setString(q, "subject_prefix", o.SubjectPrefix)
-	setDuration(q, "ack_wait", o.AckWait)
-	setInt(q, "max_message_size", int64(o.MaxMessageSize))
-	setInt(q, "publish_window", int64(o.PublishWindow))
-	setInt(q, "prefetch", int64(o.Prefetch))
+func optionQuery(q *driver.URLQuery, o *Options) {
+	q.BoolPtr("jetstream", o.JetStream)
+	q.String("stream_prefix", o.StreamPrefix)
+	q.String("subject_prefix", o.SubjectPrefix)
+	q.Duration("ack_wait", o.AckWait)
+	q.Int("max_message_size", o.MaxMessageSize)
+	q.Int("publish_window", o.PublishWindow)
+	q.Int("prefetch", o.Prefetch)
 	s := &o.Streams
-	setInt(q, "stream_max_msgs", s.MaxMsgs)
-	setInt(q, "stream_max_bytes", s.MaxBytes)
-	setDuration(q, "stream_max_age", s.MaxAge)
-	setString(q, "stream_retention", string(s.Retention))
-	setString(q, "stream_storage", string(s.Storage))
-	setInt(q, "stream_replicas", int64(s.Replicas))
-	setDuration(q, "stream_duplicates", s.Duplicates)
-}
-
-func setString(q url.Values, k, v string) {
-	if v != "" {
-		q.Set(k, v)
-	}
-}
-
-func setInt(q url.Values, k string, v int64) {
-	if v != 0 {
-		q.Set(k, strconv.FormatInt(v, 10))
-	}
-}
-
-func setDuration(q url.Values, k string, v time.Duration) {
-	if v != 0 {
-		q.Set(k, v.String())
-	}
+	q.Int64("stream_max_msgs", s.MaxMsgs)
+	q.Int64("stream_max_bytes", s.MaxBytes)
+	q.Duration("stream_max_age", s.MaxAge)
+	q.String("stream_retention", string(s.Retention))
+	q.String("stream_storage", string(s.Storage))
+	q.Int("stream_replicas", s.Replicas)
+	q.Duration("stream_duplicates", s.Duplicates)
 }
 
 type serverOpener struct{}
@@ -308,19 +271,19 @@ func parseEmbeddedURL(u *url.URL) (*EmbeddedOptions, *Config, error) {
 // of an embedded URL and are left out.
 func (o *EmbeddedOptions) URL(c *Config) string {
 	raw := EmbeddedURL(o.DataDir)
-	q := url.Values{}
-	setString(q, "host", o.Host)
-	setInt(q, "port", int64(o.Port))
-	setInt(q, "max_payload", int64(o.MaxPayload))
-	setInt(q, "max_memory", o.MaxMemory)
-	setInt(q, "max_store", o.MaxStore)
-	setString(q, "server_name", o.ServerName)
+	var q driver.URLQuery
+	q.String("host", o.Host)
+	q.Int("port", o.Port)
+	q.Int32("max_payload", o.MaxPayload)
+	q.Int64("max_memory", o.MaxMemory)
+	q.Int64("max_store", o.MaxStore)
+	q.String("server_name", o.ServerName)
 	if c != nil {
-		setString(q, "name", c.Name)
-		optionQuery(q, &c.Options)
+		q.String("name", c.Name)
+		optionQuery(&q, &c.Options)
 	}
-	if len(q) > 0 {
-		raw += "?" + q.Encode()
+	if query := q.Encode(); query != "" {
+		raw += "?" + query
 	}
 	return raw
 }
