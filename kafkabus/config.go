@@ -3,12 +3,10 @@ package kafkabus
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"time"
 
@@ -16,6 +14,8 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
+
+	"github.com/marty-msf/eventbus/driver"
 )
 
 // Config says how to reach a Kafka cluster and how the driver uses it. The
@@ -57,22 +57,9 @@ type SASLConfig struct {
 	AllowPlaintext bool
 }
 
-// TLSConfig configures TLS from files, or from a ready tls.Config.
-type TLSConfig struct {
-	// CAFile is a PEM bundle of the authorities that signed the brokers'
-	// certificates (default: the system pool).
-	CAFile string
-	// CertFile and KeyFile are the PEM client certificate and its key, for
-	// brokers that verify clients (mTLS).
-	CertFile, KeyFile string
-	// ServerName overrides the name checked in the brokers' certificates.
-	ServerName string
-	// InsecureSkipVerify disables verification of the brokers' certificates.
-	// For tests only.
-	InsecureSkipVerify bool
-	// Config is the base configuration, cloned; nil means a default one.
-	Config *tls.Config
-}
+// TLSConfig configures TLS from files, or from a ready tls.Config, whose
+// fields it overrides: see [driver.TLSConfig].
+type TLSConfig = driver.TLSConfig
 
 // Acks values.
 const (
@@ -296,6 +283,8 @@ func (c *Config) Validate() error {
 			errs = append(errs, errors.New("kafkabus: SASL needs a user"))
 		}
 	}
+	// Not TLSConfig.Problems, which reads the files: CheckURL calls Validate
+	// and promises no I/O. Open reports a file it cannot read.
 	if t := c.TLS; t != nil && (t.CertFile == "") != (t.KeyFile == "") {
 		errs = append(errs, errors.New("kafkabus: TLS CertFile and KeyFile go together"))
 	}
@@ -322,9 +311,9 @@ func (c *Config) clientOpts() ([]kgo.Opt, error) {
 		opts = append(opts, kgo.Dialer(c.Dialer))
 	}
 	if c.TLS != nil {
-		tc, err := c.TLS.build()
+		tc, err := c.TLS.Build()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("kafkabus: %w", err)
 		}
 		if c.Dialer != nil {
 			inner := c.Dialer
@@ -356,41 +345,6 @@ func (c *Config) clientOpts() ([]kgo.Opt, error) {
 		opts = append(opts, kgo.SASL(m))
 	}
 	return opts, nil
-}
-
-func (t *TLSConfig) build() (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if t.Config != nil {
-		cfg = t.Config.Clone()
-	}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("kafkabus: TLS CA file: %w", err)
-		}
-		pool := cfg.RootCAs
-		if pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("kafkabus: TLS CA file %q holds no PEM certificate", t.CAFile)
-		}
-		cfg.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("kafkabus: TLS client certificate: %w", err)
-		}
-		cfg.Certificates = append(cfg.Certificates, cert)
-	}
-	if t.ServerName != "" {
-		cfg.ServerName = t.ServerName
-	}
-	if t.InsecureSkipVerify {
-		cfg.InsecureSkipVerify = true
-	}
-	return cfg, nil
 }
 
 // producerOpts are the options of the driver's producing client.

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -76,16 +74,11 @@ func parseURL(u *url.URL) (*Config, error) {
 	} else if mech != "" || allowPlain {
 		p.Fail("sasl_mechanism", errors.New("kafkabus: SASL needs user:password@ in the URL"))
 	}
-	t := &TLSConfig{}
 	useTLS := false
 	p.Bool("tls", &useTLS)
-	p.String("tls_ca_file", &t.CAFile)
-	p.String("tls_cert_file", &t.CertFile)
-	p.String("tls_key_file", &t.KeyFile)
-	p.String("tls_server_name", &t.ServerName)
-	p.Bool("tls_insecure_skip_verify", &t.InsecureSkipVerify)
-	if useTLS || *t != (TLSConfig{}) {
-		c.TLS = t
+	c.TLS = p.TLS()
+	if useTLS && c.TLS == nil {
+		c.TLS = &TLSConfig{}
 	}
 	o := &c.Options
 	p.String("topic_prefix", &o.TopicPrefix)
@@ -127,79 +120,43 @@ func parseURL(u *url.URL) (*Config, error) {
 func (c *Config) URL() string {
 	brokers := c.brokers()
 	u := &url.URL{Scheme: "kafka", Host: brokers[0]}
-	q := url.Values{}
-	if len(brokers) > 1 {
-		q.Set("brokers", strings.Join(brokers[1:], ","))
-	}
-	setString(q, "client_id", c.ClientID)
+	var q driver.URLQuery
+	q.Strings("brokers", brokers[1:])
+	q.String("client_id", c.ClientID)
 	if s := c.SASL; s != nil {
 		u.User = url.UserPassword(s.User, s.Password)
 		q.Set("sasl_mechanism", strings.ToUpper(s.Mechanism))
-		if s.AllowPlaintext {
-			q.Set("sasl_allow_plaintext", "true")
-		}
+		q.Bool("sasl_allow_plaintext", s.AllowPlaintext)
 	}
-	if t := c.TLS; t != nil {
-		if *t == (TLSConfig{Config: t.Config}) {
-			q.Set("tls", "true")
-		}
-		setString(q, "tls_ca_file", t.CAFile)
-		setString(q, "tls_cert_file", t.CertFile)
-		setString(q, "tls_key_file", t.KeyFile)
-		setString(q, "tls_server_name", t.ServerName)
-		if t.InsecureSkipVerify {
-			q.Set("tls_insecure_skip_verify", "true")
-		}
+	if t := c.TLS; t != nil && *t == (TLSConfig{Config: t.Config}) {
+		q.Set("tls", "true")
 	}
+	q.TLS(c.TLS)
 	o := &c.Options
-	setString(q, "topic_prefix", o.TopicPrefix)
-	setString(q, "group_prefix", o.GroupPrefix)
-	setBool(q, "auto_create_topics", o.AutoCreateTopics)
-	setInt(q, "partitions", int64(o.Partitions))
-	setInt(q, "replication_factor", int64(o.ReplicationFactor))
-	setString(q, "acks", o.Acks)
-	setBool(q, "idempotent", o.Idempotent)
-	setString(q, "compression", o.Compression)
-	setDuration(q, "linger", o.Linger)
-	setInt(q, "batch_max_bytes", int64(o.BatchMaxBytes))
-	setInt(q, "max_buffered_records", int64(o.MaxBufferedRecords))
-	setInt(q, "fetch_max_bytes", int64(o.FetchMaxBytes))
-	setInt(q, "fetch_max_partition_bytes", int64(o.FetchMaxPartitionBytes))
-	setDuration(q, "fetch_max_wait", o.FetchMaxWait)
-	setDuration(q, "session_timeout", o.SessionTimeout)
-	setDuration(q, "min_session_timeout", o.MinSessionTimeout)
-	setDuration(q, "rebalance_timeout", o.RebalanceTimeout)
-	setDuration(q, "heartbeat_interval", o.HeartbeatInterval)
-	setString(q, "balancer", o.Balancer)
-	setInt(q, "max_in_flight", int64(o.MaxInFlight))
-	setInt(q, "in_place_retries", int64(o.InPlaceRetries))
-	setInt(q, "max_message_size", int64(o.MaxMessageSize))
+	q.String("topic_prefix", o.TopicPrefix)
+	q.String("group_prefix", o.GroupPrefix)
+	q.BoolPtr("auto_create_topics", o.AutoCreateTopics)
+	q.Int32("partitions", o.Partitions)
+	q.Int32("replication_factor", int32(o.ReplicationFactor))
+	q.String("acks", o.Acks)
+	q.BoolPtr("idempotent", o.Idempotent)
+	q.String("compression", o.Compression)
+	q.Duration("linger", o.Linger)
+	q.Int32("batch_max_bytes", o.BatchMaxBytes)
+	q.Int("max_buffered_records", o.MaxBufferedRecords)
+	q.Int32("fetch_max_bytes", o.FetchMaxBytes)
+	q.Int32("fetch_max_partition_bytes", o.FetchMaxPartitionBytes)
+	q.Duration("fetch_max_wait", o.FetchMaxWait)
+	q.Duration("session_timeout", o.SessionTimeout)
+	q.Duration("min_session_timeout", o.MinSessionTimeout)
+	q.Duration("rebalance_timeout", o.RebalanceTimeout)
+	q.Duration("heartbeat_interval", o.HeartbeatInterval)
+	q.String("balancer", o.Balancer)
+	q.Int("max_in_flight", o.MaxInFlight)
+	q.Int("in_place_retries", o.InPlaceRetries)
+	q.Int("max_message_size", o.MaxMessageSize)
 	u.RawQuery = q.Encode()
 	return u.String()
-}
-
-func setString(q url.Values, k, v string) {
-	if v != "" {
-		q.Set(k, v)
-	}
-}
-
-func setInt(q url.Values, k string, v int64) {
-	if v != 0 {
-		q.Set(k, strconv.FormatInt(v, 10))
-	}
-}
-
-func setBool(q url.Values, k string, v *bool) {
-	if v != nil {
-		q.Set(k, strconv.FormatBool(*v))
-	}
-}
-
-func setDuration(q url.Values, k string, v time.Duration) {
-	if v != 0 {
-		q.Set(k, v.String())
-	}
 }
 
 type opener struct{}
