@@ -1,17 +1,16 @@
 package redisbus
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/marty-msf/eventbus/driver"
 )
 
 // Config says how to connect to Redis and how the driver lays out its keys.
@@ -43,21 +42,9 @@ type Config struct {
 	Options
 }
 
-// TLSConfig configures TLS from files, or from a ready tls.Config.
-type TLSConfig struct {
-	// CAFile is a PEM bundle of the authorities that signed the server's
-	// certificate (replacing the system pool, or added to Config's RootCAs).
-	CAFile string
-	// CertFile and KeyFile are the PEM client certificate and its key.
-	CertFile, KeyFile string
-	// ServerName overrides the name checked against the certificate.
-	ServerName string
-	// InsecureSkipVerify disables verification of the server's certificate.
-	// For tests only.
-	InsecureSkipVerify bool
-	// Config is the base configuration, cloned; nil means a default one.
-	Config *tls.Config
-}
+// TLSConfig configures TLS from files, or from a ready tls.Config, whose
+// fields it overrides: see [driver.TLSConfig].
+type TLSConfig = driver.TLSConfig
 
 // Options are the settings of a Driver that do not concern the connection.
 // They apply to Open and to New alike.
@@ -142,17 +129,9 @@ func (c *Config) Validate() error {
 	if c.PoolSize < 0 {
 		add("PoolSize %d is negative", c.PoolSize)
 	}
-	if t := c.TLS; t != nil {
-		if (t.CertFile == "") != (t.KeyFile == "") {
-			add("TLS.CertFile and TLS.KeyFile go together")
-		}
-		for _, f := range []struct{ field, path string }{{"TLS.CAFile", t.CAFile}, {"TLS.CertFile", t.CertFile}, {"TLS.KeyFile", t.KeyFile}} {
-			if f.path == "" {
-				continue
-			}
-			if _, err := os.Stat(f.path); err != nil {
-				add("%s %q cannot be read: %v", f.field, f.path, errors.Unwrap(err))
-			}
+	if c.TLS != nil {
+		for _, p := range c.TLS.Problems() {
+			add("%s", p)
 		}
 	}
 	errs = append(errs, c.Options.validate()...)
@@ -260,50 +239,13 @@ func (c *Config) universalOptions() (*redis.UniversalOptions, error) {
 		o.PoolSize = c.PoolSize
 	}
 	if c.TLS != nil {
-		tc, err := c.TLS.build()
+		tc, err := c.TLS.Build()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("redisbus: %w", err)
 		}
 		o.TLSConfig = tc
 	}
 	return o, nil
-}
-
-func (t *TLSConfig) build() (*tls.Config, error) {
-	var tc *tls.Config
-	if t.Config != nil {
-		tc = t.Config.Clone()
-	} else {
-		tc = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	if t.InsecureSkipVerify {
-		tc.InsecureSkipVerify = true
-	}
-	if t.ServerName != "" {
-		tc.ServerName = t.ServerName
-	}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("redisbus: TLS.CAFile: %w", err)
-		}
-		pool := tc.RootCAs
-		if pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("redisbus: TLS.CAFile %q holds no PEM certificate", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("redisbus: TLS client certificate: %w", err)
-		}
-		tc.Certificates = append(tc.Certificates, cert)
-	}
-	return tc, nil
 }
 
 // secrets lists the strings that must never appear in an error.

@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -89,14 +88,9 @@ func parseURL(u *url.URL) (*Config, error) {
 	p.String("client_name", &c.ClientName)
 	p.Duration("dial_timeout", &c.DialTimeout)
 	p.Int("pool_size", &c.PoolSize)
-	t := &TLSConfig{}
-	p.String("tls_ca_file", &t.CAFile)
-	p.String("tls_cert_file", &t.CertFile)
-	p.String("tls_key_file", &t.KeyFile)
-	p.String("tls_server_name", &t.ServerName)
-	p.Bool("tls_insecure_skip_verify", &t.InsecureSkipVerify)
-	if scheme == "rediss" || *t != (TLSConfig{}) {
-		c.TLS = t
+	c.TLS = p.TLS()
+	if scheme == "rediss" && c.TLS == nil {
+		c.TLS = &TLSConfig{}
 	}
 	o := &c.Options
 	p.String("prefix", &o.KeyPrefix)
@@ -133,54 +127,28 @@ func (c *Config) URL() string {
 	if c.DB != 0 {
 		u.Path = "/" + strconv.Itoa(c.DB)
 	}
-	q := url.Values{}
+	var q driver.URLQuery
 	if len(c.Addrs) > 1 {
-		q.Set("addrs", strings.Join(c.Addrs[1:], ","))
+		q.Strings("addrs", c.Addrs[1:])
 	}
-	setString(q, "master_name", c.MasterName)
-	setString(q, "sentinel_username", c.SentinelUsername)
-	setString(q, "sentinel_password", c.SentinelPassword)
-	setString(q, "client_name", c.ClientName)
-	setDuration(q, "dial_timeout", c.DialTimeout)
-	setInt(q, "pool_size", int64(c.PoolSize))
-	if t := c.TLS; t != nil {
-		setString(q, "tls_ca_file", t.CAFile)
-		setString(q, "tls_cert_file", t.CertFile)
-		setString(q, "tls_key_file", t.KeyFile)
-		setString(q, "tls_server_name", t.ServerName)
-		if t.InsecureSkipVerify {
-			q.Set("tls_insecure_skip_verify", "true")
-		}
-	}
+	q.String("master_name", c.MasterName)
+	q.String("sentinel_username", c.SentinelUsername)
+	q.String("sentinel_password", c.SentinelPassword)
+	q.String("client_name", c.ClientName)
+	q.Duration("dial_timeout", c.DialTimeout)
+	q.Int("pool_size", c.PoolSize)
+	q.TLS(c.TLS)
 	o := &c.Options
-	setString(q, "prefix", o.KeyPrefix)
-	setInt(q, "max_len", o.MaxLen)
-	setInt(q, "dead_letter_max_len", o.DeadLetterMaxLen)
-	setDuration(q, "ack_wait", o.AckWait)
-	setDuration(q, "reclaim_interval", o.ReclaimInterval)
-	setDuration(q, "block_time", o.BlockTime)
-	setInt(q, "max_message_size", int64(o.MaxMessageSize))
-	setInt(q, "pipeline_workers", int64(o.PipelineWorkers))
+	q.String("prefix", o.KeyPrefix)
+	q.Int64("max_len", o.MaxLen)
+	q.Int64("dead_letter_max_len", o.DeadLetterMaxLen)
+	q.Duration("ack_wait", o.AckWait)
+	q.Duration("reclaim_interval", o.ReclaimInterval)
+	q.Duration("block_time", o.BlockTime)
+	q.Int("max_message_size", o.MaxMessageSize)
+	q.Int("pipeline_workers", o.PipelineWorkers)
 	u.RawQuery = q.Encode()
 	return u.String()
-}
-
-func setString(q url.Values, k, v string) {
-	if v != "" {
-		q.Set(k, v)
-	}
-}
-
-func setInt(q url.Values, k string, v int64) {
-	if v != 0 {
-		q.Set(k, strconv.FormatInt(v, 10))
-	}
-}
-
-func setDuration(q url.Values, k string, v time.Duration) {
-	if v != 0 {
-		q.Set(k, v.String())
-	}
 }
 
 type opener struct{}
