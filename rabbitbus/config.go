@@ -2,15 +2,15 @@ package rabbitbus
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/marty-msf/eventbus/driver"
 )
 
 // DefaultURL is the broker a Config without URL connects to.
@@ -47,25 +47,10 @@ type Config struct {
 	Options
 }
 
-// TLSConfig configures TLS from files, or from a ready tls.Config.
-type TLSConfig struct {
-	// CAFile is a PEM file of the certificate authorities to trust; empty
-	// means the system's.
-	CAFile string
-	// CertFile and KeyFile are the client certificate and key, PEM, for
-	// brokers that verify peers (and for the EXTERNAL mechanism).
-	CertFile string
-	KeyFile  string
-	// ServerName overrides the name verified in the broker's certificate
-	// (default: the URL's host).
-	ServerName string
-	// InsecureSkipVerify disables verification of the broker's certificate.
-	// For tests only.
-	InsecureSkipVerify bool
-	// Config, when set, is used as is (a clone) and the fields above are
-	// ignored. It cannot be given by URL.
-	Config *tls.Config
-}
+// TLSConfig configures TLS from files, or from a ready tls.Config, whose
+// fields it overrides: see [driver.TLSConfig]. The server name defaults to
+// the URL's host.
+type TLSConfig = driver.TLSConfig
 
 // QueueType is the RabbitMQ queue type of durable consumer-group queues.
 type QueueType string
@@ -206,7 +191,9 @@ func (c *Config) Validate() error {
 	if c.Heartbeat < 0 {
 		errs = append(errs, fmt.Errorf("rabbitbus: Heartbeat %s: negative", c.Heartbeat))
 	}
-	if t := c.TLS; t != nil && t.Config == nil && (t.CertFile == "") != (t.KeyFile == "") {
+	// Not TLSConfig.Problems, which reads the files: CheckURL calls Validate
+	// and promises no I/O. Open reports a file it cannot read.
+	if t := c.TLS; t != nil && (t.CertFile == "") != (t.KeyFile == "") {
 		errs = append(errs, errors.New("rabbitbus: TLS needs both CertFile and KeyFile, or neither"))
 	}
 	errs = append(errs, c.Options.validate()...)
@@ -220,32 +207,15 @@ func (c *Config) url() string {
 	return c.URL
 }
 
-// build returns the tls.Config of t for host.
-func (t *TLSConfig) build(host string) (*tls.Config, error) {
-	if t.Config != nil {
-		return t.Config.Clone(), nil
+// tlsConfig returns the tls.Config of t for a broker at host, the server
+// name unless t names another.
+func tlsConfig(t *TLSConfig, host string) (*tls.Config, error) {
+	tc, err := t.Build()
+	if err != nil {
+		return nil, fmt.Errorf("rabbitbus: %w", err)
 	}
-	tc := &tls.Config{ServerName: host, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12} //nolint:gosec // documented test option
-	if t.ServerName != "" {
-		tc.ServerName = t.ServerName
-	}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("rabbitbus: read TLS CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("rabbitbus: TLS CA file %q holds no PEM certificate", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("rabbitbus: load TLS client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
+	if tc.ServerName == "" {
+		tc.ServerName = host
 	}
 	return tc, nil
 }

@@ -123,7 +123,7 @@ func (d *Driver) dial(ctx context.Context) (*amqp.Connection, error) {
 		ac.Properties.SetClientConnectionName(d.cfg.ConnectionName)
 	}
 	if d.cfg.TLS != nil {
-		if ac.TLSClientConfig, err = d.cfg.TLS.build(u.Hostname()); err != nil {
+		if ac.TLSClientConfig, err = tlsConfig(d.cfg.TLS, u.Hostname()); err != nil {
 			return nil, err
 		}
 		if u.Scheme == "amqp" {

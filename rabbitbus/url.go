@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -68,15 +66,7 @@ func parseURL(u *url.URL) (*Config, error) {
 	p.Int("max_message_size", &o.MaxMessageSize)
 	p.Duration("heartbeat", &c.Heartbeat)
 	p.String("connection_name", &c.ConnectionName)
-	t := &TLSConfig{}
-	p.String("tls_ca_file", &t.CAFile)
-	p.String("tls_cert_file", &t.CertFile)
-	p.String("tls_key_file", &t.KeyFile)
-	p.String("tls_server_name", &t.ServerName)
-	p.Bool("tls_insecure_skip_verify", &t.InsecureSkipVerify)
-	if *t != (TLSConfig{}) {
-		c.TLS = t
-	}
+	c.TLS = p.TLS()
 	if err := p.Err(); err != nil {
 		return nil, err
 	}
@@ -90,42 +80,19 @@ func (c *Config) URLString() string {
 	if err != nil {
 		return c.url()
 	}
-	q := url.Values{}
-	set := func(k, v string) {
-		if v != "" {
-			q.Set(k, v)
-		}
-	}
-	setInt := func(k string, v int) {
-		if v != 0 {
-			q.Set(k, strconv.Itoa(v))
-		}
-	}
-	setDur := func(k string, v time.Duration) {
-		if v != 0 {
-			q.Set(k, v.String())
-		}
-	}
+	var q driver.URLQuery
 	o := &c.Options
-	set("prefix", o.Prefix)
-	set("queue_type", string(o.QueueType))
-	setInt("delivery_limit", o.DeliveryLimit)
-	setDur("group_expiry", o.GroupExpiry)
-	setDur("queue_expiry", o.QueueExpiry)
-	setInt("prefetch", o.Prefetch)
-	setInt("publish_channels", o.PublishChannels)
-	setInt("max_message_size", o.MaxMessageSize)
-	setDur("heartbeat", c.Heartbeat)
-	set("connection_name", c.ConnectionName)
-	if t := c.TLS; t != nil {
-		set("tls_ca_file", t.CAFile)
-		set("tls_cert_file", t.CertFile)
-		set("tls_key_file", t.KeyFile)
-		set("tls_server_name", t.ServerName)
-		if t.InsecureSkipVerify {
-			q.Set("tls_insecure_skip_verify", "true")
-		}
-	}
+	q.String("prefix", o.Prefix)
+	q.String("queue_type", string(o.QueueType))
+	q.Int("delivery_limit", o.DeliveryLimit)
+	q.Duration("group_expiry", o.GroupExpiry)
+	q.Duration("queue_expiry", o.QueueExpiry)
+	q.Int("prefetch", o.Prefetch)
+	q.Int("publish_channels", o.PublishChannels)
+	q.Int("max_message_size", o.MaxMessageSize)
+	q.Duration("heartbeat", c.Heartbeat)
+	q.String("connection_name", c.ConnectionName)
+	q.TLS(c.TLS)
 	u.RawQuery = q.Encode()
 	return u.String()
 }
