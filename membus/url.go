@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/url"
-	"strconv"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -54,20 +53,14 @@ func parseURL(u *url.URL) (*Options, error) {
 
 // URL returns the mem:// URL that ParseURL turns back into o.
 func (o *Options) URL() string {
-	q := url.Values{}
-	if o.MaxMessageSize != 0 {
-		q.Set("max_message_size", strconv.Itoa(o.MaxMessageSize))
+	var q driver.URLQuery
+	q.Int("max_message_size", o.MaxMessageSize)
+	q.Int("buffer_size", o.BufferSize)
+	q.Duration("ack_wait", o.AckWait)
+	if query := q.Encode(); query != "" {
+		return "mem://?" + query
 	}
-	if o.BufferSize != 0 {
-		q.Set("buffer_size", strconv.Itoa(o.BufferSize))
-	}
-	if o.AckWait != 0 {
-		q.Set("ack_wait", o.AckWait.String())
-	}
-	if len(q) == 0 {
-		return "mem://"
-	}
-	return "mem://?" + q.Encode()
+	return "mem://"
 }
 
 type opener struct{}
