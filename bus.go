@@ -55,6 +55,10 @@ type Options struct {
 	// Observer receives the bus's telemetry hooks (package telemetry
 	// implements it with OpenTelemetry). nil costs nothing.
 	Observer Observer
+
+	// Schemas, when set, checks the data of every message published
+	// (except queries) and consumed against its JSON Schema; see Schemas.
+	Schemas *Schemas
 }
 
 // RetryPolicy says how often and how fast a failed message is redelivered
@@ -298,7 +302,7 @@ func (b *Bus) Start(ctx context.Context) error {
 	}
 	replies := len(opened)
 	for _, r := range b.regs {
-		sub, err := r.backend.drv.Subscribe(ctx, r.dest, r.subscribeOptions())
+		sub, err := r.open(ctx)
 		if err != nil {
 			return fail(fmt.Errorf("eventbus: start: subscribe %s on %s: %w", r.dest.Name, r.backend.name, err))
 		}
@@ -369,10 +373,13 @@ type Stats struct {
 	// destination, or given back at close to a backend that never
 	// redelivers. Each is also logged at error level.
 	Dropped uint64
+	// Filtered counts messages acked without their handler because a
+	// subscription's filter (WithFilter, Bridge.Filter) left them out.
+	Filtered uint64
 }
 
 type counters struct {
-	handled, failed, deadLettered, dropped atomic.Uint64
+	handled, failed, deadLettered, dropped, filtered atomic.Uint64
 }
 
 // Stats returns the bus's counters.
@@ -382,6 +389,7 @@ func (b *Bus) Stats() Stats {
 		Failed:       b.stats.failed.Load(),
 		DeadLettered: b.stats.deadLettered.Load(),
 		Dropped:      b.stats.dropped.Load(),
+		Filtered:     b.stats.filtered.Load(),
 	}
 }
 

@@ -416,6 +416,9 @@ func (c *consumer) handle(d *driver.Delivery) bool {
 		c.deadLetter([]*driver.Delivery{d}, d.Err)
 		return false
 	}
+	if g := c.reg.opts.content.gate; g != nil && !c.admit(g, d) {
+		return false
+	}
 	call := func() error {
 		return c.observe(OpProcess, d.Message, nil, func(ctx context.Context) error { return c.reg.handler.Handle(ctx, d.Message) })
 	}
@@ -713,6 +716,9 @@ func (c *consumer) runBatches() {
 		for _, d := range ds {
 			if d.Err != nil {
 				c.deadLetter([]*driver.Delivery{d}, d.Err)
+				continue
+			}
+			if g := c.reg.opts.content.gate; g != nil && !c.admit(g, d) {
 				continue
 			}
 			batch = append(batch, d)

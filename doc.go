@@ -74,6 +74,30 @@
 // DeclareStreamGroup create a durable group without consuming, so that
 // messages published before its first member starts are kept.
 //
+// # Filters, content routes, pipelines, bridges and schemas
+//
+// WithFilter narrows a subscription with a [Filter]: Exact, Prefix and
+// Suffix over a CloudEvents attribute or extension, All, Any and Not, and
+// SQL (CloudEvents SQL over the attributes, and over JSON data through
+// DATA('path')). Filters compile when the subscription is registered (a
+// *FilterError then); a message filtered out is acked, counted in
+// Stats.Filtered and never dead-lettered. Every part of a filter runs in the
+// bus, after receiving, on every backend: no driver filters on the broker
+// yet, so filtered-out messages still travel to the process.
+//
+// A [Route] with a Filter sends the messages it matches to its backend
+// (high-value orders to a durable backend) and the others to the next route
+// that applies; subscribers consume the destination from every backend its
+// routes may choose, and Start validates each of those backends. A
+// [Pipeline] maps a message to zero or more messages, per subscription
+// (WithPipeline), per route on publish (Route.Pipeline) or per bridge; its
+// errors follow the handler rules. [Bus.Bridge] forwards a destination from
+// one backend to another and acks the source only after the target
+// confirmed. With Options.Schemas, data is checked against its JSON Schema
+// ([Schemas], named by dataschema or bound to the type) on publish — a
+// *SchemaError before the wire — and on consume, where an invalid message
+// is dead-lettered with its violations as the reason.
+//
 // # Lifecycle and concurrency
 //
 // New, then Register backends and register handlers, then Start. Close stops

@@ -54,6 +54,9 @@ func (b *Bus) PublishStream(ctx context.Context, stream string, msgs ...*Message
 		return nil
 	}
 	dest := b.destination(driver.Stream, stream, "")
+	if b.screensPublish() {
+		return b.publishContent(ctx, dest, msgs)
+	}
 	be, err := b.backendFor(dest)
 	if err != nil {
 		return fmt.Errorf("eventbus: publish %s: %w", dest.Name, err)
@@ -75,6 +78,9 @@ func checkMessage(m *Message) error {
 }
 
 func (b *Bus) publish(ctx context.Context, dest driver.Destination, m *Message) error {
+	if b.screensPublish() {
+		return b.publishContent(ctx, dest, []*Message{m})
+	}
 	be, err := b.backendFor(dest)
 	if err != nil {
 		return fmt.Errorf("eventbus: publish %s: %w", dest.Name, err)

@@ -16,10 +16,21 @@ import (
 // ("order.*"), "<service>.<type>" for commands and queries ("billing.*"), the
 // stream name for streams. An empty Match matches everything. A zero Pattern
 // matches every pattern.
+//
+// Filter, when not zero, makes a content route: it also has to match the
+// message (attributes, CESQL over attributes and data; see Filter), which is
+// then published to Backend, while the destination's other messages take the
+// next route that applies. Subscribers of such a destination consume from
+// every backend its routes may choose. Queries are not routed by content.
+// Pipeline, when set, transforms the messages the route places before they
+// are sent (see Pipeline); its outputs go to the same destination and
+// backend.
 type Route struct {
-	Pattern Pattern
-	Match   string
-	Backend string
+	Pattern  Pattern
+	Match    string
+	Backend  string
+	Filter   Filter
+	Pipeline *Pipeline
 }
 
 func (r Route) String() string {
@@ -51,11 +62,13 @@ type router struct {
 	backends []*backend
 	fallback *backend
 	cache    sync.Map // destination name → *backend
+	content  *contentRouting
 }
 
 func newRouter(routes []Route, def string, backends []*backend, byName map[string]*backend) (*router, []error) {
 	var problems []error
 	rt := &router{routes: routes, byName: byName, backends: backends}
+	problems = append(problems, rt.compileContent()...)
 	for _, r := range routes {
 		be := byName[r.Backend]
 		if be == nil {
@@ -142,22 +155,9 @@ func (rt *router) resolve(dest driver.Destination) (*backend, error) {
 func (rt *router) resolveSlow(dest driver.Destination) (*backend, error) {
 	rel := strings.TrimPrefix(dest.Name, dest.Pattern.Prefix()+".")
 	for _, r := range rt.routes {
-		if r.Pattern != 0 && r.Pattern != dest.Pattern {
-			continue
+		if r.Filter.IsZero() && routeApplies(r, dest, rel) {
+			return rt.routeBackend(r, dest)
 		}
-		if r.Match != "" {
-			if ok, _ := path.Match(r.Match, rel); !ok {
-				continue
-			}
-		}
-		be := rt.byName[r.Backend]
-		if be == nil {
-			return nil, fmt.Errorf("eventbus: %s: %w %q", r, ErrUnknownBackend, r.Backend)
-		}
-		if err := patternCapable(be, dest.Pattern); err != nil {
-			return nil, fmt.Errorf("eventbus: %s for %s: %w", r, dest.Name, err)
-		}
-		return be, nil
 	}
 	if len(rt.backends) > 1 {
 		for _, name := range selectionMatrix[dest.Pattern] {

@@ -20,6 +20,7 @@ type subscribeOptions struct {
 	maxInFlight int
 	ackWait     time.Duration
 	retry       *RetryPolicy
+	content     contentOptions
 }
 
 // WithConcurrency runs up to n handler calls of the subscription at once.
@@ -82,6 +83,7 @@ type registration struct {
 	opts    subscribeOptions
 	backend *backend
 	sub     *Subscription
+	route   regRoute
 }
 
 func (r *registration) subscribeOptions() driver.SubscribeOptions {
@@ -236,6 +238,9 @@ func (b *Bus) register(ctx context.Context, nilHandler bool, opts []SubscribeOpt
 		p := o.retry.withDefaults()
 		o.retry = &p
 	}
+	if err := b.prepareContent(&o, regs); err != nil {
+		return nil, err
+	}
 	s := &Subscription{bus: b, regs: regs}
 	for _, r := range regs {
 		r.opts = o
@@ -280,7 +285,7 @@ func (b *Bus) openLocked(ctx context.Context, s *Subscription) error {
 	}
 	opened := make([]*consumer, 0, len(s.regs))
 	for _, r := range s.regs {
-		sub, err := r.backend.drv.Subscribe(ctx, r.dest, r.subscribeOptions())
+		sub, err := r.open(ctx)
 		if err != nil {
 			for _, c := range opened {
 				_ = c.sub.Close(context.WithoutCancel(ctx))
@@ -302,7 +307,7 @@ func (b *Bus) openLocked(ctx context.Context, s *Subscription) error {
 func bind(rt *router, regs []*registration) []error {
 	var problems []error
 	for _, r := range regs {
-		be, err := rt.resolve(r.dest)
+		be, err := rt.resolveReg(r)
 		if err == nil {
 			err = checkCapabilities(be, r)
 		}
@@ -311,6 +316,7 @@ func bind(rt *router, regs []*registration) []error {
 			continue
 		}
 		r.backend = be
+		problems = append(problems, rt.bindContent(r)...)
 	}
 	return problems
 }

@@ -1,0 +1,457 @@
+package eventbus
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	cesql "github.com/cloudevents/sdk-go/sql/v2"
+	cesqlfn "github.com/cloudevents/sdk-go/sql/v2/function"
+	cesqlparser "github.com/cloudevents/sdk-go/sql/v2/parser"
+	cesqlruntime "github.com/cloudevents/sdk-go/sql/v2/runtime"
+	"github.com/cloudevents/sdk-go/v2/event"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+// ErrInvalidFilter: a filter is malformed (a CESQL syntax error, an
+// attribute name outside the CloudEvents rule, an empty All or Any, a filter
+// where none is allowed). errors.As with *FilterError says which.
+var ErrInvalidFilter = errors.New("invalid filter")
+
+// FilterError reports a filter that does not compile. It matches
+// ErrInvalidFilter.
+type FilterError struct {
+	// Filter is the filter's text, as Filter.String gives it.
+	Filter string
+	Err    error
+}
+
+func (e *FilterError) Error() string {
+	return fmt.Sprintf("eventbus: invalid filter %s: %v", e.Filter, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *FilterError) Unwrap() error { return e.Err }
+
+// Is makes a FilterError match ErrInvalidFilter.
+func (e *FilterError) Is(target error) bool { return target == ErrInvalidFilter }
+
+type filterOp uint8
+
+const (
+	opNone filterOp = iota
+	opExact
+	opPrefix
+	opSuffix
+	opAll
+	opAny
+	opNot
+	opSQL
+)
+
+// Filter selects messages by content, in the dialects of the CloudEvents
+// Subscriptions API: Exact, Prefix and Suffix over one attribute, All, Any
+// and Not over other filters, and SQL (CloudEvents SQL, CESQL) over the
+// attributes and, through the DATA function, the data.
+//
+// Attribute names are CloudEvents names: id, source, specversion, type,
+// subject, time (RFC 3339), datacontenttype, dataschema, the extensions the
+// bus carries (correlationid, causationid, traceparent, tracestate, replyto;
+// partitionkey is the message Key) and any name of Message.Extensions. An
+// attribute the message lacks matches no Exact, Prefix or Suffix.
+//
+// A Filter is a value; it is compiled once where it is used (WithFilter,
+// Route.Filter, Bridge.Filter, CompileFilter), and a malformed one is a
+// *FilterError there, never at the first message. The zero Filter matches
+// everything.
+type Filter struct {
+	op          filterOp
+	attr, value string
+	subs        []Filter
+}
+
+// Exact matches messages whose attribute equals value.
+func Exact(attribute, value string) Filter {
+	return Filter{op: opExact, attr: attribute, value: value}
+}
+
+// Prefix matches messages whose attribute starts with value.
+func Prefix(attribute, value string) Filter {
+	return Filter{op: opPrefix, attr: attribute, value: value}
+}
+
+// Suffix matches messages whose attribute ends with value.
+func Suffix(attribute, value string) Filter {
+	return Filter{op: opSuffix, attr: attribute, value: value}
+}
+
+// All matches messages that every filter matches (at least one filter).
+func All(filters ...Filter) Filter { return Filter{op: opAll, subs: filters} }
+
+// Any matches messages that at least one filter matches (at least one
+// filter).
+func Any(filters ...Filter) Filter { return Filter{op: opAny, subs: filters} }
+
+// Not matches messages that f does not match.
+func Not(f Filter) Filter { return Filter{op: opNot, subs: []Filter{f}} }
+
+// SQL matches messages for which the CloudEvents SQL expression is true.
+// Besides the CESQL built-ins, the function DATA(path) gives the value at a
+// dot-separated path ("order.amount", "items.0.sku") of a JSON payload as a
+// string: a JSON string as is, a number, boolean or object as its JSON text,
+// and an empty string when the data is not JSON or the path is absent. Cast
+// it for comparisons: INT(DATA('amount')) > 100. Each DATA call decodes the
+// payload, so prefer attributes for what attributes can say.
+//
+// An expression that fails to evaluate (a missing attribute, a failed cast)
+// or whose value is not a boolean does not match, as the CESQL
+// specification asks of subscription filters.
+func SQL(expression string) Filter { return Filter{op: opSQL, value: expression} }
+
+// IsZero reports whether f is the zero Filter, which matches everything.
+func (f Filter) IsZero() bool { return f.op == opNone }
+
+// String returns f in the JSON form of the CloudEvents Subscriptions API.
+func (f Filter) String() string {
+	var b strings.Builder
+	f.write(&b)
+	return b.String()
+}
+
+func (f Filter) write(b *strings.Builder) {
+	name := [...]string{"", "exact", "prefix", "suffix", "all", "any", "not", "sql"}[f.op]
+	switch f.op {
+	case opNone:
+		b.WriteString("{}")
+	case opExact, opPrefix, opSuffix:
+		fmt.Fprintf(b, `{%q:{%q:%q}}`, name, f.attr, f.value)
+	case opSQL:
+		fmt.Fprintf(b, `{%q:%q}`, name, f.value)
+	case opNot:
+		fmt.Fprintf(b, `{%q:`, name)
+		f.subs[0].write(b)
+		b.WriteByte('}')
+	case opAll, opAny:
+		fmt.Fprintf(b, `{%q:[`, name)
+		for i, s := range f.subs {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			s.write(b)
+		}
+		b.WriteString("]}")
+	}
+}
+
+// Matcher is a compiled Filter. It is safe for concurrent use.
+type Matcher struct {
+	root   matchNode
+	filter Filter
+}
+
+// CompileFilter compiles f, so that it can be tested alone or used outside a
+// subscription. Errors are *FilterError.
+func CompileFilter(f Filter) (*Matcher, error) {
+	root, err := compileNode(f)
+	if err != nil {
+		return nil, &FilterError{Filter: f.String(), Err: err}
+	}
+	return &Matcher{root: root, filter: f}, nil
+}
+
+// Match reports whether m passes the filter. A nil Matcher matches
+// everything.
+func (mt *Matcher) Match(m *Message) bool {
+	if mt == nil || mt.root == nil {
+		return true
+	}
+	return mt.root.match(m)
+}
+
+// Filter returns the filter mt was compiled from.
+func (mt *Matcher) Filter() Filter { return mt.filter }
+
+type matchNode interface {
+	match(m *Message) bool
+}
+
+func compileNode(f Filter) (matchNode, error) {
+	switch f.op {
+	case opNone:
+		return nil, nil
+	case opExact, opPrefix, opSuffix:
+		if p := attributeNameProblem(f.attr); p != "" {
+			return nil, fmt.Errorf("attribute %q: %s", f.attr, p)
+		}
+		return attrNode{op: f.op, attr: f.attr, value: f.value}, nil
+	case opAll, opAny:
+		if len(f.subs) == 0 {
+			return nil, errors.New("all and any need at least one filter")
+		}
+		nodes := make([]matchNode, 0, len(f.subs))
+		for _, s := range f.subs {
+			n, err := compileNode(s)
+			if err != nil {
+				return nil, err
+			}
+			if n == nil {
+				n = allNode(nil) // the zero Filter matches everything
+			}
+			nodes = append(nodes, n)
+		}
+		if f.op == opAll {
+			return allNode(nodes), nil
+		}
+		return anyNode(nodes), nil
+	case opNot:
+		n, err := compileNode(f.subs[0])
+		if err != nil {
+			return nil, err
+		}
+		if n == nil {
+			return nil, errors.New("not of the zero filter matches nothing")
+		}
+		return notNode{n}, nil
+	case opSQL:
+		return compileSQL(f.value)
+	}
+	return nil, fmt.Errorf("unknown filter operator %d", f.op)
+}
+
+// attributeNameProblem checks a CloudEvents attribute name: lower-case ASCII
+// letters and digits.
+func attributeNameProblem(name string) string {
+	if name == "" {
+		return "empty name"
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return "a CloudEvents attribute name has only lower-case letters and digits"
+		}
+	}
+	return ""
+}
+
+type attrNode struct {
+	op          filterOp
+	attr, value string
+}
+
+func (n attrNode) match(m *Message) bool {
+	v, ok := attribute(m, n.attr)
+	if !ok {
+		return false
+	}
+	switch n.op {
+	case opExact:
+		return v == n.value
+	case opPrefix:
+		return strings.HasPrefix(v, n.value)
+	default:
+		return strings.HasSuffix(v, n.value)
+	}
+}
+
+type allNode []matchNode
+
+func (n allNode) match(m *Message) bool {
+	for _, s := range n {
+		if !s.match(m) {
+			return false
+		}
+	}
+	return true
+}
+
+type anyNode []matchNode
+
+func (n anyNode) match(m *Message) bool {
+	for _, s := range n {
+		if s.match(m) {
+			return true
+		}
+	}
+	return false
+}
+
+type notNode struct{ n matchNode }
+
+func (n notNode) match(m *Message) bool { return !n.n.match(m) }
+
+// attribute returns the value of the CloudEvents attribute name of m, and
+// whether m has it.
+func attribute(m *Message, name string) (string, bool) {
+	var v string
+	switch name {
+	case "id":
+		return m.ID, true
+	case "source":
+		return m.Source, true
+	case "type":
+		return m.Type, true
+	case "specversion":
+		return driver.SpecVersion, true
+	case "time":
+		if m.Time.IsZero() {
+			return "", false
+		}
+		return m.Time.UTC().Format(time.RFC3339Nano), true
+	case "subject":
+		v = m.Subject
+	case "datacontenttype":
+		v = m.DataContentType
+	case "dataschema":
+		v = m.DataSchema
+	case driver.ExtCorrelationID:
+		v = m.CorrelationID
+	case driver.ExtCausationID:
+		v = m.CausationID
+	case driver.ExtTraceParent:
+		v = m.TraceParent
+	case driver.ExtTraceState:
+		v = m.TraceState
+	case driver.ExtReplyTo:
+		v = m.ReplyTo
+	case driver.ExtPartitionKey:
+		v = m.Key
+	default:
+		v, ok := m.Extensions[name]
+		return v, ok
+	}
+	return v, v != ""
+}
+
+type sqlNode struct {
+	expr cesql.Expression
+}
+
+var registerDataFunction sync.Once
+
+func compileSQL(src string) (matchNode, error) {
+	registerDataFunction.Do(func() {
+		// DATA is ours; an error means a function of that name and arity is
+		// registered already, which then serves.
+		_ = cesqlruntime.AddFunction(cesqlfn.NewFunction("DATA",
+			[]cesql.Type{cesql.StringType}, nil, cesql.StringType, dataFunction))
+	})
+	if strings.TrimSpace(src) == "" {
+		return nil, errors.New("empty CESQL expression")
+	}
+	expr, err := parseSQL(src)
+	if err != nil {
+		return nil, fmt.Errorf("CESQL: %w", err)
+	}
+	return sqlNode{expr: expr}, nil
+}
+
+// parseSQL parses a CESQL expression. The SDK's parser panics on some
+// syntax errors (its error listener reads a recognition exception that the
+// parser leaves nil); that is a syntax error too.
+func parseSQL(src string) (expr cesql.Expression, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			expr, err = nil, fmt.Errorf("syntax error in %q", src)
+		}
+	}()
+	return cesqlparser.Parse(src)
+}
+
+func (n sqlNode) match(m *Message) bool {
+	v, err := n.expr.Evaluate(toEvent(m))
+	b, ok := v.(bool)
+	return err == nil && ok && b
+}
+
+// toEvent converts m to the SDK's event for CESQL. Attributes the SDK
+// refuses (an extension name it does not accept) are left out, so that an
+// expression naming them does not match.
+func toEvent(m *Message) event.Event {
+	e := event.New()
+	e.SetID(m.ID)
+	e.SetSource(m.Source)
+	e.SetType(m.Type)
+	if m.Subject != "" {
+		e.SetSubject(m.Subject)
+	}
+	if !m.Time.IsZero() {
+		e.SetTime(m.Time)
+	}
+	if m.DataContentType != "" {
+		e.SetDataContentType(m.DataContentType)
+	}
+	if m.DataSchema != "" {
+		e.SetDataSchema(m.DataSchema)
+	}
+	for _, x := range [...]struct{ name, value string }{
+		{driver.ExtCorrelationID, m.CorrelationID},
+		{driver.ExtCausationID, m.CausationID},
+		{driver.ExtTraceParent, m.TraceParent},
+		{driver.ExtTraceState, m.TraceState},
+		{driver.ExtReplyTo, m.ReplyTo},
+		{driver.ExtPartitionKey, m.Key},
+	} {
+		if x.value != "" {
+			e.SetExtension(x.name, x.value)
+		}
+	}
+	for k, v := range m.Extensions {
+		e.SetExtension(k, v)
+	}
+	e.DataEncoded = m.Data
+	return e
+}
+
+// dataFunction is CESQL's DATA(path).
+func dataFunction(e event.Event, args []any) (any, error) {
+	path, _ := args[0].(string)
+	return dataAt(e.DataEncoded, path), nil
+}
+
+// dataAt returns the value at the dot-separated path of the JSON document
+// data, as DATA documents it.
+func dataAt(data []byte, path string) string {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return ""
+	}
+	if path != "" {
+		for part := range strings.SplitSeq(path, ".") {
+			switch x := v.(type) {
+			case map[string]any:
+				var ok bool
+				if v, ok = x[part]; !ok {
+					return ""
+				}
+			case []any:
+				i, err := strconv.Atoi(part)
+				if err != nil || i < 0 || i >= len(x) {
+					return ""
+				}
+				v = x[i]
+			default:
+				return ""
+			}
+		}
+	}
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case json.Number:
+		return x.String()
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return ""
+	}
+	return string(out)
+}
