@@ -73,9 +73,12 @@
 // Consumers use manual acks on a channel per subscription, with a prefetch
 // (QoS) of SubscribeOptions.MaxInFlight (Options.Prefetch, 256, when
 // zero): the broker never has more unsettled deliveries out than that.
-// Ack and Term send basic.ack at once; Nack is described below. Closing a
-// subscription closes its channel: the broker requeues at once everything
-// it delivered on it and that was not acked, buffered or handed out. A
+// Ack and Term send basic.ack at once: deliveries acked together that are,
+// with those settled before, every delivery of the channel up to the
+// highest of them go as one basic.ack with multiple set, the others one
+// frame each. Nack is described below. Closing a subscription closes its
+// channel: the broker requeues at once everything it delivered on it and
+// that was not acked, buffered or handed out. A
 // process that dies has its deliveries requeued as soon as the broker
 // notices the closed connection (at once on a TCP reset, two heartbeats at
 // worst).

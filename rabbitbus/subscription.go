@@ -150,7 +150,8 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 	if prefetch <= 0 {
 		prefetch = d.opts.Prefetch
 	}
-	s := &subscription{d: d, dest: dest, spec: spec, prefetch: min(prefetch, 65535), done: make(chan struct{})}
+	s := &subscription{d: d, dest: dest, spec: spec, prefetch: min(prefetch, 65535),
+		receiving: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := s.open(ctx, nil); err != nil {
 		return nil, err
 	}
@@ -173,8 +174,12 @@ type subscription struct {
 
 	mu         sync.Mutex
 	ch         *amqp.Channel
+	acks       *acker
 	queue      string
 	deliveries <-chan amqp.Delivery
+	// receiving is held by the Receive that takes deliveries from the
+	// channel, so that the acker learns their tags in the broker's order.
+	receiving chan struct{}
 
 	closed atomic.Bool
 	done   chan struct{}
@@ -182,7 +187,7 @@ type subscription struct {
 
 // handle is the driver's part of a delivery.
 type handle struct {
-	ch       *amqp.Channel
+	acks     *acker // of the channel that received it
 	queue    string
 	attempt  int
 	delivery amqp.Delivery
@@ -219,19 +224,28 @@ func (s *subscription) open(ctx context.Context, old *amqp.Channel) error {
 	if err != nil {
 		return fail(classify(err))
 	}
-	s.ch, s.queue, s.deliveries = ch, queue, dl
+	s.ch, s.acks, s.queue, s.deliveries = ch, newAcker(ch), queue, dl
 	return nil
 }
 
-// Receive returns between 1 and max deliveries.
+// Receive returns between 1 and max deliveries. Concurrent calls take
+// turns.
 func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Delivery, error) {
 	max = cmp(max)
+	select {
+	case s.receiving <- struct{}{}:
+		defer func() { <-s.receiving }()
+	case <-s.done:
+		return nil, s.d.errClosed()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	for {
 		if s.closed.Load() {
 			return nil, s.d.errClosed()
 		}
 		s.mu.Lock()
-		ch, queue, dl := s.ch, s.queue, s.deliveries
+		ch, acks, queue, dl := s.ch, s.acks, s.queue, s.deliveries
 		s.mu.Unlock()
 		select {
 		case m, ok := <-dl:
@@ -254,14 +268,14 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Delivery
 				}
 				continue
 			}
-			out := []*driver.Delivery{s.delivery(ch, queue, m)}
+			out := []*driver.Delivery{s.delivery(acks, queue, m)}
 			for len(out) < max {
 				select {
 				case m, ok := <-dl:
 					if !ok {
 						return out, nil
 					}
-					out = append(out, s.delivery(ch, queue, m))
+					out = append(out, s.delivery(acks, queue, m))
 					continue
 				default:
 				}
@@ -283,10 +297,12 @@ func cmp(max int) int {
 	return max
 }
 
-func (s *subscription) delivery(ch *amqp.Channel, queue string, m amqp.Delivery) *driver.Delivery {
+func (s *subscription) delivery(acks *acker, queue string, m amqp.Delivery) *driver.Delivery {
+	acks.received(m.DeliveryTag)
 	msg, err := decode(&m)
-	return &driver.Delivery{Message: msg, Err: err, Attempt: attempt(&m),
-		Handle: &handle{ch: ch, queue: queue, attempt: attempt(&m), delivery: m}}
+	n := attempt(&m)
+	return &driver.Delivery{Message: msg, Err: err, Attempt: n,
+		Handle: &handle{acks: acks, queue: queue, attempt: n, delivery: m}}
 }
 
 // attempt counts deliveries to the group: those before the driver last
@@ -350,15 +366,31 @@ func settleErr(op string, err error) error {
 	return fmt.Errorf("rabbitbus: %s: the channel that received the message is gone, the broker redelivers it: %w: %w", op, driver.ErrUnavailable, err)
 }
 
-// Ack acknowledges each delivery at once, one frame each.
+// Ack acknowledges the deliveries at once: one basic.ack with multiple set
+// for those that, with the deliveries settled before, are every delivery of
+// their channel up to the highest of them, and one frame each for the rest
+// (see acker).
 func (s *subscription) Ack(_ context.Context, ds []*driver.Delivery) error {
 	hs, err := s.handles("ack", ds)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, h := range hs {
-		if err := h.ch.Ack(h.delivery.DeliveryTag, false); err != nil {
+	tags := make([]uint64, 0, len(hs))
+	for len(hs) > 0 {
+		// Deliveries of one channel instance; after a reconnection a batch
+		// may hold some of the channel before.
+		a, rest := hs[0].acks, hs[:0]
+		tags = tags[:0]
+		for _, h := range hs {
+			if h.acks == a {
+				tags = append(tags, h.delivery.DeliveryTag)
+			} else {
+				rest = append(rest, h)
+			}
+		}
+		hs = rest
+		if err := a.ack(tags); err != nil {
 			errs = append(errs, settleErr("ack", err))
 		}
 	}
@@ -392,7 +424,7 @@ func (s *subscription) Nack(ctx context.Context, ds []*driver.Delivery, delay ti
 
 func (s *subscription) nack(ctx context.Context, h *handle, delay time.Duration) error {
 	if delay <= 0 && s.d.opts.QueueType == Quorum && s.spec.durable {
-		if err := h.ch.Nack(h.delivery.DeliveryTag, false, true); err != nil {
+		if err := h.acks.requeue(h.delivery.DeliveryTag); err != nil {
 			return settleErr("nack", err)
 		}
 		return nil
@@ -409,7 +441,7 @@ func (s *subscription) nack(ctx context.Context, h *handle, delay time.Duration)
 	if err := s.d.send(ctx, []outgoing{out}); err != nil {
 		return s.requeue(h, err)
 	}
-	if err := h.ch.Ack(h.delivery.DeliveryTag, false); err != nil {
+	if err := h.acks.ack([]uint64{h.delivery.DeliveryTag}); err != nil {
 		// The copy is queued and the original comes back too: a duplicate,
 		// never a loss.
 		return settleErr("nack", err)
@@ -421,7 +453,7 @@ func (s *subscription) nack(ctx context.Context, h *handle, delay time.Duration)
 // published.
 func (s *subscription) requeue(h *handle, cause error) error {
 	s.d.log.Warn("rabbitbus: delayed redelivery failed; requeueing now", "queue", h.queue, "error", cause)
-	if err := h.ch.Nack(h.delivery.DeliveryTag, false, true); err != nil {
+	if err := h.acks.requeue(h.delivery.DeliveryTag); err != nil {
 		return settleErr("nack", err)
 	}
 	return nil
