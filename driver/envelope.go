@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -58,24 +59,23 @@ func CheckEnvelope(msgs []*Message) error {
 }
 
 func (m *Message) check() error {
-	var err error
-	m.EachAttribute(func(name, value string) {
-		if err != nil {
-			return
+	// The fields one by one, not EachAttribute: this runs on every publish,
+	// and the time attribute needs no check (the driver formats it).
+	for _, a := range [...]struct{ name, value string }{
+		{"id", m.ID}, {"source", m.Source}, {"type", m.Type}, {"subject", m.Subject},
+		{"datacontenttype", m.DataContentType}, {"dataschema", m.DataSchema},
+		{ExtCorrelationID, m.CorrelationID}, {ExtCausationID, m.CausationID},
+		{ExtTraceParent, m.TraceParent}, {ExtTraceState, m.TraceState}, {ExtReplyTo, m.ReplyTo},
+	} {
+		if problem := attributeValueProblem(a.value); problem != "" {
+			return &InvalidError{Field: a.name, Reason: problem}
+		}
+	}
+	for name, value := range m.Extensions {
+		if problem := ExtensionNameProblem(name); problem != "" {
+			return &InvalidError{Field: "extension " + quote(name), Reason: problem}
 		}
 		if problem := attributeValueProblem(value); problem != "" {
-			field := name
-			if _, ext := m.Extensions[name]; ext {
-				field = "extension " + quote(name)
-			}
-			err = &InvalidError{Field: field, Reason: problem}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	for name := range m.Extensions {
-		if problem := ExtensionNameProblem(name); problem != "" {
 			return &InvalidError{Field: "extension " + quote(name), Reason: problem}
 		}
 	}
@@ -132,28 +132,40 @@ func HeaderNameProblem(name string) string {
 	return ""
 }
 
-func attributeValueProblem(v string) string {
-	if !utf8.ValidString(v) {
-		return "not valid UTF-8"
-	}
-	if i := strings.IndexFunc(v, isControl); i >= 0 {
-		return fmt.Sprintf("control character %U", []rune(v[i:])[0])
-	}
-	if strings.TrimSpace(v) != v {
-		return "leading or trailing white space"
-	}
-	return ""
-}
+func attributeValueProblem(v string) string { return textProblem(v, false) }
 
-func headerValueProblem(v string) string {
-	if !utf8.ValidString(v) {
-		return "not valid UTF-8"
+func headerValueProblem(v string) string { return textProblem(v, true) }
+
+const problemSpace = "leading or trailing white space"
+
+// textProblem says what makes v unfit to travel unchanged as an attribute or
+// header value: invalid UTF-8, a control character (a tab is allowed in a
+// header), or surrounding white space. One pass, without allocating.
+func textProblem(v string, tabOK bool) string {
+	for i := 0; i < len(v); {
+		c := v[i]
+		if c < utf8.RuneSelf {
+			if (c < 0x20 && !(tabOK && c == '\t')) || c == 0x7f {
+				return fmt.Sprintf("control character %U", rune(c))
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(v[i:])
+		if r == utf8.RuneError && size == 1 {
+			return "not valid UTF-8"
+		}
+		if r >= 0x80 && r <= 0x9f {
+			return fmt.Sprintf("control character %U", r)
+		}
+		i += size
 	}
-	if i := strings.IndexFunc(v, func(r rune) bool { return r != '\t' && isControl(r) }); i >= 0 {
-		return fmt.Sprintf("control character %U", []rune(v[i:])[0])
-	}
-	if strings.TrimSpace(v) != v {
-		return "leading or trailing white space"
+	if v != "" {
+		first, _ := utf8.DecodeRuneInString(v)
+		last, _ := utf8.DecodeLastRuneInString(v)
+		if unicode.IsSpace(first) || unicode.IsSpace(last) {
+			return problemSpace
+		}
 	}
 	return ""
 }
