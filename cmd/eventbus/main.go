@@ -9,7 +9,10 @@
 //
 // runs a NATS server with JetStream file storage in DIR (default
 // ./eventbus-data) until interrupted (SIGINT or SIGTERM), and prints the URL
-// that other processes connect to. --port -1 picks a free port.
+// that other processes connect to. --port -1 picks a free port. The server
+// holds DIR (a lock on DIR/eventbus.lock, released when it exits): a second
+// server on the same DIR fails at once, and so do a taken port and a DIR
+// that cannot be written, each naming its cause.
 //
 //	eventbus publish TYPE [JSON|-] [--command SERVICE | --broadcast | --stream NAME] [--key K] [--subject S] [--source SRC]
 //
@@ -42,11 +45,15 @@
 // means nats://host:port), --user, --password, --token and --creds (defaults
 // $NATS_USER, $NATS_PASSWORD, $NATS_TOKEN and $NATS_CREDS, which keep secrets
 // off the command line), --tls-ca, --tls-cert and --tls-key, --connect-timeout
-// (default 3s), and --stream-prefix and --subject-prefix, which must match the
+// (default 10s: how long a client keeps trying to reach a server that is
+// not up yet, so that it may be started together with the server), and
+// --stream-prefix and --subject-prefix, which must match the
 // services' natsbus Options. Credentials are never printed: URLs are shown
 // without their user information, and help never shows values taken from the
 // environment. Like any service's bus, the client commands create the
 // JetStream streams they need, or update their limits, when they connect.
+// A lost connection and each reconnection are reported on standard error;
+// the commands keep waiting for the server meanwhile.
 //
 // # Configuration file
 //
@@ -61,7 +68,8 @@
 // # Exit status
 //
 // 0 on success (an interrupted listen or server included), 1 on a failure
-// (unreachable server, refused publish...), 2 on a usage error (unknown
+// (refused publish, server that cannot start...), 6 when the server could
+// not be reached within --connect-timeout, 2 on a usage error (unknown
 // command or flag, wrong arguments, invalid JSON or names). query adds 3 when
 // no reply came in time, 4 when nobody handles the query and 5 when the
 // handler returned an error, printed with its code. Errors go to standard

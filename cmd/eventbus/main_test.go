@@ -81,7 +81,7 @@ func (b *syncBuffer) String() string {
 // waitFor waits until the output contains s.
 func (b *syncBuffer) waitFor(t testing.TB, s string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(b.String(), s) {
 		if time.Now().After(deadline) {
 			t.Fatalf("output never contained %q; it is %q", s, b.String())
@@ -119,7 +119,7 @@ type running struct {
 // is interrupted when the test ends, if it is still running.
 func start(t testing.TB, args ...string) *running {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	r := &running{cancel: cancel, done: make(chan int, 1)}
 	go func() { r.done <- run(ctx, args, noEnv, strings.NewReader(""), &r.stdout, &r.stderr) }()
 	t.Cleanup(func() { r.cancel(); <-r.done; r.done <- 0 })
@@ -133,7 +133,7 @@ func (r *running) wait(t testing.TB) int {
 	case code := <-r.done:
 		r.done <- code
 		return code
-	case <-time.After(15 * time.Second):
+	case <-time.After(45 * time.Second):
 		t.Fatalf("command did not end; stdout %q, stderr %q", r.stdout.String(), r.stderr.String())
 		return -1
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/marty-msf/eventbus"
@@ -26,6 +27,7 @@ const (
 	exitTimeout
 	exitNoResponders
 	exitRemote
+	exitUnavailable
 )
 
 const defaultURL = "nats://127.0.0.1:4222"
@@ -89,6 +91,9 @@ type connFlags struct {
 	tlsCA, tlsCert, tlsKey            string
 	connectTimeout                    time.Duration
 	streamPrefix, subjectPrefix       string
+	// stderr receives the notices of the connection: waiting for the
+	// server, disconnected, reconnected.
+	stderr io.Writer
 }
 
 func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.Command {
@@ -115,10 +120,13 @@ func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.
 		f.StringVar(&cf.tlsCA, "tls-ca", "", "PEM file of the authorities of the server's certificate")
 		f.StringVar(&cf.tlsCert, "tls-cert", "", "PEM client certificate")
 		f.StringVar(&cf.tlsKey, "tls-key", "", "PEM key of the client certificate")
-		f.DurationVar(&cf.connectTimeout, "connect-timeout", 3*time.Second, "how long to try reaching the server")
+		f.DurationVar(&cf.connectTimeout, "connect-timeout", 10*time.Second, "how long to keep trying to reach the server, e.g. while it starts")
 		f.StringVar(&cf.streamPrefix, "stream-prefix", "", "JetStream stream name prefix of the services (default EVENTBUS)")
 		f.StringVar(&cf.subjectPrefix, "subject-prefix", "", "subject prefix of the services, if they use one")
-		cmd.PreRunE = func(*cobra.Command, []string) error { return cf.fromEnv(getenv) }
+		cmd.PreRunE = func(cmd *cobra.Command, _ []string) error {
+			cf.stderr = cmd.ErrOrStderr()
+			return cf.fromEnv(getenv)
+		}
 		return cmd
 	}
 	root.AddCommand(
@@ -230,21 +238,13 @@ func redactURL(s string) string {
 
 // openBus starts a bus, on the backends of the configuration file or on the
 // NATS servers of the connection flags, after setup registered its
-// handlers. The bus never dead-letters: a message the tool gives back is
-// redelivered to its group rather than lost to the dead-letter stream.
+// handlers. Reaching the backends is retried until --connect-timeout, so
+// that a client started together with its server waits for it. The bus
+// never dead-letters: a message the tool gives back is redelivered to its
+// group rather than lost to the dead-letter stream.
 func openBus(ctx context.Context, cf *connFlags, source string, setup func(*eventbus.Bus) error) (*eventbus.Bus, error) {
-	// Opening also creates or updates the JetStream streams, which may take
-	// a little longer than reaching the server.
-	octx, cancel := context.WithTimeout(ctx, cf.connectTimeout+5*time.Second)
-	defer cancel()
-	opts := &eventbus.Options{Source: source, Retry: eventbus.RetryPolicy{MaxAttempts: 1 << 30}}
-	var bus *eventbus.Bus
-	var err error
-	if cf.configFile != "" {
-		bus, err = configuredBus(octx, cf, opts)
-	} else {
-		bus, err = natsBus(octx, cf, opts)
-	}
+	opts := &eventbus.Options{Source: source, Retry: eventbus.RetryPolicy{MaxAttempts: 1 << 30}, Logger: cf.logger()}
+	bus, err := connect(ctx, cf, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -254,21 +254,94 @@ func openBus(ctx context.Context, cf *connFlags, source string, setup func(*even
 			return nil, err
 		}
 	}
-	if err := bus.Start(octx); err != nil {
+	// Starting also creates or updates the JetStream streams, which may
+	// take a little longer than reaching the server.
+	sctx, cancel := context.WithTimeout(ctx, cf.connectTimeout+5*time.Second)
+	defer cancel()
+	if err := bus.Start(sctx); err != nil {
 		_ = bus.Close(context.WithoutCancel(ctx))
 		return nil, err
 	}
 	return bus, nil
 }
 
-func natsBus(ctx context.Context, cf *connFlags, opts *eventbus.Options) (*eventbus.Bus, error) {
+// connect opens the backends, trying again until --connect-timeout passed
+// when they cannot be reached: a mistake (bad file, bad credentials) fails
+// at once.
+func connect(ctx context.Context, cf *connFlags, opts *eventbus.Options) (*eventbus.Bus, error) {
+	deadline := time.Now().Add(cf.connectTimeout)
+	pause := 50 * time.Millisecond
+	waiting := false
+	for {
+		left := time.Until(deadline)
+		actx, cancel := context.WithTimeout(ctx, max(left, 0)+5*time.Second)
+		var bus *eventbus.Bus
+		var err error
+		if cf.configFile != "" {
+			bus, err = configuredBus(actx, cf, opts)
+		} else {
+			bus, err = natsBus(actx, cf, opts, left)
+		}
+		cancel()
+		switch {
+		case err == nil:
+			if waiting {
+				fmt.Fprintf(cf.stderr, "connected to %s\n", cf.servers())
+			}
+			return bus, nil
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case !retryable(err):
+			return nil, err
+		case time.Until(deadline) <= pause:
+			return nil, &exitError{exitUnavailable, fmt.Errorf("cannot connect to %s within %s: %w; "+
+				"is the server running? start one with \"eventbus server\", check --url or $NATS_URL, or wait longer with --connect-timeout",
+				cf.servers(), cf.connectTimeout, err)}
+		}
+		if !waiting {
+			waiting = true
+			fmt.Fprintf(cf.stderr, "waiting for %s (up to %s)...\n", cf.servers(), cf.connectTimeout)
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, 500*time.Millisecond)
+	}
+}
+
+// retryable tells a backend that could not be reached yet from a mistake
+// that waiting does not mend.
+func retryable(err error) bool {
+	var ue *usageError
+	var ce *eventbus.ConfigError
+	switch {
+	case errors.As(err, &ue), errors.As(err, &ce),
+		errors.Is(err, eventbus.ErrInvalidName),
+		errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired),
+		errors.Is(err, nats.ErrAuthRevoked), errors.Is(err, nats.ErrPermissionViolation):
+		return false
+	}
+	return true
+}
+
+// natsBus connects to the servers of the flags, giving the first contact at
+// most left.
+func natsBus(ctx context.Context, cf *connFlags, opts *eventbus.Options, left time.Duration) (*eventbus.Bus, error) {
 	cfg := cf.config()
+	cfg.Logger = opts.Logger
+	if left > 0 && left < cfg.ConnectTimeout {
+		cfg.ConnectTimeout = left
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, &usageError{err}
 	}
 	d, err := natsbus.Open(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to %s: %w", cf.servers(), err)
+		return nil, err
 	}
 	bus := eventbus.New(opts)
 	if err := bus.Register("nats", d); err != nil {

@@ -3,12 +3,17 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/marty-msf/eventbus/natsbus"
 )
+
+// lockFile, in the data directory, is held by the server using it.
+const lockFile = "eventbus.lock"
 
 func newServerCmd() *cobra.Command {
 	opts := natsbus.EmbeddedOptions{}
@@ -34,12 +39,27 @@ func newServerCmd() *cobra.Command {
 }
 
 func serve(ctx context.Context, opts *natsbus.EmbeddedOptions, cmd *cobra.Command) error {
+	release, err := lockDataDir(opts.DataDir)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if opts.Port > 0 {
+		// The server reports a taken port in its log only; checking first
+		// names the cause and the way out.
+		addr := net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("cannot listen on %s: %w; stop what uses it, or choose another --port (-1 picks a free one)", addr, err)
+		}
+		ln.Close()
+	}
 	srv, err := natsbus.StartServer(ctx, opts)
 	if err != nil {
-		return fmt.Errorf("start server: %w", err)
+		return fmt.Errorf("cannot start the server: %w", err)
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), srv.ClientURL())
-	fmt.Fprintf(cmd.ErrOrStderr(), "serving with data in %s; interrupt to stop\n", opts.DataDir)
+	fmt.Fprintf(cmd.ErrOrStderr(), "serving on %s with data in %s; interrupt to stop\n", srv.ClientURL(), opts.DataDir)
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
