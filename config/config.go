@@ -47,6 +47,10 @@ type Config struct {
 	Retry    eventbus.RetryPolicy
 	// SagaStore is the saga store's URL, "" when none is declared.
 	SagaStore string
+	// Schemas holds the schema files and bindings of the schemas block,
+	// loaded and compiled; nil when the file has none. Options sets it as
+	// eventbus.Options.Schemas.
+	Schemas *eventbus.Schemas
 
 	pos     map[string]position // key → where it was set
 	secrets []string
@@ -194,6 +198,8 @@ type parser struct {
 	options  map[string]map[string]optionValue // backend → option → value
 	order    []string                          // backends in file order
 	urls     map[string]string                 // backend → url as written
+	// schemaDecl is the schemas block, nil when absent.
+	schemaDecl *schemaDecl
 }
 
 type optionValue struct {
@@ -257,6 +263,7 @@ func (p *parser) parse(data []byte) {
 				"store": p.str(&p.cfg.SagaStore),
 			})
 		},
+		"schemas": p.schemas,
 	})
 }
 
@@ -578,7 +585,21 @@ func (p *parser) routes(key string, n *yaml.Node) {
 			},
 			"match":   p.str(&r.Match),
 			"backend": p.str(&r.Backend),
+			"filter": func(k string, v *yaml.Node) {
+				if f, ok := p.filter(k, v); ok {
+					r.Filter = f
+				}
+			},
+			"pipeline": func(k string, v *yaml.Node) {
+				if pl, ok := p.pipeline(k, v); ok {
+					r.Pipeline = pl
+				}
+			},
 		})
+		if r.Pattern == eventbus.QueryPattern && !r.Filter.IsZero() {
+			fkey := rkey + ".filter"
+			p.fail(p.cfg.pos[fkey], fkey, fmt.Errorf("%w: queries are not routed by content", eventbus.ErrInvalidFilter))
+		}
 		if r.Backend == "" {
 			if _, set := p.cfg.pos[rkey+".backend"]; !set {
 				p.fail(p.at(rn), rkey+".backend", errors.New("missing: every route names a backend"))
@@ -738,6 +759,7 @@ func (p *parser) validate() {
 			p.fail(c.pos["saga.store"], "saga.store", err)
 		}
 	}
+	p.buildSchemas()
 	if r := c.Retry; r.MaxBackoff > 0 && r.InitialBackoff > r.MaxBackoff {
 		p.fail(c.pos["retry.initial_backoff"], "retry.initial_backoff", fmt.Errorf("%v exceeds retry.max_backoff %v", r.InitialBackoff, r.MaxBackoff))
 	}

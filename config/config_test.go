@@ -193,7 +193,7 @@ saga:
 		{26, "routes[0].backend", eventbus.ErrUnknownBackend, `"ghost"`},
 		{27, "routes[1].pattern", config.ErrType, `"teleport"`},
 		{29, "routes[2].backend", nil, "every route names a backend"},
-		{31, "routes[3].extra", config.ErrUnknownKey, "known: backend, match, pattern"},
+		{31, "routes[3].extra", config.ErrUnknownKey, "known: backend, filter, match, pattern, pipeline"},
 		{33, "retry.max_attempts", nil, "negative"},
 		{34, "retry.initial_backoff", nil, "exceeds retry.max_backoff"},
 		{36, "default_backend", eventbus.ErrUnknownBackend, `"phantom"`},

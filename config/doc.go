@@ -21,8 +21,25 @@
 //	    url: mem://
 //	routes:                         # first match wins, as eventbus.Route
 //	  - pattern: event              # event, command, query, stream, broadcast; omitted: all
-//	    match: "audit.*"            # glob over the name after the pattern prefix
+//	    match: "order.*"            # glob over the name after the pattern prefix
+//	    backend: nats
+//	    filter:                     # Route.Filter: also match the message (a content route)
+//	      all:
+//	        - exact: {source: shop}
+//	        - sql: "INT(DATA('amount')) >= 1000"
+//	    pipeline:                   # Route.Pipeline: steps run on publish, in order
+//	      - set_extension: {name: tier, value: gold}
+//	      - redact_json: [card.number, card.cvv]
+//	  - pattern: event
+//	    match: "audit.*"
 //	    backend: local
+//	schemas:                        # Options.Schemas: JSON Schema checks on publish and consume
+//	  fetch: false                  # resolve unknown http(s) schema URIs over HTTP
+//	  files:                        # every *.json under dir, as base_uri + its path
+//	    dir: schemas
+//	    base_uri: https://schemas.example.com/
+//	  bind:                         # message type → schema URI
+//	    order.placed: https://schemas.example.com/order/placed.json
 //	retry:                          # eventbus.RetryPolicy
 //	  max_attempts: 5
 //	  initial_backoff: 100ms
@@ -41,6 +58,34 @@
 // program imports: natsbus for nats://, tls://, embedded:; membus for mem://;
 // saga/sqlstore for postgres:// and sqlite:. This package imports none of
 // them, so a program links only the brokers it names.
+//
+// # Filters, pipelines and schemas
+//
+// A route's filter is an [eventbus.Filter] written in the JSON form of the
+// CloudEvents Subscriptions API, as a mapping with one key: exact, prefix
+// or suffix with one attribute and its value ({exact: {type:
+// order.created}}), all or any with a list of filters, not with a filter,
+// sql with a CloudEvents SQL expression (DATA('path') reads JSON data). A
+// list of filters is all of them. Every part compiles at load time, so a
+// CESQL syntax error or a bad attribute name is a problem of the file,
+// matching eventbus.ErrInvalidFilter. A query route takes no filter.
+//
+// A route's pipeline is a list of built-in steps, each a mapping with one
+// key: set_extension {name, value} ([eventbus.SetExtension]),
+// rename_extension {from, to} ([eventbus.RenameExtension]), redact_json
+// with a path or a list of paths ([eventbus.RedactJSON]), and keep with a
+// filter ([eventbus.Keep]: drop what it does not match). Steps that need
+// code (upcasting, recoding) are added in Go, on the routes of the base
+// options.
+//
+// The schemas block builds the [eventbus.Schemas] of Options.Schemas:
+// files adds every *.json file under dir (relative to the working
+// directory, as data_dir) under base_uri joined with its path (a list of
+// such mappings adds several directories); bind maps a message type to the
+// URI of its schema; fetch lets the bus fetch http and https URIs that no
+// file holds. Load reads the files and compiles every bound schema
+// (fetching it when fetch is true), so a missing file, a malformed schema
+// or an unknown URI is a problem at its key.
 //
 // # The environment
 //
@@ -65,7 +110,9 @@
 // the key: unknown keys ([ErrUnknownKey]), values of the wrong type
 // ([ErrType]), unset variables ([ErrUnsetVariable]), invalid URLs (matching
 // driver.ErrUnknownScheme, driver.ErrUnknownParam...), routes and defaults
-// naming an undeclared backend (eventbus.ErrUnknownBackend). Opening
+// naming an undeclared backend (eventbus.ErrUnknownBackend), filters that
+// do not compile (eventbus.ErrInvalidFilter, with the *eventbus.FilterError),
+// schemas that cannot be loaded (eventbus.ErrSchema). Opening
 // reports the backends that fail to open the same way.
 //
 // Secrets never appear in an error: the user information of every URL (a

@@ -41,6 +41,9 @@ func (c *Config) Options(base *eventbus.Options) *eventbus.Options {
 	if c.Retry.MaxBackoff > 0 {
 		o.Retry.MaxBackoff = c.Retry.MaxBackoff
 	}
+	if c.Schemas != nil {
+		o.Schemas = c.Schemas
+	}
 	o.Routes = append(append([]eventbus.Route(nil), c.Routes...), o.Routes...)
 	return &o
 }
