@@ -11,6 +11,7 @@ import (
 	"mime"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -28,12 +29,19 @@ func newListenCmd(cf *connFlags) *cobra.Command {
 	var group string
 	var broadcast, fromStart bool
 	var count int
+	var format string
 	cmd := &cobra.Command{
-		Use:   "listen TYPE...",
-		Short: "Print received events or broadcasts as JSON lines",
-		Long: "Print every event (or broadcast, with --broadcast) of the given types as one\n" +
-			"JSON line in the CloudEvents JSON format, until --count messages were printed\n" +
-			"or the command is interrupted.",
+		Use:     "listen TYPE...",
+		Aliases: []string{"tail"},
+		Short:   "Print received events or broadcasts as they arrive",
+		Long: "Print every event (or broadcast, with --broadcast) of the given types as it\n" +
+			"arrives, until --count messages were printed or the command is interrupted:\n" +
+			"--format json prints one JSON line each in the CloudEvents JSON format, --format\n" +
+			"text one readable line (time, type, id, data); the default is text on a terminal\n" +
+			"and JSON lines otherwise. A lost connection and each reconnection are reported\n" +
+			"on standard error while it keeps waiting.",
+		Example: "  eventbus listen order.placed order.shipped\n" +
+			"  eventbus tail order.placed --group audit --from-start --format json",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return usagef("listen: expected at least one TYPE")
@@ -49,7 +57,21 @@ func newListenCmd(cf *connFlags) *cobra.Command {
 			case fromStart && group == "":
 				return usagef("--from-start needs --group")
 			}
-			return listen(cmd.Context(), cf, types, group, broadcast, fromStart, count, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			var show func(*eventbus.Message) ([]byte, error)
+			switch format {
+			case "json":
+				show = envelope
+			case "text":
+				show = textLine
+			case "":
+				show = envelope
+				if isTerminal(cmd.OutOrStdout()) {
+					show = textLine
+				}
+			default:
+				return usagef("--format %q: want json or text", format)
+			}
+			return listen(cmd.Context(), cf, types, group, broadcast, fromStart, count, show, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -57,10 +79,12 @@ func newListenCmd(cf *connFlags) *cobra.Command {
 	f.BoolVar(&broadcast, "broadcast", false, "listen to broadcasts instead of events")
 	f.BoolVar(&fromStart, "from-start", false, "a new group starts with every retained message")
 	f.IntVar(&count, "count", 0, "stop after this many messages (0: until interrupted)")
+	f.StringVar(&format, "format", "", "json (CloudEvents JSON lines) or text (default: text on a terminal, else json)")
 	return cmd
 }
 
-func listen(ctx context.Context, cf *connFlags, types []string, group string, broadcast, fromStart bool, count int, stdout, stderr io.Writer) error {
+func listen(ctx context.Context, cf *connFlags, types []string, group string, broadcast, fromStart bool, count int,
+	show func(*eventbus.Message) ([]byte, error), stdout, stderr io.Writer) error {
 	enough := make(chan struct{})
 	var (
 		mu      sync.Mutex
@@ -73,7 +97,7 @@ func listen(ctx context.Context, cf *connFlags, types []string, group string, br
 		if werr != nil || (count > 0 && printed >= count) {
 			return errEnough
 		}
-		line, err := envelope(m)
+		line, err := show(m)
 		if err == nil {
 			_, err = fmt.Fprintf(stdout, "%s\n", line)
 		}
@@ -161,6 +185,32 @@ func envelope(m *eventbus.Message) ([]byte, error) {
 	}
 	b.WriteByte('}')
 	return b.Bytes(), err
+}
+
+// textLine is m in one line for a person: the time it was sent, its type,
+// id, source, key and subject when set, and its data.
+func textLine(m *eventbus.Message) ([]byte, error) {
+	var b bytes.Buffer
+	t := m.Time
+	if t.IsZero() {
+		t = time.Now()
+	}
+	fmt.Fprintf(&b, "%s %s id=%s source=%s", t.Local().Format("15:04:05.000"), m.Type, m.ID, m.Source)
+	if m.Key != "" {
+		fmt.Fprintf(&b, " key=%s", m.Key)
+	}
+	if m.Subject != "" {
+		fmt.Fprintf(&b, " subject=%s", m.Subject)
+	}
+	switch {
+	case len(m.Data) == 0:
+	case utf8.Valid(m.Data):
+		b.WriteByte(' ')
+		b.Write(bytes.Join(bytes.Fields(m.Data), []byte(" ")))
+	default:
+		fmt.Fprintf(&b, " (%d bytes of %s)", len(m.Data), m.DataContentType)
+	}
+	return b.Bytes(), nil
 }
 
 func isJSON(contentType string) bool {

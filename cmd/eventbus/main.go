@@ -14,29 +14,45 @@
 // server on the same DIR fails at once, and so do a taken port and a DIR
 // that cannot be written, each naming its cause.
 //
-//	eventbus publish TYPE [JSON|-] [--command SERVICE | --broadcast | --stream NAME] [--key K] [--subject S] [--source SRC]
+//	eventbus publish TYPE [JSON|-] [--file F] [--lines [--window N]] [--command SERVICE | --broadcast | --stream NAME] [--key K] [--subject S] [--source SRC]
 //
 // publishes an event of type TYPE (default), a command to SERVICE, a broadcast
-// or a message on stream NAME. The payload is the JSON argument, or standard
-// input when it is absent or "-"; it must be valid JSON. Once the server
-// confirmed the message, its id is printed.
+// or a message on stream NAME. The payload is the JSON argument, the file F,
+// or standard input; it must be valid JSON. Once the server confirmed the
+// message, its id is printed. With --lines every line of the input is one
+// message: all lines are checked first, up to N publishes await their
+// confirmation at once, progress shows on standard error and the ids are
+// printed in the input's order.
 //
-//	eventbus listen TYPE... [--group G] [--from-start] [--broadcast] [--count N]
+//	eventbus listen|tail TYPE... [--group G] [--from-start] [--broadcast] [--count N] [--format json|text]
 //
 // prints every event (or, with --broadcast, every broadcast) of the given types
-// as one JSON line in the CloudEvents JSON format: the attributes, and "data"
-// (JSON payloads), a string (other text) or "data_base64" (binary). Without a
-// group it sees every message published while it runs; with --group it joins
-// that consumer group, competing with its other members, and --from-start
+// as it arrives: with --format json (the default when standard output is not
+// a terminal) one JSON line in the CloudEvents JSON format, the attributes
+// and "data" (JSON payloads), a string (other text) or "data_base64"
+// (binary); with --format text one line for a person. Without a group it
+// sees every message published while it runs; with --group it joins that
+// consumer group, competing with its other members, and --from-start
 // replays what the server retains when the group is new. It stops after N
-// messages (--count, 0 means no limit) or when interrupted; a message received
-// after the N-th is given back for redelivery, never acknowledged unprinted;
-// the tool retries without limit, so what it gives back is never
+// messages (--count, 0 means no limit) or when interrupted; a message
+// received after the N-th is given back for redelivery, never acknowledged
+// unprinted; the tool retries without limit, so what it gives back is never
 // dead-lettered by it.
 //
-//	eventbus query SERVICE TYPE [JSON|-] [--timeout 5s] [--source SRC]
+//	eventbus query|request SERVICE TYPE [JSON|-] [--timeout 5s] [--source SRC]
 //
 // sends a query and prints the reply's data.
+//
+//	eventbus respond SERVICE TYPE (--reply JSON | --exec COMMAND) [--count N]
+//
+// answers the queries of TYPE sent to SERVICE with a fixed JSON reply, or
+// with the standard output of a shell command that reads the query's data
+// on its standard input; a command's non-zero exit status becomes a remote
+// error with code exit_<status>.
+//
+//	eventbus version
+//
+// prints the tool's version.
 //
 // # Connection flags
 //
@@ -81,6 +97,14 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	// The backends a configuration file (--config) may name by URL.
+	_ "github.com/marty-msf/eventbus/awsbus"
+	_ "github.com/marty-msf/eventbus/kafkabus"
+	_ "github.com/marty-msf/eventbus/membus"
+	_ "github.com/marty-msf/eventbus/natsbus"
+	_ "github.com/marty-msf/eventbus/rabbitbus"
+	_ "github.com/marty-msf/eventbus/redisbus"
 )
 
 func main() {

@@ -1,52 +1,113 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/marty-msf/eventbus"
 )
 
+// publishTarget says where publish sends its messages.
+type publishTarget struct {
+	service, stream string
+	broadcast       bool
+}
+
+func (pt publishTarget) what() string {
+	switch {
+	case pt.service != "":
+		return "command"
+	case pt.broadcast:
+		return "broadcast"
+	case pt.stream != "":
+		return "stream message"
+	}
+	return "event"
+}
+
+func (pt publishTarget) send(ctx context.Context, bus *eventbus.Bus, m *eventbus.Message) error {
+	switch {
+	case pt.service != "":
+		return bus.SendCommand(ctx, pt.service, m)
+	case pt.broadcast:
+		return bus.Broadcast(ctx, m)
+	case pt.stream != "":
+		return bus.PublishStream(ctx, pt.stream, m)
+	}
+	return bus.PublishEvent(ctx, m)
+}
+
 func newPublishCmd(cf *connFlags, stdin io.Reader) *cobra.Command {
-	var service, stream, key, subject, source string
-	var broadcast bool
+	var pt publishTarget
+	var key, subject, source, file string
+	var jsonLines bool
+	var window int
 	cmd := &cobra.Command{
 		Use:   "publish TYPE [JSON|-]",
-		Short: "Publish an event, command, broadcast or stream message",
+		Short: "Publish an event, command, broadcast or stream message; or many, from JSON lines",
 		Long: "Publish a message of type TYPE: an event by default, a command to SERVICE with\n" +
 			"--command, a broadcast with --broadcast, or a stream message with --stream.\n" +
-			"The payload is the JSON argument, or standard input when it is absent or \"-\".\n" +
-			"Prints the message id once the server confirmed it.",
+			"The payload is the JSON argument, the file of --file, or standard input when\n" +
+			"both are absent or the argument is \"-\". Prints the message id once the server\n" +
+			"confirmed it.\n\n" +
+			"With --lines, every line of the input is a payload of its own; up to --window\n" +
+			"publishes are in flight at once (1 keeps the input's order), progress is shown\n" +
+			"on standard error, and the ids are printed in the input's order. A line whose\n" +
+			"publish failed prints no id; the exit status is then 1.",
+		Example: "  eventbus publish order.placed '{\"order_id\":\"o-1\"}'\n" +
+			"  eventbus publish inventory.reserve '{\"sku\":\"s-1\"}' --command inventory\n" +
+			"  eventbus publish page.viewed --lines --file views.jsonl --stream clicks",
 		Args: argsBetween(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			data, err := readPayload(args, 1, stdin)
+			if file != "" && len(args) == 2 && args[1] != "-" {
+				return usagef("give the payload as an argument or with --file, not both")
+			}
+			if window < 1 {
+				return usagef("--window must be at least 1")
+			}
+			in := stdin
+			if file != "" {
+				f, err := os.Open(file)
+				if err != nil {
+					return usagef("cannot read --file: %v", err)
+				}
+				defer f.Close()
+				in = f
+				args = args[:1]
+			}
+			template := func(data []byte) *eventbus.Message {
+				m := newMessage(args[0], data)
+				m.Key, m.Subject = key, subject
+				return m
+			}
+			if jsonLines {
+				if len(args) == 2 && args[1] != "-" {
+					return usagef("--lines reads its payloads from standard input or --file, not an argument")
+				}
+				return publishLines(cmd.Context(), cf, source, pt, template, in, window, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
+			data, err := readPayload(args, 1, in)
 			if err != nil {
 				return err
 			}
-			m := newMessage(args[0], data)
-			m.Key, m.Subject = key, subject
+			m := template(data)
 			ctx := cmd.Context()
 			bus, err := openBus(ctx, cf, source, nil)
 			if err != nil {
 				return err
 			}
-			var what string
-			switch {
-			case service != "":
-				what = "command"
-				err = bus.SendCommand(ctx, service, m)
-			case broadcast:
-				what = "broadcast"
-				err = bus.Broadcast(ctx, m)
-			case stream != "":
-				what = "stream message"
-				err = bus.PublishStream(ctx, stream, m)
-			default:
-				what = "event"
-				err = bus.PublishEvent(ctx, m)
-			}
-			if err != nil {
-				err = fmt.Errorf("publish %s: %w", what, err)
+			if err = pt.send(ctx, bus, m); err != nil {
+				err = fmt.Errorf("publish %s: %w", pt.what(), err)
 			} else {
 				fmt.Fprintln(cmd.OutOrStdout(), m.ID)
 			}
@@ -54,14 +115,152 @@ func newPublishCmd(cf *connFlags, stdin io.Reader) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&service, "command", "", "send a command to this service")
-	f.BoolVar(&broadcast, "broadcast", false, "broadcast to every running instance")
-	f.StringVar(&stream, "stream", "", "append to this stream")
+	f.StringVar(&pt.service, "command", "", "send a command to this service")
+	f.BoolVar(&pt.broadcast, "broadcast", false, "broadcast to every running instance")
+	f.StringVar(&pt.stream, "stream", "", "append to this stream")
 	f.StringVar(&key, "key", "", "partition key: messages with one key keep their order")
 	f.StringVar(&subject, "subject", "", "CloudEvents subject attribute")
 	f.StringVar(&source, "source", "eventbus-cli", "CloudEvents source attribute")
+	f.StringVar(&file, "file", "", "read the payload (or, with --lines, the payloads) from this file")
+	f.BoolVar(&jsonLines, "lines", false, "publish one message per line of JSON")
+	f.IntVar(&window, "window", 64, "with --lines, how many publishes may await their confirmation at once")
 	cmd.MarkFlagsMutuallyExclusive("command", "broadcast", "stream")
 	return cmd
+}
+
+// publishLines publishes one message per non-empty line of in, with up to
+// window publishes awaiting confirmation at once. Every line is checked
+// before anything is sent, so that a typo on line 900 does not leave 899
+// messages published.
+func publishLines(ctx context.Context, cf *connFlags, source string, pt publishTarget, template func([]byte) *eventbus.Message,
+	in io.Reader, window int, stdout, stderr io.Writer) error {
+	var msgs []*eventbus.Message
+	sc := bufio.NewScanner(io.LimitReader(in, maxInput+1))
+	sc.Buffer(make([]byte, 0, 64<<10), maxInput)
+	for n := 1; sc.Scan(); n++ {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		if !json.Valid(line) {
+			var v any
+			return usagef("line %d is not valid JSON: %v", n, json.Unmarshal(line, &v))
+		}
+		msgs = append(msgs, template(bytes.Clone(line)))
+	}
+	if err := sc.Err(); err != nil {
+		return usagef("read the JSON lines: %v", err)
+	}
+	if len(msgs) == 0 {
+		return usagef("no payload: --lines found no JSON line to publish")
+	}
+	bus, err := openBus(ctx, cf, source, nil)
+	if err != nil {
+		return err
+	}
+	bar := newProgress(stderr, len(msgs), "published")
+	errs := make([]error, len(msgs))
+	sem := make(chan struct{}, window)
+	var wg sync.WaitGroup
+	for i, m := range msgs {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if errs[i] = pt.send(ctx, bus, m); errs[i] == nil {
+				bar.add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	bar.done()
+	failed := 0
+	var first error
+	for i, m := range msgs {
+		if errs[i] != nil {
+			if first == nil {
+				first = fmt.Errorf("publish %s of line %d: %w", pt.what(), i+1, errs[i])
+			}
+			failed++
+			continue
+		}
+		fmt.Fprintln(stdout, m.ID)
+	}
+	if failed > 0 {
+		first = fmt.Errorf("%d of %d messages not published; the first failure: %w", failed, len(msgs), first)
+	}
+	return closeBus(ctx, bus, first)
+}
+
+// progress shows how far a long operation got on standard error: a bar
+// redrawn in place on a terminal, a line every few seconds elsewhere, and a
+// summary at the end.
+type progress struct {
+	w        io.Writer
+	tty      bool
+	total    int
+	verb     string
+	began    time.Time
+	mu       sync.Mutex
+	n        int
+	lastDraw time.Time
+}
+
+func newProgress(w io.Writer, total int, verb string) *progress {
+	return &progress{w: w, tty: isTerminal(w), total: total, verb: verb, began: time.Now(), lastDraw: time.Now()}
+}
+
+func (p *progress) add(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n += n
+	every := 3 * time.Second
+	if p.tty {
+		every = 100 * time.Millisecond
+	}
+	if time.Since(p.lastDraw) >= every {
+		p.lastDraw = time.Now()
+		p.draw()
+	}
+}
+
+func (p *progress) draw() {
+	const width = 30
+	filled := width * p.n / max(p.total, 1)
+	line := fmt.Sprintf("[%s%s] %d/%d %s", strings.Repeat("#", filled), strings.Repeat(".", width-filled), p.n, p.total, p.verb)
+	if p.tty {
+		fmt.Fprintf(p.w, "\r%s", line)
+	} else {
+		fmt.Fprintln(p.w, line)
+	}
+}
+
+// done draws the bar a last time and prints the rate.
+func (p *progress) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	took := time.Since(p.began)
+	if p.tty {
+		p.draw()
+		fmt.Fprintln(p.w)
+	}
+	fmt.Fprintf(p.w, "%s %d of %d in %s (%.0f/s)\n", p.verb, p.n, p.total, took.Round(time.Millisecond), float64(p.n)/max(took.Seconds(), 1e-9))
+}
+
+// isTerminal tells whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 func argsBetween(min, max int) cobra.PositionalArgs {

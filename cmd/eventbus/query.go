@@ -17,8 +17,9 @@ func newQueryCmd(cf *connFlags, stdin io.Reader) *cobra.Command {
 	var timeout time.Duration
 	var source string
 	cmd := &cobra.Command{
-		Use:   "query SERVICE TYPE [JSON|-]",
-		Short: "Send a query and print the reply's data",
+		Use:     "query SERVICE TYPE [JSON|-]",
+		Aliases: []string{"request"},
+		Short:   "Send a query and print the reply's data",
 		Long: "Send a query of type TYPE to SERVICE and print the reply's data. The request is\n" +
 			"the JSON argument, or standard input when it is absent or \"-\".\n" +
 			"Exit status 3: no reply in time; 4: nobody handles the query; 5: the handler\n" +

@@ -99,7 +99,7 @@ type connFlags struct {
 func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "eventbus",
-		Short:         "Publish, listen to and query an eventbus system over NATS",
+		Short:         "Run a server, publish, listen, query and respond on an eventbus system",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -134,6 +134,8 @@ func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.
 		client(newPublishCmd(cf, stdin)),
 		client(newListenCmd(cf)),
 		client(newQueryCmd(cf, stdin)),
+		client(newRespondCmd(cf)),
+		newVersionCmd(),
 	)
 	// Cobra reports unknown commands, bad flags and wrong arguments before
 	// RunE; started tells such usage errors from failures.
