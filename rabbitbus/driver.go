@@ -98,7 +98,7 @@ func Open(ctx context.Context, cfg *Config) (*Driver, error) {
 	}
 	d.pubs = make([]*pubChannel, d.opts.PublishChannels)
 	for i := range d.pubs {
-		d.pubs[i] = &pubChannel{d: d, pending: map[uint64]*pubWait{}}
+		d.pubs[i] = &pubChannel{d: d}
 	}
 	d.setConn(conn)
 	return d, nil
@@ -422,8 +422,9 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 		}
 	}
 	pubs := make([]outgoing, len(msgs))
+	exchange := d.ExchangeName(dest.Pattern)
 	for i, m := range msgs {
-		pubs[i] = outgoing{exchange: d.ExchangeName(dest.Pattern), key: key, mandatory: dest.Pattern == driver.Command,
+		pubs[i] = outgoing{exchange: exchange, key: key, mandatory: dest.Pattern == driver.Command,
 			pub: encode(m, persistent(dest.Pattern))}
 	}
 	if err := d.send(ctx, pubs); err != nil {

@@ -30,15 +30,17 @@ type pubChannel struct {
 	d  *Driver
 	mu sync.Mutex // serialises writes: sequence numbers follow publish order
 	ch *amqp.Channel
-
-	pmu     sync.Mutex
-	pending map[uint64]*pubWait
+	w  *waiters // of ch
 }
 
-// pubWait is one published message waiting for its confirmation.
-type pubWait struct {
-	b        *pubBatch
-	returned bool
+// waiters are the publishes waiting for the confirmations of one channel
+// instance. A channel's sequence numbers start again at 1, so a new
+// channel never shares them with the one it replaces.
+type waiters struct {
+	mu       sync.Mutex
+	pending  map[uint64]*pubBatch // by publish sequence number
+	returned map[uint64]bool      // pending mandatory messages the broker returned
+	closed   bool                 // the channel closed: nothing more will be confirmed
 }
 
 // pubBatch is the confirmations a Publish call waits for.
@@ -94,14 +96,15 @@ func (p *pubChannel) channel(ctx context.Context) (*amqp.Channel, error) {
 	// reads the confirmation that follows it, so the loop always sees the
 	// return first.
 	returns := ch.NotifyReturn(make(chan amqp.Return))
-	p.ch = ch
-	p.d.wg.Go(func() { p.loop(confirms, returns) })
+	w := &waiters{pending: map[uint64]*pubBatch{}, returned: map[uint64]bool{}}
+	p.ch, p.w = ch, w
+	p.d.wg.Go(func() { p.loop(w, confirms, returns) })
 	return ch, nil
 }
 
 // loop matches confirmations and returns of one channel instance to their
 // publishers, until the channel closes.
-func (p *pubChannel) loop(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return) {
+func (p *pubChannel) loop(w *waiters, confirms <-chan amqp.Confirmation, returns <-chan amqp.Return) {
 	for {
 		select {
 		case r, ok := <-returns:
@@ -110,45 +113,49 @@ func (p *pubChannel) loop(confirms <-chan amqp.Confirmation, returns <-chan amqp
 				continue
 			}
 			seq, _ := r.Headers[seqHeader].(int64)
-			p.pmu.Lock()
-			if w := p.pending[uint64(seq)]; w != nil {
-				w.returned = true
+			w.mu.Lock()
+			if w.pending[uint64(seq)] != nil {
+				w.returned[uint64(seq)] = true
 			}
-			p.pmu.Unlock()
+			w.mu.Unlock()
 		case c, ok := <-confirms:
 			if !ok {
-				p.failPending()
+				p.failPending(w)
 				return
 			}
-			p.pmu.Lock()
-			w := p.pending[c.DeliveryTag]
-			delete(p.pending, c.DeliveryTag)
-			p.pmu.Unlock()
+			w.mu.Lock()
+			b := w.pending[c.DeliveryTag]
+			returned := w.returned[c.DeliveryTag]
+			delete(w.pending, c.DeliveryTag)
+			if returned {
+				delete(w.returned, c.DeliveryTag)
+			}
+			w.mu.Unlock()
 			switch {
-			case w == nil:
+			case b == nil:
 			case !c.Ack:
-				w.b.settle(fmt.Errorf("the broker refused the message (nack): %w", driver.ErrUnavailable))
-			case w.returned:
-				w.b.settle(ErrUnroutable)
+				b.settle(fmt.Errorf("the broker refused the message (nack): %w", driver.ErrUnavailable))
+			case returned:
+				b.settle(ErrUnroutable)
 			default:
-				w.b.settle(nil)
+				b.settle(nil)
 			}
 		}
 	}
 }
 
 // failPending fails what was waiting on a channel that closed.
-func (p *pubChannel) failPending() {
-	p.pmu.Lock()
-	pending := p.pending
-	p.pending = map[uint64]*pubWait{}
-	p.pmu.Unlock()
+func (p *pubChannel) failPending(w *waiters) {
+	w.mu.Lock()
+	pending := w.pending
+	w.pending, w.returned, w.closed = nil, nil, true
+	w.mu.Unlock()
 	err := fmt.Errorf("the channel closed before the broker confirmed: %w", driver.ErrUnavailable)
 	if p.d.closed.Load() {
 		err = fmt.Errorf("%w before the broker confirmed", driver.ErrClosed)
 	}
-	for _, w := range pending {
-		w.b.settle(err)
+	for _, b := range pending {
+		b.settle(err)
 	}
 }
 
@@ -161,6 +168,7 @@ func (p *pubChannel) publish(ctx context.Context, msgs []outgoing) (*pubBatch, e
 	if err != nil {
 		return nil, err
 	}
+	w := p.w
 	for i := range msgs {
 		m := &msgs[i]
 		seq := ch.GetNextPublishSeqNo()
@@ -170,13 +178,20 @@ func (p *pubChannel) publish(ctx context.Context, msgs []outgoing) (*pubBatch, e
 			}
 			m.pub.Headers[seqHeader] = int64(seq)
 		}
-		p.pmu.Lock()
-		p.pending[seq] = &pubWait{b: b}
-		p.pmu.Unlock()
+		w.mu.Lock()
+		if w.closed {
+			w.mu.Unlock()
+			if p.d.closed.Load() {
+				return nil, p.d.errClosed()
+			}
+			return nil, fmt.Errorf("the channel closed: %w", driver.ErrUnavailable)
+		}
+		w.pending[seq] = b
+		w.mu.Unlock()
 		if err := ch.PublishWithContext(ctx, m.exchange, m.key, m.mandatory, false, m.pub); err != nil {
-			p.pmu.Lock()
-			delete(p.pending, seq)
-			p.pmu.Unlock()
+			w.mu.Lock()
+			delete(w.pending, seq)
+			w.mu.Unlock()
 			// The messages written before stay pending; their publisher
 			// gets this error and none of the batch may be assumed sent.
 			if p.d.closed.Load() {
