@@ -30,6 +30,8 @@ func init() {
 	register(Scenario{Name: "raw amqp091-go, async confirms", Broker: rabbitBroker, Role: RoleRaw, Run: runRabbitRaw})
 	register(Scenario{Name: "eventbus on rabbitbus", Broker: rabbitBroker, Role: RoleBus, Run: runRabbitBus})
 	register(Scenario{Name: "Watermill AMQP, confirmed", Broker: rabbitBroker, Role: RolePeer, Run: runRabbitWatermill})
+	register(Scenario{Name: "raw amqp091-go, one confirmed publish per call", Broker: rabbitBroker, Role: RoleReference, Run: runRabbitRawSync})
+	register(Scenario{Name: "eventbus on rabbitbus, 64× publishers", Broker: rabbitBroker, Role: RoleReference, Run: runRabbitBusWide})
 
 	registerTarget(ratioTarget(rabbitBroker, "eventbus publish ≥ 0.9× raw", RoleBus, RoleRaw, Result.PublishRate, 0.9))
 	registerTarget(ratioTarget(rabbitBroker, "eventbus consume ≥ 0.9× raw", RoleBus, RoleRaw, Result.ConsumeRate, 0.9))
@@ -55,6 +57,17 @@ func rabbitName() string {
 // confirmations in flight; one consumer with a prefetch of 256 acks each
 // message.
 func runRabbitRaw(ctx context.Context, cfg Config) (Result, error) {
+	return rabbitRaw(ctx, cfg, rabbitWindow)
+}
+
+// runRabbitRawSync: the raw row with one confirmation in flight per
+// publisher — the raw client used the way PublishEvent is (each call
+// returns once the broker confirmed).
+func runRabbitRawSync(ctx context.Context, cfg Config) (Result, error) {
+	return rabbitRaw(ctx, cfg, 1)
+}
+
+func rabbitRaw(ctx context.Context, cfg Config, window int) (Result, error) {
 	name := rabbitName()
 	pc, err := amqp.Dial(rabbitURL())
 	if err != nil {
@@ -110,7 +123,7 @@ func runRabbitRaw(ctx context.Context, cfg Config) (Result, error) {
 		}
 		return publisher{
 			publish: func(ctx context.Context, _ int) error {
-				if len(inflight) == rabbitWindow {
+				if len(inflight) == window {
 					if err := wait(ctx, inflight[0]); err != nil {
 						return err
 					}
@@ -138,11 +151,12 @@ func runRabbitRaw(ctx context.Context, cfg Config) (Result, error) {
 }
 
 // runRabbitBus: PublishEvent from every publisher on one bus (its driver's
-// shared confirm channels), a durable group on another bus and connection.
+// shared confirm channels, as many as by default), a durable group on
+// another bus and connection, the driver's default prefetch.
 func runRabbitBus(ctx context.Context, cfg Config) (Result, error) {
 	prefix := rabbitName()
 	open := func(subscribe func(*eventbus.Bus) error) (*eventbus.Bus, error) {
-		d, err := rabbitbus.Open(ctx, &rabbitbus.Config{URL: rabbitURL(), Options: rabbitbus.Options{Prefix: prefix, PublishChannels: 16}})
+		d, err := rabbitbus.Open(ctx, &rabbitbus.Config{URL: rabbitURL(), Options: rabbitbus.Options{Prefix: prefix}})
 		if err != nil {
 			return nil, err
 		}
@@ -178,6 +192,16 @@ func runRabbitBus(ctx context.Context, cfg Config) (Result, error) {
 	}
 	defer producer.Close(context.WithoutCancel(ctx))
 	return throughput(ctx, cfg, tr, busPublisher(producer, payload(cfg)))
+}
+
+// runRabbitBusWide: the bus row with 64 times the publishers. Each
+// PublishEvent waits for its own confirmation, so what is in flight is the
+// number of callers; this row shows how far the driver pipelines across them.
+func runRabbitBusWide(ctx context.Context, cfg Config) (Result, error) {
+	cfg.Publishers *= 64
+	res, err := runRabbitBus(ctx, cfg)
+	res.Note = joinNotes(res.Note, fmt.Sprintf("%d concurrent publishers", cfg.Publishers))
+	return res, err
 }
 
 // rabbitCleanup deletes what runRabbitBus declared.
