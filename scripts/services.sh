@@ -18,7 +18,7 @@
 # service_<name>; main finds it by that name.
 set -euo pipefail
 
-DEFAULT_SERVICES=(nats postgres redis rabbitmq kcat)
+DEFAULT_SERVICES=(nats postgres redis rabbitmq aws kcat)
 
 log() { printf 'services.sh: %s\n' "$*" >&2; }
 die() {
