@@ -99,6 +99,7 @@ start_nats() {
 	mkdir -p /var/lib/nats-server
 	# The pid file makes --oknodo look at this server only, not at any other
 	# nats-server on the machine.
+	rm -f /run/eventbus-nats-server.pid # stale: nothing answers on the port
 	start-stop-daemon --start --oknodo --background \
 		--pidfile /run/eventbus-nats-server.pid --make-pidfile \
 		--exec /usr/sbin/nats-server -- \
@@ -285,6 +286,10 @@ JS
 start_aws() {
 	aws_install
 	aws_launcher
+	# Nothing answers on the port (ensure_service checked): a pid file left
+	# by a killed emulator is stale, and its pid may belong to another
+	# process by now.
+	rm -f /run/eventbus-fauxqs.pid
 	start-stop-daemon --start --oknodo --background \
 		--pidfile /run/eventbus-fauxqs.pid --make-pidfile \
 		--startas /bin/bash -- -c "exec '$AWS_NODE' '$AWS_DIR/launch.mjs' >>'$AWS_LOG' 2>&1" </dev/null >&2
