@@ -81,9 +81,28 @@
 // SQL (CloudEvents SQL over the attributes, and over JSON data through
 // DATA('path')). Filters compile when the subscription is registered (a
 // *FilterError then); a message filtered out is acked, counted in
-// Stats.Filtered and never dead-lettered. Every part of a filter runs in the
-// bus, after receiving, on every backend: no driver filters on the broker
-// yet, so filtered-out messages still travel to the process.
+// Stats.Filtered and never dead-lettered.
+//
+// Which part of a filter runs where: the broker selects by destination, the
+// bus does the rest. Every destination but a stream carries one message
+// type (events.<type>, commands.<service>.<type>, broadcast.<type>), and
+// every driver maps it onto a broker resource of its own: a NATS subject
+// (the JetStream consumer's filter subject), a Kafka topic, a RabbitMQ
+// routing key bound to the subscription's queue, an SNS topic or SQS queue,
+// a Redis stream key, a membus queue. So the subscription's types are in
+// effect a filter on type served by the broker: a message of another type
+// never reaches the process. Every other part of a filter — other
+// attributes, extensions, CESQL, DATA — runs in the bus after receiving, on
+// every backend: a message it leaves out has still travelled to the
+// process. Exact("type", t) on a subscription to t alone is redundant: it
+// adds a string comparison per message, no allocation and nothing on the
+// wire (bench/RESULTS.md, "Filtering"); to select types, subscribe to them.
+// On a stream, whose messages have many types, a filter on type runs in the
+// bus like any other. Not built yet: RabbitMQ headers
+// bindings and SNS subscription filter policies on message attributes
+// could serve Exact (and on SNS Prefix, Suffix, Any) over other attributes
+// on the broker; NATS, Kafka and Redis Streams cannot filter on anything
+// but the destination.
 //
 // A [Route] with a Filter sends the messages it matches to its backend
 // (high-value orders to a durable backend) and the others to the next route
