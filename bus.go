@@ -272,6 +272,7 @@ func (b *Bus) Start(ctx context.Context) error {
 	problems = append(problems, errs...)
 	if rt != nil {
 		problems = append(problems, bind(rt, b.regs)...)
+		problems = append(problems, checkDelivery(rt)...)
 	}
 	if len(problems) > 0 {
 		return &ConfigError{Problems: problems}

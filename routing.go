@@ -25,12 +25,17 @@ import (
 // Pipeline, when set, transforms the messages the route places before they
 // are sent (see Pipeline); its outputs go to the same destination and
 // backend.
+//
+// Delivery is the delivery guarantee of the destinations the route places
+// (zero: AtLeastOnce); Start refuses one the backend cannot give. See
+// DeliveryGuarantee.
 type Route struct {
 	Pattern  Pattern
 	Match    string
 	Backend  string
 	Filter   Filter
 	Pipeline *Pipeline
+	Delivery DeliveryGuarantee
 }
 
 func (r Route) String() string {

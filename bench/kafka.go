@@ -142,6 +142,11 @@ func rawKafkaConsumer(brokers []string, tr *tracker) (stop func(), err error) {
 // group "bench" on another, each with its own kafkabus driver (acks=all,
 // idempotent producer, the defaults).
 func runKafkaBus(ctx context.Context, cfg Config) (Result, error) {
+	return runKafkaBusWith(ctx, cfg, busThroughput)
+}
+
+// runKafkaBusWith runs runKafkaBus's setup and publishes with publish.
+func runKafkaBusWith(ctx context.Context, cfg Config, publish busPublish) (Result, error) {
 	c, err := startKfake()
 	if err != nil {
 		return Result{}, err
@@ -184,7 +189,7 @@ func runKafkaBus(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, fmt.Errorf("publisher bus: %w", err)
 	}
 	defer producer.Close(context.WithoutCancel(ctx))
-	return throughput(ctx, cfg, tr, busPublisher(producer, payload(cfg)))
+	return publish(ctx, cfg, tr, producer)
 }
 
 // runKafkaBusWide: as runKafkaBus with 64 times the publishers (1024 by

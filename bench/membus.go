@@ -144,6 +144,11 @@ func driverConsumer(ctx context.Context, sub driver.Subscription, tr *tracker) {
 // runMembusBus: PublishEvent and a SubscribeEvents handler in group "bench"
 // on one bus over membus.
 func runMembusBus(ctx context.Context, cfg Config) (Result, error) {
+	return runMembusBusWith(ctx, cfg, busThroughput)
+}
+
+// runMembusBusWith runs runMembusBus's setup and publishes with publish.
+func runMembusBusWith(ctx context.Context, cfg Config, publish busPublish) (Result, error) {
 	b := eventbus.New(&eventbus.Options{Source: "bench"})
 	defer b.Close(context.WithoutCancel(ctx))
 	if err := b.Register("mem", membus.New(nil)); err != nil {
@@ -156,7 +161,7 @@ func runMembusBus(ctx context.Context, cfg Config) (Result, error) {
 	if err := b.Start(ctx); err != nil {
 		return Result{}, err
 	}
-	return throughput(ctx, cfg, tr, busPublisher(b, payload(cfg)))
+	return publish(ctx, cfg, tr, b)
 }
 
 // countingHandler is the handler of every bus consumer row.

@@ -243,6 +243,11 @@ func runJetStreamBusStream(ctx context.Context, cfg Config) (Result, error) {
 }
 
 func runNATSBus(ctx context.Context, cfg Config, jetStream bool) (Result, error) {
+	return runNATSBusWith(ctx, cfg, jetStream, busThroughput)
+}
+
+// runNATSBusWith runs runNATSBus's setup and publishes with publish.
+func runNATSBusWith(ctx context.Context, cfg Config, jetStream bool, publish busPublish) (Result, error) {
 	env, err := startNATS(ctx)
 	if err != nil {
 		return Result{}, err
@@ -262,7 +267,7 @@ func runNATSBus(ctx context.Context, cfg Config, jetStream bool) (Result, error)
 		return Result{}, fmt.Errorf("publisher bus: %w", err)
 	}
 	defer producer.Close(context.WithoutCancel(ctx))
-	return throughput(ctx, cfg, tr, busPublisher(producer, payload(cfg)))
+	return publish(ctx, cfg, tr, producer)
 }
 
 // runCoreWatermill: Watermill's NATS Pub/Sub with JetStream disabled. Its

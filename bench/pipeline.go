@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/marty-msf/eventbus"
+)
+
+// Pipelined rows: the same brokers and consumers as each broker's
+// "eventbus on …" row, the 16 publishers sharing one eventbus.Publisher
+// (PublishEvent without waiting, Flush at the end, which waits for every
+// confirmation, as the raw async rows wait for theirs).
+const (
+	memPipelineRow   = "eventbus Publisher on membus (pipelined)"
+	jsPipelineRow    = "eventbus Publisher on natsbus (pipelined)"
+	kafkaPipelineRow = "eventbus Publisher on kafkabus (pipelined)"
+)
+
+func init() {
+	register(Scenario{Name: memPipelineRow, Broker: memBroker, Role: RoleReference, Run: runMembusPipeline})
+	register(Scenario{Name: jsPipelineRow, Broker: jsBroker, Role: RoleReference, Run: runJetStreamPipeline})
+	register(Scenario{Name: kafkaPipelineRow, Broker: kafkaBroker, Role: RoleReference, Run: runKafkaPipeline})
+	registerTarget(pipelineTarget(memBroker, memPipelineRow, "raw membus driver", 0.5))
+	registerTarget(pipelineTarget(jsBroker, jsPipelineRow, "raw jetstream, async publish", 0.9))
+	registerTarget(pipelineTarget(kafkaBroker, kafkaPipelineRow, "raw franz-go, async produce, acks=all", 0.9))
+}
+
+// pipelineTarget is met when the pipelined row publishes at least atLeast
+// times the raw row's rate.
+func pipelineTarget(broker, row, raw string, atLeast float64) Target {
+	return Target{Broker: broker, Goal: fmt.Sprintf("Publisher (pipelined) publish ≥ %.1f× %s", atLeast, raw), Measure: func(g *group) (string, bool, bool) {
+		a, b := g.name(row), g.name(raw)
+		if a == nil || b == nil || b.res.PublishRate() == 0 {
+			return "", false, false
+		}
+		r := a.res.PublishRate() / b.res.PublishRate()
+		return fmt.Sprintf("%.2f×", r), r >= atLeast, true
+	}}
+}
+
+// busPublish publishes the standard workload through producer, a started
+// bus, while the consumers report to tr.
+type busPublish func(ctx context.Context, cfg Config, tr *tracker, producer *eventbus.Bus) (Result, error)
+
+// busThroughput: PublishEvent of a new event per call, as the "eventbus on
+// …" rows do.
+func busThroughput(ctx context.Context, cfg Config, tr *tracker, producer *eventbus.Bus) (Result, error) {
+	return throughput(ctx, cfg, tr, busPublisher(producer, payload(cfg)))
+}
+
+// pipelinePublishers shares one Publisher on b among the publishers; each
+// confirms by flushing it.
+func pipelinePublishers(ctx context.Context, cfg Config, tr *tracker, b *eventbus.Bus) (Result, error) {
+	p := b.NewPublisher(nil)
+	defer p.Close(context.WithoutCancel(ctx))
+	data := payload(cfg)
+	return throughput(ctx, cfg, tr, func(int) (publisher, error) {
+		return publisher{
+			publish: func(ctx context.Context, _ int) error {
+				// Failures surface in Flush, which reports every one.
+				p.PublishEvent(ctx, &eventbus.Message{Type: benchEventType, Data: data})
+				return nil
+			},
+			confirm: p.Flush,
+		}, nil
+	})
+}
+
+func runMembusPipeline(ctx context.Context, cfg Config) (Result, error) {
+	return runMembusBusWith(ctx, cfg, pipelinePublishers)
+}
+
+func runJetStreamPipeline(ctx context.Context, cfg Config) (Result, error) {
+	return runNATSBusWith(ctx, cfg, true, pipelinePublishers)
+}
+
+func runKafkaPipeline(ctx context.Context, cfg Config) (Result, error) {
+	return runKafkaBusWith(ctx, cfg, pipelinePublishers)
+}
