@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -19,7 +20,21 @@ import (
 // bounded: messaging.system, messaging.operation.name,
 // messaging.destination.name, messaging.consumer.group.name,
 // eventbus.backend, cloudevents.event_type, and error.type on durations
-// and sent messages that failed.
+// and sent messages that failed. Past 4096 label sets, further ones are
+// counted under the single label otel.metric.overflow=true.
+//
+// Cost per message: the histograms (durations and latency) are recorded
+// into the SDK, three recordings per message sent and handled. The
+// counters and the in-flight gauge are atomic integers per label set that
+// the SDK reads at each collection (observable instruments), so they cost
+// an atomic add each. No counter was dropped for a histogram's count,
+// because none has the same count: the counters count messages, the
+// duration histograms operations (a stream batch is one publish and one
+// batch handler call). For single messages, though, the count of
+// messaging.client.operation.duration{messaging.operation.name="send"}
+// equals messaging.client.sent.messages, and the count of
+// messaging.process.duration equals messaging.client.consumed.messages
+// (with error.type: eventbus.messages.failed).
 const (
 	MetricSent            = "messaging.client.sent.messages"      // messages published (confirmed or failed)
 	MetricPublishDuration = "messaging.client.operation.duration" // publish and query durations, seconds
@@ -37,20 +52,22 @@ const (
 )
 
 type instruments struct {
-	sent, consumed, failed, retried, deadLettered, dropped metric.Int64Counter
-	publishDuration, processDuration, latency              metric.Float64Histogram
-	inFlight                                               metric.Int64UpDownCounter
-	sagaTransitions                                        metric.Int64Counter
-	sagaDuration                                           metric.Float64Histogram
+	// Recorded per operation.
+	publishDuration, processDuration, latency metric.Float64Histogram
+	sagaTransitions                           metric.Int64Counter
+	sagaDuration                              metric.Float64Histogram
+	// Read from the label sets' counts at collection.
+	sent, consumed, failed, retried, deadLettered, dropped metric.Int64ObservableCounter
+	inFlight                                               metric.Int64ObservableUpDownCounter
 }
 
 // durationBuckets suit messaging: from 50µs to a minute.
 var durationBuckets = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
-func newInstruments(mt metric.Meter) (*instruments, error) {
+func newInstruments(mt metric.Meter, o *Observer) (*instruments, error) {
 	var errs []error
-	counter := func(name, desc string) metric.Int64Counter {
-		c, err := mt.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit("{message}"))
+	counter := func(name, desc string) metric.Int64ObservableCounter {
+		c, err := mt.Int64ObservableCounter(name, metric.WithDescription(desc), metric.WithUnit("{message}"))
 		errs = append(errs, err)
 		return c
 	}
@@ -71,7 +88,7 @@ func newInstruments(mt metric.Meter) (*instruments, error) {
 		latency:         histogram(MetricLatency, "Time from a message's time attribute to the start of its handler.", durationBuckets),
 	}
 	var err error
-	m.inFlight, err = mt.Int64UpDownCounter(MetricInFlight, metric.WithDescription("Handlers running."), metric.WithUnit("{handler}"))
+	m.inFlight, err = mt.Int64ObservableUpDownCounter(MetricInFlight, metric.WithDescription("Handlers running."), metric.WithUnit("{handler}"))
 	errs = append(errs, err)
 	m.sagaTransitions, err = mt.Int64Counter(MetricSagaTransitions, metric.WithDescription("Saga lifecycle events published, by saga name and state."), metric.WithUnit("{transition}"))
 	errs = append(errs, err)
@@ -79,74 +96,121 @@ func newInstruments(mt metric.Meter) (*instruments, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("telemetry: metrics: %w", err)
 	}
+	_, err = mt.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
+		o.collect(obs)
+		return nil
+	}, m.sent, m.consumed, m.failed, m.retried, m.deadLettered, m.dropped, m.inFlight)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: metrics: %w", err)
+	}
 	return m, nil
 }
 
-// attrKey identifies a label set: an operation and a message type.
-type attrKey struct {
-	op  eventbus.Operation
-	typ string
+// series is one label set: its measurement options, built once, and the
+// counts the observable counters report.
+type series struct {
+	set attribute.Set
+	rec []metric.RecordOption  // metric.WithAttributeSet(set), as a ready variadic argument
+	obs []metric.ObserveOption // the same
+
+	sent, consumed, failed, retried, deadLettered, dropped atomic.Int64
 }
 
-// labels are the measurement options of one label set, built once.
+func newSeries(kvs []attribute.KeyValue) *series {
+	s := &series{set: attribute.NewSet(kvs...)}
+	opt := metric.WithAttributeSet(s.set)
+	s.rec = []metric.RecordOption{opt}
+	s.obs = []metric.ObserveOption{opt}
+	return s
+}
+
+// labels are the label sets of an operation on a message type: ok without
+// error.type, and one per error.type met.
 type labels struct {
-	ok     metric.MeasurementOption // without error.type
-	errMu  sync.Mutex               // guards errSet
-	errSet map[string]metric.MeasurementOption
-	base   []attribute.KeyValue
+	ok       *series
+	inFlight atomic.Int64 // handlers running
+	base     []attribute.KeyValue
+
+	errMu sync.Mutex              // serializes additions to errs
+	errs  cowMap[string, *series] // by error.type: a handful (errorType)
 }
 
-// set returns the options for an outcome: err adds its error.type.
-func (l *labels) set(err error) metric.MeasurementOption {
+func newLabels(base []attribute.KeyValue) *labels {
+	return &labels{ok: newSeries(base), base: base}
+}
+
+// set returns the label set for an outcome: err adds its error.type.
+func (l *labels) set(err error) *series {
 	if err == nil {
 		return l.ok
 	}
 	t := errorType(err)
-	l.errMu.Lock()
-	defer l.errMu.Unlock()
-	o, ok := l.errSet[t]
-	if !ok {
-		o = metric.WithAttributeSet(attribute.NewSet(append(l.base[:len(l.base):len(l.base)], semconv.ErrorTypeKey.String(t))...))
-		l.errSet[t] = o
-	}
-	return o
+	return l.errs.load(&l.errMu, t, func() (*series, bool) {
+		return newSeries(append(l.base[:len(l.base):len(l.base)], semconv.ErrorTypeKey.String(t))), true
+	})
 }
 
-// labels returns the label set of op and typ, from a cache.
-func (o *Observer) labels(op eventbus.Operation, typ string) *labels {
-	k := attrKey{op, typ}
-	o.mu.RLock()
-	l, ok := o.attrs[k]
-	o.mu.RUnlock()
-	if ok {
-		return l
+// each calls fn with each of l's label sets.
+func (l *labels) each(fn func(*series)) {
+	fn(l.ok)
+	for _, s := range l.errs.all() {
+		fn(s)
 	}
-	base := []attribute.KeyValue{
-		semconv.MessagingSystemKey.String(system(op)),
-		semconv.MessagingOperationName(op.Kind.String()),
-		semconv.MessagingDestinationName(op.Destination),
-		attribute.String("eventbus.backend", op.Backend),
-	}
-	if op.Group != "" {
-		base = append(base, semconv.MessagingConsumerGroupName(op.Group))
-	}
-	if typ != "" {
-		base = append(base, semconv.CloudEventsEventType(typ))
-	}
-	l = &labels{ok: metric.WithAttributeSet(attribute.NewSet(base...)), errSet: map[string]metric.MeasurementOption{}, base: base}
-	o.mu.Lock()
-	if prev, ok := o.attrs[k]; ok {
-		l = prev
-	} else if len(o.attrs) < maxLabelSets {
-		o.attrs[k] = l
-	}
-	o.mu.Unlock()
-	return l
 }
 
-// maxLabelSets bounds the cache of label sets; beyond it they are built per
-// call.
+// labels returns the label set of the operation on messages of type typ,
+// from the operation's cache; past maxLabelSets, the overflow set.
+func (o *Observer) labelsOf(info *opInfo, typ string) *labels {
+	if info.transient {
+		return o.overflow
+	}
+	return info.types.load(&o.mu, typ, func() (*labels, bool) {
+		if o.labelSets >= maxLabelSets {
+			return o.overflow, false
+		}
+		o.labelSets++
+		base := info.metricBase
+		if typ != "" {
+			base = append(base[:len(base):len(base)], semconv.CloudEventsEventType(typ))
+		}
+		return newLabels(base), true
+	})
+}
+
+// maxLabelSets bounds the label sets (operation and message type; each
+// error.type adds one of a handful); beyond it measurements go to the
+// overflow set.
 const maxLabelSets = 4096
+
+// overflowAttrs label what is measured past maxLabelSets, as the SDK does
+// past its cardinality limit.
+var overflowAttrs = []attribute.KeyValue{attribute.Bool("otel.metric.overflow", true)}
+
+// collect reports the counts of every label set.
+func (o *Observer) collect(obs metric.Observer) {
+	m := o.m
+	report := func(handles bool, l *labels) {
+		l.each(func(s *series) {
+			for _, c := range []struct {
+				inst metric.Int64ObservableCounter
+				n    int64
+			}{{m.sent, s.sent.Load()}, {m.consumed, s.consumed.Load()}, {m.failed, s.failed.Load()}, {m.retried, s.retried.Load()}, {m.deadLettered, s.deadLettered.Load()}, {m.dropped, s.dropped.Load()}} {
+				if c.n != 0 {
+					obs.ObserveInt64(c.inst, c.n, s.obs...)
+				}
+			}
+		})
+		if handles {
+			obs.ObserveInt64(m.inFlight, l.inFlight.Load(), l.ok.obs...)
+		}
+	}
+	for _, info := range o.ops.all() {
+		for _, l := range info.types.all() {
+			report(info.op.Kind != eventbus.OpSend && info.op.Kind != eventbus.OpQuery, l)
+		}
+	}
+	report(false, o.overflow)
+}
 
 // errorType is the bounded error.type of err: the bus's error classes, else
 // "_OTHER".
@@ -190,7 +254,7 @@ func (o *Observer) Watch(bus *eventbus.Bus) (stop func() error, err error) {
 		ctx, cancel := context.WithTimeout(ctx, lagTimeout)
 		defer cancel()
 		for _, l := range bus.Lag(ctx) {
-			obs.ObserveInt64(lag, int64(l.Pending), o.labels(l.Operation, "").ok)
+			obs.ObserveInt64(lag, int64(l.Pending), o.labelsOf(o.info(l.Operation), "").ok.obs...)
 		}
 		return nil
 	}, lag)

@@ -63,8 +63,13 @@ type Observer struct {
 	m      *instruments // nil without MeterProvider
 	meter  metric.Meter
 
-	mu    sync.RWMutex
-	attrs map[attrKey]*labels
+	// ops caches what is built once per operation: span names, options and
+	// attributes, metric label sets. Read without a lock; mu serializes
+	// additions (copy on write), which stop at maxOps.
+	ops       cowMap[eventbus.Operation, *opInfo]
+	mu        sync.Mutex
+	labelSets int     // label sets made, up to maxLabelSets; guarded by mu
+	overflow  *labels // where measurements go past maxLabelSets
 
 	sagas sagaStarts
 }
@@ -77,7 +82,7 @@ func New(opts *Options) (*Observer, error) {
 	if opts != nil {
 		o = *opts
 	}
-	obs := &Observer{prop: o.Propagator, log: o.Logger, attrs: map[attrKey]*labels{}}
+	obs := &Observer{prop: o.Propagator, log: o.Logger, overflow: newLabels(overflowAttrs)}
 	if obs.prop == nil {
 		obs.prop = propagation.TraceContext{}
 	}
@@ -89,13 +94,68 @@ func New(opts *Options) (*Observer, error) {
 	}
 	if o.MeterProvider != nil {
 		obs.meter = o.MeterProvider.Meter(ScopeName, metric.WithSchemaURL(semconv.SchemaURL))
-		m, err := newInstruments(obs.meter)
+		m, err := newInstruments(obs.meter, obs)
 		if err != nil {
 			return nil, err
 		}
 		obs.m = m
 	}
 	return obs, nil
+}
+
+// opInfo is what an operation's spans and metrics need, built once.
+type opInfo struct {
+	op         eventbus.Operation
+	spanName   string                  // "<operation> <destination>"
+	startOpts  []trace.SpanStartOption // the span kind, and a new root for a batch
+	spanAttrs  []attribute.KeyValue    // the messaging attributes of the operation
+	metricBase []attribute.KeyValue    // the metric labels but the message type
+
+	types cowMap[string, *labels] // label sets by message type; additions under Observer.mu
+	// transient: built past maxOps, not cached; its measurements go to the
+	// overflow label set.
+	transient bool
+}
+
+// maxOps bounds the operations cached; past it, an operation's span names
+// and attributes are built per call.
+const maxOps = 1024
+
+// info returns op's opInfo, from the cache.
+func (o *Observer) info(op eventbus.Operation) *opInfo {
+	return o.ops.load(&o.mu, op, func() (*opInfo, bool) {
+		i := newOpInfo(op)
+		i.transient = len(o.ops.all()) >= maxOps
+		return i, !i.transient
+	})
+}
+
+func newOpInfo(op eventbus.Operation) *opInfo {
+	kind, opType := trace.SpanKindProducer, semconv.MessagingOperationTypeSend
+	switch op.Kind {
+	case eventbus.OpQuery:
+		kind = trace.SpanKindClient
+	case eventbus.OpProcess, eventbus.OpProcessBatch:
+		kind, opType = trace.SpanKindConsumer, semconv.MessagingOperationTypeProcess
+	case eventbus.OpAnswer:
+		kind, opType = trace.SpanKindServer, semconv.MessagingOperationTypeProcess
+	}
+	i := &opInfo{op: op, spanName: op.Kind.String() + " " + op.Destination, startOpts: []trace.SpanStartOption{trace.WithSpanKind(kind)}}
+	if op.Kind == eventbus.OpProcessBatch {
+		i.startOpts = append(i.startOpts, trace.WithNewRoot())
+	}
+	sys := semconv.MessagingSystemKey.String(system(op))
+	opName := semconv.MessagingOperationName(op.Kind.String())
+	dest := semconv.MessagingDestinationName(op.Destination)
+	backend := attribute.String("eventbus.backend", op.Backend)
+	i.spanAttrs = []attribute.KeyValue{sys, opName, opType, dest, backend}
+	i.metricBase = []attribute.KeyValue{sys, opName, dest, backend}
+	if op.Group != "" {
+		g := semconv.MessagingConsumerGroupName(op.Group)
+		i.spanAttrs = append(i.spanAttrs, g)
+		i.metricBase = append(i.metricBase, g)
+	}
+	return i
 }
 
 // handledKey carries the message a handler handles in its context.
@@ -121,38 +181,47 @@ func (o *Observer) Publish(ctx context.Context, op eventbus.Operation, msgs []*e
 			}
 		}
 	}
-	if o.m != nil && len(msgs) > 0 && strings.HasPrefix(msgs[0].Type, "saga.") {
+	if len(msgs) == 0 || (o.tracer == nil && o.m == nil) {
+		return nothing
+	}
+	if o.m != nil && strings.HasPrefix(msgs[0].Type, "saga.") {
 		o.sagaEvents(ctx, msgs)
 	}
+	info := o.info(op)
 	var span trace.Span
 	if o.tracer != nil {
-		kind := trace.SpanKindProducer
-		if op.Kind == eventbus.OpQuery {
-			kind = trace.SpanKindClient
+		ctx, span = o.tracer.Start(ctx, info.spanName, info.startOpts...)
+		if span.IsRecording() {
+			span.SetAttributes(spanAttrs(info, msgs)...)
 		}
-		ctx, span = o.tracer.Start(ctx, op.Kind.String()+" "+op.Destination,
-			trace.WithSpanKind(kind), trace.WithAttributes(spanAttrs(op, msgs)...))
-		for _, m := range msgs {
-			o.prop.Inject(ctx, carrier{m})
+		// The trace context of a batch is the same for all its messages:
+		// written once, copied to the others.
+		o.prop.Inject(ctx, carrier{msgs[0]})
+		for _, m := range msgs[1:] {
+			m.TraceParent, m.TraceState = msgs[0].TraceParent, msgs[0].TraceState
 		}
 	}
-	var start time.Time
-	if o.m != nil {
-		start = time.Now()
+	if o.m == nil {
+		return func(err error) { endSpan(span, err) }
 	}
+	l := o.labelsOf(info, msgs[0].Type)
+	n := int64(len(msgs))
+	send := op.Kind == eventbus.OpSend
+	start := time.Now()
 	return func(err error) {
-		if o.m != nil {
-			l := o.labels(op, msgs[0].Type)
-			o.m.publishDuration.Record(ctx, time.Since(start).Seconds(), l.set(err))
-			if op.Kind == eventbus.OpSend {
-				o.m.sent.Add(ctx, int64(len(msgs)), l.set(err))
-			}
+		s := l.set(err)
+		o.m.publishDuration.Record(ctx, time.Since(start).Seconds(), s.rec...)
+		if send {
+			s.sent.Add(n)
 		}
 		if span != nil {
 			endSpan(span, err)
 		}
 	}
 }
+
+// nothing is the outcome function of an unobserved publish.
+func nothing(error) {}
 
 // Handle implements eventbus.Observer: a consumer (or, for a query, server)
 // span continuing the producer's trace, the message in the handler's
@@ -162,50 +231,56 @@ func (o *Observer) Handle(ctx context.Context, op eventbus.Operation, msgs []*ev
 	if len(msgs) > 0 && msgs[0] != nil {
 		first = msgs[0]
 	}
+	batch := op.Kind == eventbus.OpProcessBatch
+	info := o.info(op)
 	var span trace.Span
 	if o.tracer != nil {
-		kind := trace.SpanKindConsumer
-		if op.Kind == eventbus.OpAnswer {
-			kind = trace.SpanKindServer
-		}
-		opts := []trace.SpanStartOption{trace.WithSpanKind(kind), trace.WithAttributes(spanAttrs(op, msgs)...)}
 		parent := ctx
-		if op.Kind == eventbus.OpProcessBatch {
-			links := make([]trace.Link, 0, len(msgs))
-			for _, m := range msgs {
-				if sc := o.producer(m); sc.IsValid() {
-					links = append(links, trace.Link{SpanContext: sc})
-				}
+		var producer trace.SpanContext
+		if !batch && first != nil && first.TraceParent != "" {
+			parent = o.prop.Extract(ctx, carrier{first})
+			if sc := trace.SpanContextFromContext(parent); sc.IsRemote() {
+				producer = sc
 			}
-			opts = append(opts, trace.WithLinks(links...), trace.WithNewRoot())
-		} else if sc := o.producer(first); sc.IsValid() {
-			parent = trace.ContextWithRemoteSpanContext(ctx, sc)
-			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 		}
-		ctx, span = o.tracer.Start(parent, op.Kind.String()+" "+op.Destination, opts...)
+		ctx, span = o.tracer.Start(parent, info.spanName, info.startOpts...)
+		if span.IsRecording() {
+			span.SetAttributes(spanAttrs(info, msgs)...)
+			// Links only on recorded spans: the samplers in use (parent
+			// based, ratio) decide without them.
+			if batch {
+				for _, m := range msgs {
+					if sc := o.producer(m); sc.IsValid() {
+						span.AddLink(trace.Link{SpanContext: sc})
+					}
+				}
+			} else if producer.IsValid() {
+				span.AddLink(trace.Link{SpanContext: producer})
+			}
+		}
 	}
-	if first != nil && op.Kind != eventbus.OpProcessBatch {
+	if first != nil && !batch {
 		ctx = context.WithValue(ctx, handledKey{}, first)
 	}
 	var start time.Time
 	var l *labels
 	if o.m != nil {
 		start = time.Now()
-		l = o.labels(op, typeOf(first))
-		o.m.inFlight.Add(ctx, 1, l.ok)
+		l = o.labelsOf(info, typeOf(first))
+		l.inFlight.Add(1)
 		for _, m := range msgs {
 			if m != nil && !m.Time.IsZero() {
-				o.m.latency.Record(ctx, start.Sub(m.Time).Seconds(), l.ok)
+				o.m.latency.Record(ctx, start.Sub(m.Time).Seconds(), l.ok.rec...)
 			}
 		}
 	}
 	return ctx, func(err error) {
-		if o.m != nil {
-			o.m.inFlight.Add(ctx, -1, l.ok)
-			o.m.processDuration.Record(ctx, time.Since(start).Seconds(), l.set(err))
-			o.m.consumed.Add(ctx, int64(len(msgs)), l.ok)
+		if l != nil {
+			l.inFlight.Add(-1)
+			o.m.processDuration.Record(ctx, time.Since(start).Seconds(), l.set(err).rec...)
+			l.ok.consumed.Add(int64(len(msgs)))
 			if err != nil {
-				o.m.failed.Add(ctx, int64(len(msgs)), l.ok)
+				l.ok.failed.Add(int64(len(msgs)))
 			}
 		}
 		if err != nil && op.Kind != eventbus.OpAnswer {
@@ -221,19 +296,15 @@ func (o *Observer) Handle(ctx context.Context, op eventbus.Operation, msgs []*ev
 // dropped counters, and a log of dead letters and drops.
 func (o *Observer) Settled(op eventbus.Operation, m *eventbus.Message, s eventbus.Settlement) {
 	if o.m != nil {
-		l := o.labels(op, typeOf(m))
-		var c metric.Int64Counter
+		l := o.labelsOf(o.info(op), typeOf(m)).ok
 		switch s {
 		case eventbus.Retried:
-			c = o.m.retried
+			l.retried.Add(1)
 		case eventbus.DeadLettered:
-			c = o.m.deadLettered
+			l.deadLettered.Add(1)
 		case eventbus.Dropped:
-			c = o.m.dropped
-		default:
-			return
+			l.dropped.Add(1)
 		}
-		c.Add(context.Background(), 1, l.ok)
 	}
 	switch s {
 	case eventbus.DeadLettered:
@@ -260,7 +331,7 @@ func (o *Observer) producer(m *eventbus.Message) trace.SpanContext {
 }
 
 func endSpan(span trace.Span, err error) {
-	if err != nil {
+	if err != nil && span.IsRecording() {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 		span.SetAttributes(semconv.ErrorTypeKey.String(errorType(err)))
@@ -282,24 +353,11 @@ func typeOf(m *eventbus.Message) string {
 	return m.Type
 }
 
-// spanAttrs are the messaging attributes of a span on msgs.
-func spanAttrs(op eventbus.Operation, msgs []*eventbus.Message) []attribute.KeyValue {
-	opType := semconv.MessagingOperationTypeSend
-	switch op.Kind {
-	case eventbus.OpProcess, eventbus.OpProcessBatch, eventbus.OpAnswer:
-		opType = semconv.MessagingOperationTypeProcess
-	}
-	attrs := make([]attribute.KeyValue, 0, 12)
-	attrs = append(attrs,
-		semconv.MessagingSystemKey.String(system(op)),
-		semconv.MessagingOperationName(op.Kind.String()),
-		opType,
-		semconv.MessagingDestinationName(op.Destination),
-		attribute.String("eventbus.backend", op.Backend),
-	)
-	if op.Group != "" {
-		attrs = append(attrs, semconv.MessagingConsumerGroupName(op.Group))
-	}
+// spanAttrs are the messaging attributes of a span on msgs: the
+// operation's, and the message's when there is one.
+func spanAttrs(info *opInfo, msgs []*eventbus.Message) []attribute.KeyValue {
+	attrs := make([]attribute.KeyValue, 0, len(info.spanAttrs)+7)
+	attrs = append(attrs, info.spanAttrs...)
 	switch {
 	case len(msgs) == 1 && msgs[0] != nil:
 		m := msgs[0]
