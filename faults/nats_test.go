@@ -171,4 +171,3 @@ func startProxy(t *testing.T, target string) *faults.Proxy {
 	})
 	return p
 }
-

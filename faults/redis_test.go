@@ -188,4 +188,3 @@ func TestRedisBlackhole(t *testing.T) {
 		},
 	}.run(t)
 }
-
