@@ -22,6 +22,7 @@ func newQueryCmd(cf *connFlags, stdin io.Reader) *cobra.Command {
 		Short:   "Send a query and print the reply's data",
 		Long: "Send a query of type TYPE to SERVICE and print the reply's data. The request is\n" +
 			"the JSON argument, or standard input when it is absent or \"-\".\n" +
+			"While nobody handles the query, it is asked again until --timeout.\n" +
 			"Exit status 3: no reply in time; 4: nobody handles the query; 5: the handler\n" +
 			"returned an error, printed with its code.",
 		Args: argsBetween(2, 3),
@@ -58,7 +59,23 @@ func newQueryCmd(cf *connFlags, stdin io.Reader) *cobra.Command {
 func ask(ctx context.Context, bus *eventbus.Bus, service string, m *eventbus.Message, timeout time.Duration) (*eventbus.Message, error) {
 	qctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// Nobody answering yet may be a responder still starting, as when a
+	// shell starts both at once: ask again until the timeout.
+	pause := 20 * time.Millisecond
 	reply, err := bus.Query(qctx, service, m)
+	for errors.Is(err, eventbus.ErrNoResponders) {
+		t := time.NewTimer(pause)
+		select {
+		case <-qctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+		if qctx.Err() != nil {
+			break
+		}
+		pause = min(2*pause, 250*time.Millisecond)
+		reply, err = bus.Query(qctx, service, m)
+	}
 	var re *eventbus.RemoteError
 	switch {
 	case err == nil:
@@ -69,7 +86,7 @@ func ask(ctx context.Context, bus *eventbus.Bus, service string, m *eventbus.Mes
 		}
 		return nil, &exitError{exitRemote, fmt.Errorf("%s.%s failed: %s", service, m.Type, re.Message)}
 	case errors.Is(err, eventbus.ErrNoResponders):
-		return nil, &exitError{exitNoResponders, fmt.Errorf("no responders: nobody handles %s.%s (%w)", service, m.Type, err)}
+		return nil, &exitError{exitNoResponders, fmt.Errorf("no responders: nobody handled %s.%s within %s (%w); start a service that does, or try \"eventbus respond\"", service, m.Type, timeout, err)}
 	case errors.Is(err, eventbus.ErrTimeout) && ctx.Err() == nil:
 		return nil, &exitError{exitTimeout, fmt.Errorf("timeout: no reply from %s.%s within %s (%w)", service, m.Type, timeout, err)}
 	default:

@@ -48,9 +48,9 @@ func TestQuery(t *testing.T) {
 		{"remote error", []string{"inventory", "stock.get", `"sku-9"`}, "", exitRemote, "",
 			[]string{"inventory.stock.get failed: [not_found] ", "no such sku \"sku-9\""}},
 		{"undecodable request", []string{"inventory", "stock.get", `{"sku":1}`}, "", exitRemote, "", []string{"[decode]"}},
-		{"no responders", []string{"inventory", "stock.put", `1`}, "", exitNoResponders, "",
-			[]string{"no responders: nobody handles inventory.stock.put"}},
-		{"unknown service", []string{"billing", "stock.get", `1`}, "", exitNoResponders, "", []string{"no responders"}},
+		{"no responders", []string{"inventory", "stock.put", `1`, "--timeout", "300ms"}, "", exitNoResponders, "",
+			[]string{"no responders: nobody handled inventory.stock.put within 300ms"}},
+		{"unknown service", []string{"billing", "stock.get", `1`, "--timeout", "300ms"}, "", exitNoResponders, "", []string{"no responders"}},
 		{"timeout", []string{"inventory", "stock.slow", `{}`, "--timeout", "150ms"}, "", exitTimeout, "",
 			[]string{"timeout: no reply from inventory.stock.slow within 150ms"}},
 	} {
