@@ -208,7 +208,9 @@ func newWorld(t *testing.T, store saga.Store, o worldOptions) *world {
 	}
 	w.orc = orc
 	if o.def.Name == "" {
-		o.def = orderDefinition(2*time.Second, saga.Retry{})
+		// Generous: on a loaded machine a step can take seconds, and a
+		// timeout here would compensate a saga that should complete.
+		o.def = orderDefinition(stepTimeout, saga.Retry{})
 	}
 	if err := orc.Register(o.def); err != nil {
 		t.Fatal(err)
@@ -312,9 +314,12 @@ func (w *world) wait(id string) *saga.Instance {
 	return waitFor(w.t, w.orc, id, func(in *saga.Instance) bool { return !in.State.Active() })
 }
 
+// stepTimeout is the step timeout of tests whose subject is not timeouts.
+const stepTimeout = 15 * time.Second
+
 func waitFor(t *testing.T, orc *saga.Orchestrator, id string, cond func(*saga.Instance) bool) *saga.Instance {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		in, err := orc.Get(context.Background(), id)
 		if err != nil && !errors.Is(err, saga.ErrNotFound) {

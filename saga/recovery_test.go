@@ -80,7 +80,7 @@ func TestRestartResumes(t *testing.T) {
 func TestTwoOrchestrators(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open func(*testing.T) saga.Store) {
 		store := open(t)
-		def := orderDefinition(2*time.Second, saga.Retry{})
+		def := orderDefinition(stepTimeout, saga.Retry{})
 		w := newWorld(t, store, worldOptions{def: def, duplicate: true, orc: &saga.Options{Instance: "A"}})
 		orcB, _ := w.orchestratorOn(store, def, &saga.Options{Instance: "B", PollInterval: 20 * time.Millisecond}, true)
 		w.run(orcB)
