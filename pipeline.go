@@ -264,17 +264,6 @@ func (p *Publisher) publish(ctx context.Context, dest driver.Destination, m *Mes
 		return p.fail(m, fmt.Errorf("eventbus: publish %s: %w", dest.Name, err))
 	}
 	b.fill(m)
-	if !pd.screened {
-		// Refuse before the window what the driver would refuse, so that
-		// such a message fails alone instead of failing its whole batch.
-		one := [1]*Message{m}
-		if err := driver.CheckEnvelope(one[:]); err != nil {
-			return p.fail(m, fmt.Errorf("eventbus: publish %s: %w", dest.Name, err))
-		}
-		if err := driver.CheckSize(one[:], pd.be.caps.MaxMessageSize); err != nil {
-			return p.fail(m, fmt.Errorf("eventbus: publish %s via %s: %w", dest.Name, pd.be.name, err))
-		}
-	}
 	// A Publisher that is closing, or a context already done, refuses at
 	// once, even with room in the window.
 	select {
@@ -394,18 +383,44 @@ func (p *Publisher) send(pd *pipeDest, bt *pipeBatch) {
 		}
 		return
 	}
-	var err error
-	if pd.fast != nil {
-		err = pd.fast.PublishUnconfirmed(ctx, pd.dest, bt.msgs)
-	} else {
-		err = b.send(ctx, pd.be, pd.dest, bt.msgs)
+	msgs, results := bt.msgs, bt.results
+	err := p.sendOnce(ctx, pd, msgs)
+	if errors.Is(err, ErrInvalid) || errors.Is(err, ErrTooLarge) {
+		// The driver refused the batch before the wire (its contract), for
+		// one message or more: those fail alone, the others are sent again.
+		// Checking here rather than per publish keeps the check off the
+		// path of the batches that pass.
+		msgs, results = nil, nil
+		for i, m := range bt.msgs {
+			one := bt.msgs[i : i+1]
+			cerr := driver.CheckEnvelope(one)
+			if cerr == nil {
+				cerr = driver.CheckSize(one, pd.be.caps.MaxMessageSize)
+			}
+			if cerr != nil {
+				bt.results[i].err = fmt.Errorf("eventbus: publish %s via %s: %w", pd.dest.Name, pd.be.name, cerr)
+				continue
+			}
+			msgs, results = append(msgs, m), append(results, bt.results[i])
+		}
+		err = nil
+		if len(msgs) > 0 {
+			err = p.sendOnce(ctx, pd, msgs)
+		}
 	}
 	if err != nil {
 		err = fmt.Errorf("eventbus: publish %s via %s: %w", pd.dest.Name, pd.be.name, err)
-		for _, r := range bt.results {
+		for _, r := range results {
 			r.err = err
 		}
 	}
+}
+
+func (p *Publisher) sendOnce(ctx context.Context, pd *pipeDest, msgs []*Message) error {
+	if pd.fast != nil {
+		return pd.fast.PublishUnconfirmed(ctx, pd.dest, msgs)
+	}
+	return p.b.send(ctx, pd.be, pd.dest, msgs)
 }
 
 // settled completes bt's results, frees their room in the window and wakes
