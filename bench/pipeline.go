@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/natsbus"
 )
 
 // Pipelined rows: the same brokers and consumers as each broker's
@@ -15,12 +16,21 @@ const (
 	memPipelineRow   = "eventbus Publisher on membus (pipelined)"
 	jsPipelineRow    = "eventbus Publisher on natsbus (pipelined)"
 	kafkaPipelineRow = "eventbus Publisher on kafkabus (pipelined)"
+	coreAtMostOnce   = "eventbus Publisher on natsbus, JetStream off, at-most-once route"
+	jsAtMostOnce     = "eventbus Publisher on natsbus, at-most-once route"
 )
 
 func init() {
 	register(Scenario{Name: memPipelineRow, Broker: memBroker, Role: RoleReference, Run: runMembusPipeline})
 	register(Scenario{Name: jsPipelineRow, Broker: jsBroker, Role: RoleReference, Run: runJetStreamPipeline})
 	register(Scenario{Name: kafkaPipelineRow, Broker: kafkaBroker, Role: RoleReference, Run: runKafkaPipeline})
+	register(Scenario{Name: coreAtMostOnce, Broker: coreBroker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
+		return runNATSAtMostOnce(ctx, cfg, false)
+	}})
+	register(Scenario{Name: jsAtMostOnce, Broker: jsBroker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
+		return runNATSAtMostOnce(ctx, cfg, true)
+	}})
+	registerTarget(pipelineTarget(coreBroker, coreAtMostOnce, "raw nats.go", 0.8))
 	registerTarget(pipelineTarget(memBroker, memPipelineRow, "raw membus driver", 0.5))
 	registerTarget(pipelineTarget(jsBroker, jsPipelineRow, "raw jetstream, async publish", 0.9))
 	registerTarget(pipelineTarget(kafkaBroker, kafkaPipelineRow, "raw franz-go, async produce, acks=all", 0.9))
@@ -77,4 +87,41 @@ func runJetStreamPipeline(ctx context.Context, cfg Config) (Result, error) {
 
 func runKafkaPipeline(ctx context.Context, cfg Config) (Result, error) {
 	return runKafkaBusWith(ctx, cfg, pipelinePublishers)
+}
+
+// runNATSAtMostOnce: the pipelined row with the events routed at-most-once,
+// which natsbus publishes without flushing (core) or waiting for the
+// stream's acknowledgement (JetStream). Flush then reports the messages
+// written, not stored.
+func runNATSAtMostOnce(ctx context.Context, cfg Config, jetStream bool) (Result, error) {
+	env, err := startNATS(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	defer env.close(ctx)
+	tr := newTracker(cfg.Size)
+	tr.lossy = true
+	consumer, err := env.openBus(ctx, jetStream, func(b *eventbus.Bus) error {
+		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("consumer bus: %w", err)
+	}
+	defer consumer.Close(context.WithoutCancel(ctx))
+	d, err := natsbus.Open(ctx, &natsbus.Config{Servers: []string{env.url()}, Options: natsbus.Options{JetStream: &jetStream}})
+	if err != nil {
+		return Result{}, err
+	}
+	producer := eventbus.New(&eventbus.Options{Source: "bench", Routes: []eventbus.Route{
+		{Pattern: eventbus.EventPattern, Backend: "nats", Delivery: eventbus.AtMostOnce},
+	}})
+	defer producer.Close(context.WithoutCancel(ctx))
+	if err := producer.Register("nats", d); err != nil {
+		_ = d.Close(ctx)
+		return Result{}, err
+	}
+	if err := producer.Start(ctx); err != nil {
+		return Result{}, err
+	}
+	return pipelinePublishers(ctx, cfg, tr, producer)
 }
