@@ -66,9 +66,10 @@
 // command that no queue is bound to comes back unroutable and fails with
 // [ErrUnroutable]; an event nobody subscribes to is confirmed and dropped.
 // Concurrent publishers share Options.PublishChannels channels in confirm
-// mode; each channel's confirmations are matched to their publishers by one
-// goroutine, so a publisher never waits for another's confirmation and a
-// batch is pipelined, in order, on one channel.
+// mode (and as many for mandatory messages, opened at the first command):
+// each publisher waits for the confirmations of its own messages only, so
+// confirmations pipeline across publishers and a batch is pipelined, in
+// order, on one channel.
 //
 // Consumers use manual acks on a channel per subscription, with a prefetch
 // (QoS) of SubscribeOptions.MaxInFlight (Options.Prefetch, 256, when

@@ -30,8 +30,9 @@ type Driver struct {
 	connReady chan struct{} // closed while conn is usable; replaced when it is lost
 	blocked   atomic.Pointer[chan struct{}]
 
-	pubs []*pubChannel
-	next atomic.Uint32
+	pubs      []*pubChannel // for messages that may go nowhere (events...)
+	mandatory []*pubChannel // for messages that must reach a queue (commands)
+	next      atomic.Uint32
 
 	topoMu  sync.Mutex
 	topo    *amqp.Channel
@@ -97,8 +98,10 @@ func Open(ctx context.Context, cfg *Config) (*Driver, error) {
 		return nil, d.redact(err)
 	}
 	d.pubs = make([]*pubChannel, d.opts.PublishChannels)
+	d.mandatory = make([]*pubChannel, d.opts.PublishChannels)
 	for i := range d.pubs {
 		d.pubs[i] = &pubChannel{d: d}
+		d.mandatory[i] = &pubChannel{d: d, mandatory: true}
 	}
 	d.setConn(conn)
 	return d, nil
@@ -449,8 +452,9 @@ func (d *Driver) declareKeeper(ctx context.Context, dest driver.Destination) err
 	return err
 }
 
-// send publishes on one of the shared confirm channels, round robin, and
-// waits for the confirmations. A batch stays on one channel, in order.
+// send publishes on one of the shared confirm channels, round robin (those
+// for mandatory messages when msgs are), and waits for the confirmations. A
+// batch stays on one channel, in order.
 func (d *Driver) send(ctx context.Context, msgs []outgoing) error {
 	if b := d.blocked.Load(); b != nil {
 		select {
@@ -461,12 +465,15 @@ func (d *Driver) send(ctx context.Context, msgs []outgoing) error {
 			return d.errClosed()
 		}
 	}
-	p := d.pubs[int(d.next.Add(1))%len(d.pubs)]
-	b, err := p.publish(ctx, msgs)
+	pool := d.pubs
+	if msgs[0].mandatory {
+		pool = d.mandatory
+	}
+	b, err := pool[int(d.next.Add(1))%len(pool)].publish(ctx, msgs)
 	if err != nil {
 		return err
 	}
-	return b.wait(ctx, d.closing)
+	return b.wait(ctx, d)
 }
 
 // Close cancels every subscription (their unsettled deliveries go back to

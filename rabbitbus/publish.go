@@ -24,13 +24,18 @@ var ErrUnroutable = errors.New("unroutable: no queue is bound to the destination
 
 // pubChannel is one channel in confirm mode that concurrent publishers
 // share. Publishers write under mu, in order, and wait for their own
-// confirmations; one goroutine per channel instance matches confirmations
-// and returns to the waiting batches, so confirmations pipeline.
+// confirmations, so confirmations pipeline. On a channel for mandatory
+// messages one goroutine per channel instance matches confirmations and
+// returns to the waiting batches (a return comes before its message's
+// confirmation); on the others each publisher waits for amqp091's deferred
+// confirmations of its messages, which the connection's reader settles
+// without another goroutine in between.
 type pubChannel struct {
-	d  *Driver
-	mu sync.Mutex // serialises writes: sequence numbers follow publish order
-	ch *amqp.Channel
-	w  *waiters // of ch
+	d         *Driver
+	mandatory bool
+	mu        sync.Mutex // serialises writes: sequence numbers follow publish order
+	ch        *amqp.Channel
+	w         *waiters // of ch, on a channel for mandatory messages
 }
 
 // waiters are the publishes waiting for the confirmations of one channel
@@ -43,8 +48,12 @@ type waiters struct {
 	closed   bool                 // the channel closed: nothing more will be confirmed
 }
 
-// pubBatch is the confirmations a Publish call waits for.
+// pubBatch is the confirmations a Publish call waits for: those of
+// mandatory messages through left and done, the others through deferred.
 type pubBatch struct {
+	ch       *amqp.Channel
+	deferred []*amqp.DeferredConfirmation
+
 	mu   sync.Mutex
 	left int
 	err  error
@@ -62,7 +71,27 @@ func (b *pubBatch) settle(err error) {
 	}
 }
 
-func (b *pubBatch) wait(ctx context.Context, closing <-chan struct{}) error {
+func (b *pubBatch) wait(ctx context.Context, d *Driver) error {
+	for _, c := range b.deferred {
+		select {
+		case <-c.Done():
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the broker's confirmation: %w", ctx.Err())
+		case <-d.closing:
+			return fmt.Errorf("%w before the broker confirmed", driver.ErrClosed)
+		}
+		if !c.Acked() {
+			// A closing channel settles what it still waited for as nacks.
+			if b.ch.IsClosed() {
+				return closedBeforeConfirm(d)
+			}
+			return errNack
+		}
+	}
+	if b.done == nil {
+		return nil
+	}
+	closing := d.closing
 	select {
 	case <-b.done:
 		return b.err
@@ -90,6 +119,10 @@ func (p *pubChannel) channel(ctx context.Context) (*amqp.Channel, error) {
 	if err := ch.Confirm(false); err != nil {
 		_ = ch.Close()
 		return nil, fmt.Errorf("confirm mode: %w", classify(err))
+	}
+	if !p.mandatory {
+		p.ch = ch
+		return ch, nil
 	}
 	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 1024))
 	// Unbuffered: the connection's reader hands a return over before it
@@ -134,7 +167,7 @@ func (p *pubChannel) loop(w *waiters, confirms <-chan amqp.Confirmation, returns
 			switch {
 			case b == nil:
 			case !c.Ack:
-				b.settle(fmt.Errorf("the broker refused the message (nack): %w", driver.ErrUnavailable))
+				b.settle(errNack)
 			case returned:
 				b.settle(ErrUnroutable)
 			default:
@@ -150,34 +183,48 @@ func (p *pubChannel) failPending(w *waiters) {
 	pending := w.pending
 	w.pending, w.returned, w.closed = nil, nil, true
 	w.mu.Unlock()
-	err := fmt.Errorf("the channel closed before the broker confirmed: %w", driver.ErrUnavailable)
-	if p.d.closed.Load() {
-		err = fmt.Errorf("%w before the broker confirmed", driver.ErrClosed)
-	}
+	err := closedBeforeConfirm(p.d)
 	for _, b := range pending {
 		b.settle(err)
 	}
 }
 
+var errNack = fmt.Errorf("the broker refused the message (nack): %w", driver.ErrUnavailable)
+
+func closedBeforeConfirm(d *Driver) error {
+	if d.closed.Load() {
+		return fmt.Errorf("%w before the broker confirmed", driver.ErrClosed)
+	}
+	return fmt.Errorf("the channel closed before the broker confirmed: %w", driver.ErrUnavailable)
+}
+
 // publish writes msgs in order and returns the batch to wait on.
 func (p *pubChannel) publish(ctx context.Context, msgs []outgoing) (*pubBatch, error) {
-	b := &pubBatch{left: len(msgs), done: make(chan struct{})}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	ch, err := p.channel(ctx)
 	if err != nil {
 		return nil, err
 	}
+	if !p.mandatory {
+		b := &pubBatch{ch: ch, deferred: make([]*amqp.DeferredConfirmation, len(msgs))}
+		for i := range msgs {
+			m := &msgs[i]
+			if b.deferred[i], err = ch.PublishWithDeferredConfirmWithContext(ctx, m.exchange, m.key, false, false, m.pub); err != nil {
+				return nil, p.failed(err)
+			}
+		}
+		return b, nil
+	}
+	b := &pubBatch{left: len(msgs), done: make(chan struct{})}
 	w := p.w
 	for i := range msgs {
 		m := &msgs[i]
 		seq := ch.GetNextPublishSeqNo()
-		if m.mandatory {
-			if m.pub.Headers == nil {
-				m.pub.Headers = amqp.Table{}
-			}
-			m.pub.Headers[seqHeader] = int64(seq)
+		if m.pub.Headers == nil {
+			m.pub.Headers = amqp.Table{}
 		}
+		m.pub.Headers[seqHeader] = int64(seq)
 		w.mu.Lock()
 		if w.closed {
 			w.mu.Unlock()
@@ -188,17 +235,22 @@ func (p *pubChannel) publish(ctx context.Context, msgs []outgoing) (*pubBatch, e
 		}
 		w.pending[seq] = b
 		w.mu.Unlock()
-		if err := ch.PublishWithContext(ctx, m.exchange, m.key, m.mandatory, false, m.pub); err != nil {
+		if err := ch.PublishWithContext(ctx, m.exchange, m.key, true, false, m.pub); err != nil {
 			w.mu.Lock()
 			delete(w.pending, seq)
 			w.mu.Unlock()
-			// The messages written before stay pending; their publisher
-			// gets this error and none of the batch may be assumed sent.
-			if p.d.closed.Load() {
-				return nil, p.d.errClosed()
-			}
-			return nil, fmt.Errorf("%w: %w", driver.ErrUnavailable, err)
+			return nil, p.failed(err)
 		}
 	}
 	return b, nil
+}
+
+// failed is the error of a write that failed: the messages written before
+// stay pending, their publisher gets this error and none of the batch may be
+// assumed sent.
+func (p *pubChannel) failed(err error) error {
+	if p.d.closed.Load() {
+		return p.d.errClosed()
+	}
+	return fmt.Errorf("%w: %w", driver.ErrUnavailable, err)
 }
