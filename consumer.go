@@ -16,9 +16,9 @@ import (
 // consumer drives one driver subscription: it receives, runs the handler,
 // and settles every delivery — ack, nack with backoff, or dead-letter + term.
 //
-// Settlements go through a settler goroutine, so that a delivery is settled
-// on the broker as soon as its handler returned, whatever its neighbours do;
-// the settler coalesces those that are ready together.
+// Settlements go through a settler, so that a delivery is settled on the
+// broker within milliseconds of its handler returning, whatever its
+// neighbours do; the settler coalesces those that are ready together.
 type consumer struct {
 	bus   *Bus
 	be    *backend
@@ -37,20 +37,7 @@ type consumer struct {
 	done       chan struct{} // closed when run returned
 	running    atomic.Int32  // handler calls in progress
 
-	settles chan settlement
-}
-
-type settleOp uint8
-
-const (
-	opAck settleOp = iota
-	opNack
-	opTerm
-)
-
-type settlement struct {
-	d  *driver.Delivery
-	op settleOp
+	settler *settler
 }
 
 // receiveBatch is how many deliveries one Receive asks for.
@@ -80,17 +67,12 @@ func (c *consumer) init() {
 	c.work, c.stopWork = context.WithCancel(c.bus.work)
 	c.handlerCx = context.WithValue(c.work, busKey{}, c.bus)
 	c.done = make(chan struct{})
-	c.settles = make(chan settlement, receiveBatch)
+	c.settler = newSettler(c)
 }
 
 func (c *consumer) run() {
 	defer c.bus.consumers.Done()
 	defer close(c.done)
-	settled := make(chan struct{})
-	go func() {
-		defer close(settled)
-		c.settleLoop()
-	}()
 	switch {
 	case c.kind == kindBatch:
 		c.runBatches()
@@ -99,8 +81,7 @@ func (c *consumer) run() {
 	default:
 		c.runInline()
 	}
-	close(c.settles)
-	<-settled
+	c.settler.stop()
 	ctx := c.bus.work
 	if p := c.closeCtx.Load(); p != nil {
 		ctx = *p
@@ -231,6 +212,8 @@ func (c *consumer) runInline() {
 			}
 			c.process(d)
 		}
+		// Out of work: what was handled goes to the broker now.
+		c.settler.flush()
 	}
 }
 
@@ -280,6 +263,9 @@ func (c *consumer) runWorkers(n int) {
 					if key != "" {
 						d = next(key)
 					}
+				}
+				if len(ready) == 0 {
+					c.settler.flush() // out of work for now
 				}
 			}
 		}()
@@ -353,45 +339,7 @@ func (c *consumer) process(d *driver.Delivery) {
 	}
 }
 
-func (c *consumer) settle(d *driver.Delivery, op settleOp) {
-	c.settles <- settlement{d: d, op: op}
-}
-
-// settleLoop sends settlements to the broker as they come, coalescing those
-// that are ready together into one call per kind.
-func (c *consumer) settleLoop() {
-	ctx := context.WithoutCancel(c.work)
-	var acks, terms []*driver.Delivery
-	for s := range c.settles {
-		acks, terms = acks[:0], terms[:0]
-		for more := true; more; {
-			switch s.op {
-			case opAck:
-				acks = append(acks, s.d)
-			case opTerm:
-				terms = append(terms, s.d)
-			}
-			if len(acks)+len(terms) >= 4*receiveBatch {
-				break
-			}
-			select {
-			case s, more = <-c.settles:
-			default:
-				more = false
-			}
-		}
-		if len(acks) > 0 {
-			if err := c.sub.Ack(ctx, acks); err != nil {
-				c.bus.log.Warn("eventbus: ack failed; messages will be redelivered", "destination", c.dest.Name, "count", len(acks), "error", err)
-			}
-		}
-		if len(terms) > 0 {
-			if err := c.sub.Term(ctx, terms); err != nil {
-				c.bus.log.Warn("eventbus: term failed; a duplicate may follow", "destination", c.dest.Name, "count", len(terms), "error", err)
-			}
-		}
-	}
-}
+func (c *consumer) settle(d *driver.Delivery, op settleOp) { c.settler.add(d, op) }
 
 // giveBack returns deliveries that no handler started to the backend at once,
 // so that another member receives them.
@@ -750,4 +698,5 @@ func (c *consumer) flush(batch []*driver.Delivery) {
 	for _, d := range batch {
 		c.settle(d, opAck)
 	}
+	c.settler.flush()
 }
