@@ -14,24 +14,35 @@ import (
 )
 
 // Telemetry rows: the bus rows again with package telemetry observing both
-// ends — every message sampled into a span (producer and consumer),
-// exported in batches to an exporter that discards them, and every metric
-// recorded into an SDK meter provider. The targets compare them with the
-// bus rows of the same run.
+// ends — spans (producer and consumer) sampled by a parent-based ratio
+// sampler, at 1% (a production setting) and 100% (every message), exported
+// in batches to an exporter that discards them, and every metric recorded
+// into an SDK meter provider. The targets compare them with the bus rows of
+// the same run.
 const (
-	memTelemetryRow = "eventbus on membus, tracing + metrics"
-	jsTelemetryRow  = "eventbus on natsbus, tracing + metrics"
+	memTelemetryRow  = "eventbus on membus, tracing + metrics"
+	jsTelemetryRow   = "eventbus on natsbus, tracing + metrics"
+	memTelemetry1Row = "eventbus on membus, tracing 1% + metrics"
+	jsTelemetry1Row  = "eventbus on natsbus, tracing 1% + metrics"
 )
 
 func init() {
-	register(Scenario{Name: memTelemetryRow, Broker: memBroker, Role: RoleReference, Run: runMembusTelemetry})
-	register(Scenario{Name: jsTelemetryRow, Broker: jsBroker, Role: RoleReference, Run: runJetStreamTelemetry})
-	for _, c := range []struct{ broker, on, off string }{
-		{memBroker, memTelemetryRow, "eventbus on membus"},
-		{jsBroker, jsTelemetryRow, "eventbus on natsbus"},
+	for _, c := range []struct {
+		broker, on, off, what string
+		ratio                 float64
+		run                   func(context.Context, Config, float64) (Result, error)
+	}{
+		{memBroker, memTelemetry1Row, "eventbus on membus", "tracing 1%", 0.01, runMembusTelemetry},
+		{memBroker, memTelemetryRow, "eventbus on membus", "tracing 100%", 1, runMembusTelemetry},
+		{jsBroker, jsTelemetry1Row, "eventbus on natsbus", "tracing 1%", 0.01, runJetStreamTelemetry},
+		{jsBroker, jsTelemetryRow, "eventbus on natsbus", "tracing 100%", 1, runJetStreamTelemetry},
 	} {
-		registerTarget(telemetryTarget(c.broker, "publish with tracing + metrics ≥ 0.9× without", c.on, c.off, Result.PublishRate))
-		registerTarget(telemetryTarget(c.broker, "consume with tracing + metrics ≥ 0.9× without", c.on, c.off, Result.ConsumeRate))
+		run, ratio := c.run, c.ratio
+		register(Scenario{Name: c.on, Broker: c.broker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
+			return run(ctx, cfg, ratio)
+		}})
+		registerTarget(telemetryTarget(c.broker, "publish with "+c.what+" + metrics ≥ 0.9× without", c.on, c.off, Result.PublishRate))
+		registerTarget(telemetryTarget(c.broker, "consume with "+c.what+" + metrics ≥ 0.9× without", c.on, c.off, Result.ConsumeRate))
 	}
 }
 
@@ -52,10 +63,11 @@ type discard struct{}
 func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
 func (discard) Shutdown(context.Context) error                             { return nil }
 
-// newObserver returns an observer with an always-sampling tracer provider
-// and a meter provider, and the function that shuts both down.
-func newObserver() (*telemetry.Observer, func(context.Context), error) {
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+// newObserver returns an observer with a tracer provider sampling ratio of
+// the traces (parent based: a consumer follows its producer's decision) and
+// a meter provider, and the function that shuts both down.
+func newObserver(ratio float64) (*telemetry.Observer, func(context.Context), error) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))))
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 	shutdown := func(ctx context.Context) {
 		_ = tp.Shutdown(ctx)
@@ -69,8 +81,8 @@ func newObserver() (*telemetry.Observer, func(context.Context), error) {
 	return obs, shutdown, nil
 }
 
-func runMembusTelemetry(ctx context.Context, cfg Config) (Result, error) {
-	obs, shutdown, err := newObserver()
+func runMembusTelemetry(ctx context.Context, cfg Config, ratio float64) (Result, error) {
+	obs, shutdown, err := newObserver(ratio)
 	if err != nil {
 		return Result{}, err
 	}
@@ -90,8 +102,8 @@ func runMembusTelemetry(ctx context.Context, cfg Config) (Result, error) {
 	return throughput(ctx, cfg, tr, busPublisher(b, payload(cfg)))
 }
 
-func runJetStreamTelemetry(ctx context.Context, cfg Config) (Result, error) {
-	obs, shutdown, err := newObserver()
+func runJetStreamTelemetry(ctx context.Context, cfg Config, ratio float64) (Result, error) {
+	obs, shutdown, err := newObserver(ratio)
 	if err != nil {
 		return Result{}, err
 	}

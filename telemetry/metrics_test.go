@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
 	"github.com/marty-msf/eventbus"
 	"github.com/marty-msf/eventbus/membus"
 	"github.com/marty-msf/eventbus/telemetry"
@@ -275,4 +278,57 @@ func TestNATSPing(t *testing.T) {
 	if err := d.Ping(ctx); err == nil {
 		t.Fatal("ping after close succeeded")
 	}
+}
+
+// The in-flight gauge counts the handlers running when it is read.
+func TestInFlight(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	obs, err := telemetry.New(&telemetry.Options{MeterProvider: mp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus := newBus(t, membus.New(nil), &eventbus.Options{Observer: obs})
+	defer closeBus(t, bus)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	running, release := make(chan struct{}), make(chan struct{})
+	if _, err := bus.SubscribeEvents(ctx, []string{"slow"}, "g", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
+		running <- struct{}{}
+		<-release
+		return nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.PublishEvent(ctx, &eventbus.Message{Type: "slow"}); err != nil {
+		t.Fatal(err)
+	}
+	<-running
+	inFlight := func() int64 {
+		var rm metricdata.ResourceMetrics
+		if err := reader.Collect(ctx, &rm); err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				if m.Name == telemetry.MetricInFlight {
+					for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+						n += dp.Value
+					}
+				}
+			}
+		}
+		return n
+	}
+	if n := inFlight(); n != 1 {
+		t.Fatalf("%d handlers in flight, want 1", n)
+	}
+	close(release)
+	waitFor(t, "the handler's end", func() bool { return bus.Stats().Handled == 1 })
+	waitFor(t, "no handler in flight", func() bool { return inFlight() == 0 })
 }
