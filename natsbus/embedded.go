@@ -43,13 +43,16 @@ type EmbeddedOptions struct {
 
 // Server is a NATS server with JetStream, running in this process.
 type Server struct {
-	ns     *server.Server
-	tmpDir string
-	once   sync.Once
+	ns      *server.Server
+	tmpDir  string
+	release func() // the data directory's lock
+	once    sync.Once
 }
 
 // StartServer starts an embedded NATS server with JetStream file storage in
-// opts.DataDir and returns once it accepts connections.
+// opts.DataDir and returns once it accepts connections. The server holds the
+// data directory until Shutdown: a second server on it, in this process or
+// another, fails at once with a *DataDirError matching ErrDataDirInUse.
 func StartServer(ctx context.Context, opts *EmbeddedOptions) (*Server, error) {
 	var o EmbeddedOptions
 	if opts != nil {
@@ -63,6 +66,12 @@ func StartServer(ctx context.Context, opts *EmbeddedOptions) (*Server, error) {
 		}
 		o.DataDir, s.tmpDir = dir, dir
 	}
+	release, err := lockDataDir(o.DataDir)
+	if err != nil {
+		s.removeTemp()
+		return nil, err
+	}
+	s.release = release
 	so := &server.Options{
 		ServerName:         o.ServerName,
 		Host:               o.Host,
@@ -84,6 +93,7 @@ func StartServer(ctx context.Context, opts *EmbeddedOptions) (*Server, error) {
 	}
 	ns, err := server.NewServer(so)
 	if err != nil {
+		s.release()
 		s.removeTemp()
 		return nil, fmt.Errorf("natsbus: embedded server: %w", err)
 	}
@@ -149,7 +159,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			defer close(done)
 			s.ns.Shutdown()
 			s.ns.WaitForShutdown()
-			// Storage must be closed before its directory goes.
+			// Storage must be closed before its directory goes, or another
+			// server takes it.
+			s.release()
 			s.removeTemp()
 		}()
 		select {

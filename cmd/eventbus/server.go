@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -11,9 +12,6 @@ import (
 
 	"github.com/marty-msf/eventbus/natsbus"
 )
-
-// lockFile, in the data directory, is held by the server using it.
-const lockFile = "eventbus.lock"
 
 func newServerCmd() *cobra.Command {
 	opts := natsbus.EmbeddedOptions{}
@@ -39,11 +37,6 @@ func newServerCmd() *cobra.Command {
 }
 
 func serve(ctx context.Context, opts *natsbus.EmbeddedOptions, cmd *cobra.Command) error {
-	release, err := lockDataDir(opts.DataDir)
-	if err != nil {
-		return err
-	}
-	defer release()
 	if opts.Port > 0 {
 		// The server reports a taken port in its log only; checking first
 		// names the cause and the way out.
@@ -55,7 +48,17 @@ func serve(ctx context.Context, opts *natsbus.EmbeddedOptions, cmd *cobra.Comman
 		ln.Close()
 	}
 	srv, err := natsbus.StartServer(ctx, opts)
-	if err != nil {
+	var dirErr *natsbus.DataDirError
+	switch {
+	case errors.As(err, &dirErr) && errors.Is(err, natsbus.ErrDataDirInUse):
+		who := "another eventbus server"
+		if dirErr.PID > 0 {
+			who += " (pid " + strconv.Itoa(dirErr.PID) + ")"
+		}
+		return fmt.Errorf("data directory %s is in use by %s; stop that one, or give this one another --data", opts.DataDir, who)
+	case errors.As(err, &dirErr):
+		return fmt.Errorf("cannot use %s as the data directory: %w; give --data a directory you can write", opts.DataDir, dirErr.Err)
+	case err != nil:
 		return fmt.Errorf("cannot start the server: %w", err)
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), srv.ClientURL())
