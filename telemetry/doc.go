@@ -29,6 +29,31 @@
 // orchestrator on an observed bus is one trace: its commands are published
 // from the handler of the previous step's reply.
 //
+// # Sampling and cost
+//
+// Every message makes two spans (producer and consumer), so tracing every
+// message costs several microseconds of CPU per message, mostly in the SDK
+// (span records, ids, attributes, export) and the garbage it leaves. In
+// production, sample with a parent-based ratio sampler, so that consumers
+// follow their producer's decision and a trace is whole or absent:
+//
+//	tp := sdktrace.NewTracerProvider(
+//		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.01))),
+//		sdktrace.WithBatcher(exporter))
+//
+// A span that is not sampled costs little: its attributes and links are
+// only built for spans that record, and the span names and operation
+// attributes are built once per destination. Samplers therefore see the
+// span's name and kind, and its parent, but no attributes or links. The
+// messages still carry the trace context (with the sampled flag off).
+//
+// Metrics cost three histogram recordings per message sent and handled
+// (publish duration, handler duration, latency); the counters and the
+// in-flight gauge are atomic counts read at collection. With a span in
+// the context, the SDK's default trace-based exemplar filter offers the
+// sampled ones as exemplars; OTEL_METRICS_EXEMPLAR_FILTER=always_off
+// saves that. bench/RESULTS.md (Telemetry) has the figures.
+//
 // # Metrics
 //
 // See the Metric* constants. Labels are bounded: system, operation,

@@ -201,23 +201,13 @@ func (o *Observer) Publish(ctx context.Context, op eventbus.Operation, msgs []*e
 			m.TraceParent, m.TraceState = msgs[0].TraceParent, msgs[0].TraceState
 		}
 	}
-	if o.m == nil {
-		return func(err error) { endSpan(span, err) }
+	c := getCall(o, info, ctx, span)
+	if o.m != nil {
+		c.l = o.labelsOf(info, msgs[0].Type)
+		c.n = len(msgs)
+		c.start = time.Now()
 	}
-	l := o.labelsOf(info, msgs[0].Type)
-	n := int64(len(msgs))
-	send := op.Kind == eventbus.OpSend
-	start := time.Now()
-	return func(err error) {
-		s := l.set(err)
-		o.m.publishDuration.Record(ctx, time.Since(start).Seconds(), s.rec...)
-		if send {
-			s.sent.Add(n)
-		}
-		if span != nil {
-			endSpan(span, err)
-		}
-	}
+	return c.published
 }
 
 // nothing is the outcome function of an unobserved publish.
@@ -262,34 +252,86 @@ func (o *Observer) Handle(ctx context.Context, op eventbus.Operation, msgs []*ev
 	if first != nil && !batch {
 		ctx = context.WithValue(ctx, handledKey{}, first)
 	}
-	var start time.Time
-	var l *labels
+	c := getCall(o, info, ctx, span)
+	c.n, c.first = len(msgs), first
 	if o.m != nil {
-		start = time.Now()
-		l = o.labelsOf(info, typeOf(first))
-		l.inFlight.Add(1)
+		c.start = time.Now()
+		c.l = o.labelsOf(info, typeOf(first))
+		c.l.inFlight.Add(1)
 		for _, m := range msgs {
 			if m != nil && !m.Time.IsZero() {
-				o.m.latency.Record(ctx, start.Sub(m.Time).Seconds(), l.ok.rec...)
+				o.m.latency.Record(ctx, c.start.Sub(m.Time).Seconds(), c.l.ok.rec...)
 			}
 		}
 	}
-	return ctx, func(err error) {
-		if l != nil {
-			l.inFlight.Add(-1)
-			o.m.processDuration.Record(ctx, time.Since(start).Seconds(), l.set(err).rec...)
-			l.ok.consumed.Add(int64(len(msgs)))
-			if err != nil {
-				l.ok.failed.Add(int64(len(msgs)))
-			}
-		}
-		if err != nil && op.Kind != eventbus.OpAnswer {
-			o.log.LogAttrs(ctx, slog.LevelWarn, "eventbus: handler failed", append(logAttrs(ctx, op, first), slog.Int("messages", len(msgs)), slog.String("error", err.Error()))...)
-		}
-		if span != nil {
-			endSpan(span, err)
+	return ctx, c.handled
+}
+
+// call is what the outcome of a publish or a handling needs. Calls are
+// pooled with their outcome functions (published, handled), bound once,
+// so that neither allocates: the bus calls an outcome function once.
+type call struct {
+	o     *Observer
+	info  *opInfo
+	ctx   context.Context
+	span  trace.Span // nil without tracing
+	l     *labels    // nil without metrics
+	start time.Time
+	n     int
+	first *eventbus.Message // the handled message, for the log of a failure
+
+	published, handled func(error)
+}
+
+var calls sync.Pool
+
+func getCall(o *Observer, info *opInfo, ctx context.Context, span trace.Span) *call {
+	c, _ := calls.Get().(*call)
+	if c == nil {
+		c = new(call)
+		c.published, c.handled = c.publishDone, c.handleDone
+	}
+	c.o, c.info, c.ctx, c.span = o, info, ctx, span
+	return c
+}
+
+// put clears c, but for its outcome functions, and pools it.
+func (c *call) put() {
+	*c = call{published: c.published, handled: c.handled}
+	calls.Put(c)
+}
+
+func (c *call) publishDone(err error) {
+	if c.l != nil {
+		s := c.l.set(err)
+		c.o.m.publishDuration.Record(c.ctx, time.Since(c.start).Seconds(), s.rec...)
+		if c.info.op.Kind == eventbus.OpSend {
+			s.sent.Add(int64(c.n))
 		}
 	}
+	if c.span != nil {
+		endSpan(c.span, err)
+	}
+	c.put()
+}
+
+func (c *call) handleDone(err error) {
+	o, ctx, op := c.o, c.ctx, &c.info.op
+	if l := c.l; l != nil {
+		l.inFlight.Add(-1)
+		o.m.processDuration.Record(ctx, time.Since(c.start).Seconds(), l.set(err).rec...)
+		l.ok.consumed.Add(int64(c.n))
+		if err != nil {
+			l.ok.failed.Add(int64(c.n))
+		}
+	}
+	if err != nil && op.Kind != eventbus.OpAnswer {
+		o.log.LogAttrs(ctx, slog.LevelWarn, "eventbus: handler failed", append(logAttrs(ctx, *op, c.first), slog.Int("messages", c.n), slog.String("error", err.Error()))...)
+	}
+	if c.span != nil {
+		endSpan(c.span, err)
+	}
+	c.put()
 }
 
 // Settled implements eventbus.Observer: the retried, dead-lettered and
