@@ -128,6 +128,19 @@ func orderDefinition(timeout time.Duration, retry saga.Retry) saga.Definition {
 	return d
 }
 
+// shortStep is orderDefinition with one step under test given timeout and
+// retry; the other steps get stepTimeout, so that only the step under test
+// times out however slow the machine.
+func shortStep(name string, timeout time.Duration, retry saga.Retry) saga.Definition {
+	d := orderDefinition(stepTimeout, saga.Retry{})
+	for i := range d.Steps {
+		if d.Steps[i].Name == name {
+			d.Steps[i].Timeout, d.Steps[i].Retry = timeout, retry
+		}
+	}
+	return d
+}
+
 // hooks lets a test change a command's handling: a non-nil error is
 // returned instead of the effect.
 type hooks struct {

@@ -14,8 +14,8 @@ import (
 // checkoutWithPivot reserves (compensable), charges (the pivot) and ships
 // (retriable).
 func checkoutWithPivot() saga.Definition {
-	d := orderDefinition(2*time.Second, saga.Retry{})
-	d.Name, d.Timeout = "order", 5*time.Second
+	d := orderDefinition(stepTimeout, saga.Retry{})
+	d.Name, d.Timeout = "order", time.Minute
 	d.Steps[1].Kind, d.Steps[1].Compensation = saga.Pivot, ""
 	d.Steps[2].Kind, d.Steps[2].Compensation = saga.Retriable, ""
 	d.Steps[2].Retry = saga.Retry{Attempts: 1, Backoff: 20 * time.Millisecond}

@@ -15,7 +15,7 @@ import (
 // parallelOrder reserves, then charges and ships at once (a parallel
 // group).
 func parallelOrder() saga.Definition {
-	d := orderDefinition(5*time.Second, saga.Retry{})
+	d := orderDefinition(stepTimeout, saga.Retry{})
 	d.Steps[1].Group, d.Steps[2].Group = "charge-and-ship", "charge-and-ship"
 	return d
 }
@@ -118,7 +118,7 @@ func TestParallelCompensationRetry(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open func(*testing.T) saga.Store) {
 		// Reserve and charge at once, then ship; the shipment is refused,
 		// so the group is undone at once; the refund fails until fixed.
-		d := orderDefinition(5*time.Second, saga.Retry{})
+		d := orderDefinition(stepTimeout, saga.Retry{})
 		d.Steps[0].Group, d.Steps[1].Group, d.Steps[1].Input = "g", "g", nil
 		w := newWorld(t, open(t), worldOptions{def: d})
 		var healthy atomic.Bool

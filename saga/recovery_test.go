@@ -33,7 +33,9 @@ func (w *world) orchestratorOn(store saga.Store, def saga.Definition, opts *saga
 func TestRestartResumes(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open func(*testing.T) saga.Store) {
 		store := open(t)
-		def := orderDefinition(300*time.Millisecond, saga.Retry{Attempts: 3})
+		// Only the charge times out; it has attempts enough to outlast a
+		// busy machine between its takeover and the end of the test.
+		def := shortStep("payment", 300*time.Millisecond, saga.Retry{Attempts: 200})
 		// The world's bus holds the participants; A and B have buses of
 		// their own, as separate processes would.
 		w := newWorld(t, store, worldOptions{def: def, noRun: true, orc: &saga.Options{Service: "idle"}})
@@ -41,29 +43,46 @@ func TestRestartResumes(t *testing.T) {
 		w.orc = orcA
 		w.run(orcA)
 		gate := make(chan struct{})
+		charging := make(chan struct{})
+		var once sync.Once
 		w.hooks.set("payment.charge", func(req *saga.Request) error {
 			if req.Attempt == 1 {
+				once.Do(func() { close(charging) })
 				<-gate
 			}
 			return nil
 		})
 		w.start("r1", 9)
-		waitFor(t, w.orc, "r1", func(in *saga.Instance) bool { return in.Current == 1 })
-		// A goes down while the charge runs; its deadline passes meanwhile.
+		// A goes down while the charge runs: the first attempt's handler
+		// has started (not merely been sent, which A may not finish when
+		// it stops).
+		select {
+		case <-charging:
+		case <-time.After(60 * time.Second):
+			t.Fatal("the charge never started")
+		}
 		w.stop()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := busA.Close(ctx); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(500 * time.Millisecond)
+		// The charge's deadline and A's lease pass while no orchestrator
+		// runs.
+		in, err := orcA.Get(context.Background(), "r1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, func() bool { return time.Now().After(in.Deadline) && time.Now().After(in.LeaseUntil) })
 
 		orcB, _ := w.orchestratorOn(store, def, &saga.Options{Instance: "B", PollInterval: 20 * time.Millisecond, Lease: 300 * time.Millisecond}, false)
 		w.run(orcB)
 		w.orc = orcB
-		waitFor(t, orcB, "r1", func(in *saga.Instance) bool { return in.Steps[in.Current].Attempt == 2 })
+		// B fires the timeout and sends the next attempt, which waits at
+		// the participant for the first one's outcome.
+		waitFor(t, orcB, "r1", func(in *saga.Instance) bool { return in.Steps[1].Attempt >= 2 })
 		close(gate)
-		in := w.wait("r1")
+		in = w.wait("r1")
 		if in.State != saga.Completed {
 			t.Fatalf("state %s (%s), want completed", in.State, in.Reason)
 		}

@@ -158,13 +158,23 @@ func TestCompensationRetries(t *testing.T) {
 
 func TestStepTimeout(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open func(*testing.T) saga.Store) {
-		var charges atomic.Int32
+		var mu sync.Mutex
+		charges := map[string]int{} // command id → deliveries
+		def := shortStep("payment", 150*time.Millisecond, saga.Retry{Attempts: 2})
+		// The refund has the step's short timeout too: on a busy machine
+		// it may time out and be resent; that is not what is tested here.
+		def.CompensationRetry = saga.Retry{Attempts: 100, Backoff: 20 * time.Millisecond}
 		w := newWorld(t, open(t), worldOptions{
-			def:  orderDefinition(150*time.Millisecond, saga.Retry{Attempts: 2}),
+			def:  def,
 			skip: map[string]bool{"payment.charge": true},
 			setup: func(b *eventbus.Bus) {
 				// A payment service that takes the command and never replies.
-				swallow := eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error { charges.Add(1); return nil })
+				swallow := eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
+					mu.Lock()
+					charges[m.ID]++
+					mu.Unlock()
+					return nil
+				})
 				if _, err := b.HandleCommand(context.Background(), "payment", "payment.charge", swallow); err != nil {
 					t.Fatal(err)
 				}
@@ -173,11 +183,25 @@ func TestStepTimeout(t *testing.T) {
 		w.start("slow", 7)
 		in := w.wait("slow")
 		if in.State != saga.Compensated {
-			t.Fatalf("state %s, want compensated", in.State)
+			t.Fatalf("state %s (%s), want compensated", in.State, in.Reason)
 		}
-		if n := charges.Load(); n != 2 || in.Steps[1].Attempts != 2 {
-			t.Errorf("payment got %d commands, step records %d attempts; want 2 (Retry.Attempts)", n, in.Steps[1].Attempts)
+		if in.Steps[1].Attempts != 2 {
+			t.Errorf("step records %d attempts; want 2 (Retry.Attempts)", in.Steps[1].Attempts)
 		}
+		// Both attempts were sent; the second may reach the service after
+		// the saga moved on.
+		commands := func() []string {
+			mu.Lock()
+			defer mu.Unlock()
+			var ids []string
+			for id := range charges {
+				ids = append(ids, id)
+			}
+			slices.Sort(ids)
+			return ids
+		}
+		waitUntil(t, func() bool { return len(commands()) >= 2 })
+		equal(t, "charge commands", commands(), []string{saga.CommandID("slow", "payment", false, 1), saga.CommandID("slow", "payment", false, 2)})
 		if !in.Steps[1].Uncertain || in.Steps[1].State != saga.StepCompensated {
 			t.Errorf("timed-out step: uncertain %v, state %s; want it compensated as uncertain", in.Steps[1].Uncertain, in.Steps[1].State)
 		}
@@ -188,6 +212,9 @@ func TestStepTimeout(t *testing.T) {
 		for _, e := range in.History {
 			if e.Kind == "step.do.timeout" {
 				timeouts++
+				if e.Step != "payment" {
+					t.Errorf("step %s timed out; only payment has a short timeout", e.Step)
+				}
 			}
 		}
 		if timeouts != 2 {
@@ -198,8 +225,8 @@ func TestStepTimeout(t *testing.T) {
 
 func TestSagaTimeout(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open func(*testing.T) saga.Store) {
-		def := orderDefinition(time.Minute, saga.Retry{})
-		def.Timeout = 200 * time.Millisecond
+		def := orderDefinition(stepTimeout, saga.Retry{})
+		def.Timeout = time.Second
 		def.Steps[2].Retry = saga.Retry{Attempts: 1000, Backoff: 10 * time.Millisecond}
 		w := newWorld(t, open(t), worldOptions{def: def})
 		w.hooks.set("shipping.ship", func(*saga.Request) error { return errors.New("no trucks") })
@@ -208,7 +235,25 @@ func TestSagaTimeout(t *testing.T) {
 		if in.State != saga.Compensated || in.Reason != "saga timed out" {
 			t.Fatalf("state %s reason %q, want compensated after the saga timeout", in.State, in.Reason)
 		}
-		equal(t, "effects", w.effects.of("late"), []string{"inventory.reserve", "payment.charge", "payment.refund", "inventory.release"})
+		// The timeout normally ends the shipping retries; on a busy
+		// machine it may come earlier. Either way, every step that took
+		// effect is undone, in reverse order, and nothing else.
+		got := w.effects.of("late")
+		outcomes := map[int][]string{
+			0: nil,
+			1: {"inventory.reserve", "inventory.release"},
+			2: {"inventory.reserve", "payment.charge", "payment.refund", "inventory.release"},
+		}
+		done := len(got) / 2
+		equal(t, "effects", got, outcomes[done])
+		for _, st := range in.Steps[:done] {
+			if st.State != saga.StepCompensated {
+				t.Errorf("step %s took effect and is %s, want compensated", st.Name, st.State)
+			}
+		}
+		if done < 2 {
+			t.Logf("the saga timed out at step %d, before shipping (a busy machine)", done)
+		}
 	})
 }
 
@@ -333,7 +378,7 @@ func TestParticipantDedup(t *testing.T) {
 					t.Errorf("reply %v", r.Extensions)
 				}
 				got = append(got, string(r.Data))
-			case <-time.After(5 * time.Second):
+			case <-time.After(60 * time.Second):
 				t.Fatal("no reply")
 			}
 		}
@@ -413,7 +458,7 @@ func TestLifecycleEvents(t *testing.T) {
 		"saga.step.failed:shipping:compensating", "saga.compensating::compensating",
 		"saga.step.compensated:payment:compensating", "saga.step.compensated:inventory:compensated", "saga.compensated::compensated",
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		mu.Lock()
 		n := len(got)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"testing"
-	"time"
 
 	"github.com/marty-msf/eventbus"
 	"github.com/marty-msf/eventbus/saga"
@@ -16,7 +15,7 @@ import (
 func TestDefinitionVersions(t *testing.T) {
 	forEachStore(t, func(t *testing.T, open func(*testing.T) saga.Store) {
 		store := open(t)
-		v1 := orderDefinition(5*time.Second, saga.Retry{})
+		v1 := orderDefinition(stepTimeout, saga.Retry{})
 		w := newWorld(t, store, worldOptions{def: v1})
 		gate := make(chan struct{})
 		w.hooks.set("payment.charge", func(req *saga.Request) error {
@@ -29,7 +28,7 @@ func TestDefinitionVersions(t *testing.T) {
 		waitFor(t, w.orc, "old", func(in *saga.Instance) bool { return in.Current == 1 })
 
 		// Version 2 ships digital goods: no shipping step.
-		v2 := orderDefinition(5*time.Second, saga.Retry{})
+		v2 := orderDefinition(stepTimeout, saga.Retry{})
 		v2.Version, v2.Steps = 2, v2.Steps[:2]
 		if err := w.orc.Register(v2); err != nil {
 			t.Fatal(err)

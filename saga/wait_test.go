@@ -13,7 +13,7 @@ import (
 
 // approvalOrder reserves, waits for payment.confirmed, then ships.
 func approvalOrder(wait time.Duration) saga.Definition {
-	d := orderDefinition(5*time.Second, saga.Retry{})
+	d := orderDefinition(stepTimeout, saga.Retry{})
 	d.Steps[1] = saga.Step{Name: "payment", Event: "payment.confirmed", Timeout: wait}
 	return d
 }
