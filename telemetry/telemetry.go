@@ -192,7 +192,7 @@ func (o *Observer) Publish(ctx context.Context, op eventbus.Operation, msgs []*e
 	if o.tracer != nil {
 		ctx, span = o.tracer.Start(ctx, info.spanName, info.startOpts...)
 		if span.IsRecording() {
-			span.SetAttributes(spanAttrs(info, msgs)...)
+			setAttrs(span, info, msgs)
 		}
 		// The trace context of a batch is the same for all its messages:
 		// written once, copied to the others.
@@ -235,7 +235,7 @@ func (o *Observer) Handle(ctx context.Context, op eventbus.Operation, msgs []*ev
 		}
 		ctx, span = o.tracer.Start(parent, info.spanName, info.startOpts...)
 		if span.IsRecording() {
-			span.SetAttributes(spanAttrs(info, msgs)...)
+			setAttrs(span, info, msgs)
 			// Links only on recorded spans: the samplers in use (parent
 			// based, ratio) decide without them.
 			if batch {
@@ -395,11 +395,15 @@ func typeOf(m *eventbus.Message) string {
 	return m.Type
 }
 
-// spanAttrs are the messaging attributes of a span on msgs: the
-// operation's, and the message's when there is one.
-func spanAttrs(info *opInfo, msgs []*eventbus.Message) []attribute.KeyValue {
-	attrs := make([]attribute.KeyValue, 0, len(info.spanAttrs)+7)
-	attrs = append(attrs, info.spanAttrs...)
+// setAttrs sets the messaging attributes of a span on msgs: the
+// operation's, and the message's when there is one. The SDK copies them, so
+// the slice they are gathered in is pooled.
+func setAttrs(span trace.Span, info *opInfo, msgs []*eventbus.Message) {
+	buf, _ := attrBufs.Get().(*[]attribute.KeyValue)
+	if buf == nil {
+		buf = new([]attribute.KeyValue)
+	}
+	attrs := append((*buf)[:0], info.spanAttrs...)
 	switch {
 	case len(msgs) == 1 && msgs[0] != nil:
 		m := msgs[0]
@@ -419,8 +423,13 @@ func spanAttrs(info *opInfo, msgs []*eventbus.Message) []attribute.KeyValue {
 	case len(msgs) > 1:
 		attrs = append(attrs, semconv.MessagingBatchMessageCount(len(msgs)))
 	}
-	return attrs
+	span.SetAttributes(attrs...)
+	clear(attrs) // drop the references to the message's strings
+	*buf = attrs[:0]
+	attrBufs.Put(buf)
 }
+
+var attrBufs sync.Pool
 
 func system(op eventbus.Operation) string {
 	if op.System != "" {
