@@ -2,7 +2,6 @@ package faults_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -23,18 +22,7 @@ func TestHandlerFaultsMembus(t *testing.T) {
 }
 
 // TestHandlerFaultsNATS: the same on JetStream, on an embedded server.
-//
-// SlowConsumer fails on natsbus: about 13 of 200 messages are delivered a
-// second time while the subscription that holds them is alive (handlers
-// slower than the 2 s ack wait, concurrency 4, MaxInFlight 16), against the
-// driver contract that a held delivery never passes its ack deadline. It
-// is a defect, not a limitation: it is skipped unless
-// EVENTBUS_FAULTS_KNOWN_DEFECTS=1, so that CI stays green until it is fixed.
 func TestHandlerFaultsNATS(t *testing.T) {
-	known := map[string]string{}
-	if os.Getenv("EVENTBUS_FAULTS_KNOWN_DEFECTS") == "" {
-		known["SlowConsumer"] = "known natsbus DEFECT: deliveries held past the ack wait by a live subscription are redelivered; set EVENTBUS_FAULTS_KNOWN_DEFECTS=1 to run"
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	srv, err := natsbus.StartServer(ctx, &natsbus.EmbeddedOptions{Port: -1, DataDir: t.TempDir()})
@@ -46,6 +34,5 @@ func TestHandlerFaultsNATS(t *testing.T) {
 		Open: func(ctx context.Context) (driver.Driver, error) {
 			return natsbus.Open(ctx, &natsbus.Config{Servers: []string{srv.ClientURL()}})
 		},
-		Limitations: known,
 	})
 }

@@ -91,6 +91,16 @@
 //     Nack redelivers at once or after its delay (the server's NakWithDelay);
 //     Term never redelivers; Attempt is the server's delivery count. One
 //     consumer of a group sees each subject's messages in publish order.
+//   - Intake (JetStream): each subscription pulls with its own loop and one
+//     inbox, keeping at most one pull request open, for at most the room left
+//     in its prefetch buffer (Options.Prefetch, or MaxInFlight when lower):
+//     every message the server sends has a place in that buffer and is
+//     tracked from the moment it arrives, never left waiting where the driver
+//     cannot renew it. The next request goes out as soon as the last one was
+//     served and Receive freed room for a quarter of the buffer. A request
+//     expires on the server after 10 s and asks for a heartbeat every second;
+//     one that goes silent for 2 s (lost in a reconnect or a server restart)
+//     is replaced, and a refused one is retried after a short pause.
 //   - Ack deadlines (JetStream): while a subscription is open, no message it
 //     holds unsettled passes its ack wait — whether it waits in the prefetch
 //     buffer or was handed out by Receive and is still being handled. A
@@ -100,16 +110,13 @@
 //     renewal; messages settled within a tick cost nothing. The ack wait
 //     (SubscribeOptions.AckWait, else Options.AckWait; at least 1 s) is thus
 //     how long a message stays with a process that died or lost its
-//     connection: after it, the server redelivers to another member. One
-//     limit: with the prefetch buffer full, up to Options.Prefetch more
-//     messages the client pulled wait inside the jetstream client, where the
-//     driver cannot renew them; keep Prefetch times the handling time under
-//     the ack wait, or bound it with MaxInFlight.
+//     connection: after it, the server redelivers to another member.
 //   - Closing a JetStream subscription gives back at once (a nak, which
 //     counts as an attempt) every message it holds: pulled and not handed
-//     out, including those still inside the client, and handed out but not
-//     settled (settle what was handled before closing). Another member of
-//     the group receives them without waiting for the ack wait.
+//     out, including those the server sent before it saw the subscription's
+//     inbox go (close drains it), and handed out but not settled (settle what
+//     was handled before closing). Another member of the group receives them
+//     without waiting for the ack wait.
 //   - Query: core NATS request/reply through an inbox; a group is a queue
 //     group, so one responder answers. A request nobody subscribes to fails at
 //     once with [driver.ErrNoResponders].

@@ -19,17 +19,24 @@ import (
 // without any member pulling from it.
 const inactiveThreshold = time.Minute
 
-// The consume loop's pull requests ask the server for an idle heartbeat every
-// pullHeartbeat; the jetstream client pulls again after two of them go
-// missing. That is also its only way out when it stops pulling on its own:
-// a pull request that falls due while the previous one is still being sent
-// is skipped, and if the messages already asked for then all arrive, nothing
-// asks for more while the stream still holds messages. With the client's
-// defaults (15 s heartbeats) such a stall lasted 30 s; with these it lasts
-// about 2 s, for one server heartbeat a second per idle subscription.
+// The pull loop's requests expire on the server after pullExpiry and ask it
+// for an idle heartbeat every pullHeartbeat; a request after which nothing
+// arrives for two heartbeats (lost in a reconnect, a server restart) is
+// given up and the loop asks again: a stalled pull recovers in about 2 s,
+// for one server heartbeat a second per idle subscription. pullRetry is the
+// pause before asking again after a request failed.
 const (
 	pullHeartbeat = time.Second
 	pullExpiry    = 10 * time.Second
+	pullRetry     = 250 * time.Millisecond
+)
+
+// The bodies of the acknowledgements sent to a message's reply subject.
+var (
+	ackAck      = []byte("+ACK")
+	ackNak      = []byte("-NAK")
+	ackProgress = []byte("+WPI")
+	ackTerm     = []byte("+TERM")
 )
 
 // limiter bounds the deliveries handed out and not yet settled
@@ -83,9 +90,11 @@ func (l limiter) release(n int) {
 	}
 }
 
-// storedSub is a subscription on a JetStream pull consumer. One Consume loop
-// of the jetstream client pulls in batches (with heartbeats, and again after
-// a reconnect) and hands messages to Receive through a buffered channel.
+// storedSub is a subscription on a JetStream pull consumer. Its own pull
+// loop sends pull requests for at most the room left in msgs, the buffered
+// channel Receive reads, and receives their messages on one inbox
+// subscription: every message the server sends is taken into held the
+// moment it arrives, and nothing waits anywhere the driver cannot renew it.
 //
 // Every message the subscription holds unsettled — buffered in msgs or
 // handed out by Receive — is in held, with the tick of the keep-alive
@@ -98,19 +107,23 @@ type storedSub struct {
 	stream    string
 	consumer  string
 	ephemeral bool
-	msgs      chan jetstream.Msg
+	msgs      chan *nats.Msg // written only by the pull loop
+	room      chan struct{}  // signalled by Receive when it took from msgs
 	inflight  limiter
-	cc        jetstream.ConsumeContext
-	tick      time.Duration // the keep-alive period, a third of the ack wait
+	inbox     *nats.Subscription // where the server sends the pulled messages
+	next      string             // the consumer's pull request subject
+	stopPull  context.CancelFunc // ends the pull loop
+	tick      time.Duration      // the keep-alive period, a third of the ack wait
 
 	heldMu  sync.Mutex
-	held    map[jetstream.Msg]uint64
+	held    map[*nats.Msg]uint64
 	epoch   uint64 // keep-alive ticks so far; guarded by heldMu
 	closing bool   // held was given back; guarded by heldMu
 
 	closeOnce sync.Once
 	done      chan struct{} // closed by close
 	keeperEnd chan struct{} // closed when the keep-alive goroutine returned
+	pullEnd   chan struct{} // closed when the pull loop returned
 	failOnce  sync.Once
 	failed    chan struct{} // closed when the consumer stopped for good
 	failErr   error
@@ -195,9 +208,11 @@ func (d *Driver) subscribeStored(ctx context.Context, dest driver.Destination, s
 		stream:    stream,
 		inflight:  newLimiter(opts.MaxInFlight),
 		tick:      cfg.AckWait / 3,
-		held:      make(map[jetstream.Msg]uint64),
+		held:      make(map[*nats.Msg]uint64),
 		done:      make(chan struct{}),
 		keeperEnd: make(chan struct{}),
+		pullEnd:   make(chan struct{}),
+		room:      make(chan struct{}, 1),
 		failed:    make(chan struct{}),
 	}
 	if name == "" {
@@ -214,20 +229,187 @@ func (d *Driver) subscribeStored(ctx context.Context, dest driver.Destination, s
 	if opts.MaxInFlight > 0 {
 		prefetch = min(prefetch, opts.MaxInFlight)
 	}
-	s.msgs = make(chan jetstream.Msg, prefetch)
-	s.cc, err = cons.Consume(s.handle,
-		jetstream.PullMaxMessages(prefetch),
-		jetstream.PullHeartbeat(pullHeartbeat),
-		jetstream.PullExpiry(pullExpiry),
-		jetstream.ConsumeErrHandler(s.onError))
+	prefetch = max(prefetch, 1)
+	s.msgs = make(chan *nats.Msg, prefetch)
+	s.next = "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + s.consumer
+	// Room for everything asked for, and for the heartbeats and status
+	// messages between: the client drops what a full channel cannot take.
+	in := make(chan *nats.Msg, 2*prefetch+64)
+	s.inbox, err = d.nc.ChanSubscribe(d.nc.NewInbox(), in)
 	if err != nil {
 		if s.ephemeral {
 			_ = d.js.DeleteConsumer(ctx, stream, s.consumer)
 		}
 		return nil, fmt.Errorf("consume %s: %w", s.consumer, d.classify(err))
 	}
+	pullCtx, stop := context.WithCancel(context.Background())
+	s.stopPull = stop
+	go s.pull(pullCtx, cons, in)
 	go s.keepAlive()
 	return s, nil
+}
+
+// pull is the subscription's intake. It keeps at most one pull request
+// open, for at most the room left in msgs (counting what it holds itself
+// while Receive is behind), and opens the next as soon as the last one was
+// served, expired or given up and there is room for a quarter of msgs, or
+// msgs is empty. One request at a time keeps the server's order. A message
+// that arrives is held (kept alive) before anything else, also one that a
+// given-up request delivers late. After close stopped asking (s.done) it
+// keeps taking what arrives until ctx ends, so that close gives it back.
+func (s *storedSub) pull(ctx context.Context, cons jetstream.Consumer, in <-chan *nats.Msg) {
+	defer close(s.pullEnd)
+	threshold := max(1, cap(s.msgs)/4)
+	var queue []*nats.Msg // held, not yet in msgs
+	want := 0             // asked for by the open request and not received
+	retrying := false     // waiting pullRetry after a failed request
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var lastErr error
+	failed := func(err error) {
+		if lastErr == nil || lastErr.Error() != err.Error() {
+			s.d.opts.Logger.Warn("natsbus: consumer error", "subject", s.subject, "consumer", s.consumer, "err", err)
+		}
+		lastErr = err
+		want, retrying = 0, true
+		timer.Reset(pullRetry)
+	}
+	for {
+		if want == 0 && !retrying && !s.isClosing() {
+			if room := cap(s.msgs) - len(s.msgs) - len(queue); room >= threshold {
+				if err := s.request(room); err != nil {
+					failed(err)
+				} else {
+					want = room
+					timer.Reset(2 * pullHeartbeat)
+				}
+			}
+		}
+		var out chan<- *nats.Msg
+		var first *nats.Msg
+		if len(queue) > 0 {
+			out, first = s.msgs, queue[0]
+		}
+		select {
+		case m := <-in:
+			if want > 0 {
+				timer.Reset(2 * pullHeartbeat)
+			}
+			status := ""
+			if len(m.Data) == 0 && m.Header != nil {
+				status = m.Header.Get("Status")
+			}
+			switch status {
+			case "": // a message
+				if want > 0 {
+					want--
+				}
+				if s.hold(m) {
+					queue = append(queue, m)
+				}
+				if want == 0 && !retrying {
+					timer.Stop()
+				}
+				lastErr = nil
+			case "100": // idle heartbeat
+			case "404", "408": // no messages, request expired
+				want = 0
+				timer.Stop()
+			case "409":
+				err := fmt.Errorf("pull request: %s", m.Header.Get("Description"))
+				if strings.Contains(strings.ToLower(err.Error()), "consumer deleted") {
+					s.fail(fmt.Errorf("natsbus: consumer %s on %q is gone: %w: %w", s.consumer, s.subject, jetstream.ErrConsumerDeleted, err))
+					s.drain(in)
+					return
+				}
+				failed(err)
+			case "503":
+				if s.consumerGone(ctx, cons) {
+					s.fail(fmt.Errorf("natsbus: consumer %s on %q is gone: %w", s.consumer, s.subject, jetstream.ErrConsumerNotFound))
+					s.drain(in)
+					return
+				}
+				failed(nats.ErrNoResponders)
+			default:
+				failed(fmt.Errorf("pull request: status %s %s", status, m.Header.Get("Description")))
+			}
+		case out <- first:
+			queue[0] = nil
+			queue = queue[1:]
+		case <-s.room:
+		case <-timer.C:
+			// A retry is due, or the open request went silent for two
+			// heartbeats: ask again. Should it still be served, what it
+			// brings is held all the same.
+			want, retrying = 0, false
+		case <-ctx.Done():
+			s.drain(in)
+			return
+		}
+	}
+}
+
+// drain holds whatever is left in the inbox channel, for close to give back.
+func (s *storedSub) drain(in <-chan *nats.Msg) {
+	for {
+		select {
+		case m := <-in:
+			if len(m.Data) > 0 || m.Header.Get("Status") == "" {
+				s.hold(m)
+			}
+		default:
+			return
+		}
+	}
+}
+
+// request asks the server for up to n messages on the inbox.
+func (s *storedSub) request(n int) error {
+	body := fmt.Appendf(nil, `{"batch":%d,"expires":%d,"idle_heartbeat":%d}`, n, pullExpiry.Nanoseconds(), pullHeartbeat.Nanoseconds())
+	return s.d.nc.PublishRequest(s.next, s.inbox.Subject, body)
+}
+
+// hold takes m into held; once close gave back what was held, it gives m
+// back at once instead, and reports false.
+func (s *storedSub) hold(m *nats.Msg) bool {
+	s.heldMu.Lock()
+	if s.closing {
+		s.heldMu.Unlock()
+		_ = s.reply(m, ackNak)
+		return false
+	}
+	s.held[m] = s.epoch
+	s.heldMu.Unlock()
+	return true
+}
+
+func (s *storedSub) isClosing() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// consumerGone reports whether the consumer no longer exists. A pull
+// request to a missing consumer has no responders, as it has while
+// JetStream restarts: the server says which.
+func (s *storedSub) consumerGone(ctx context.Context, cons jetstream.Consumer) bool {
+	ictx, cancel := context.WithTimeout(ctx, pullExpiry)
+	defer cancel()
+	_, err := cons.Info(ictx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound)
+}
+
+// reply sends an acknowledgement for m. Like the jetstream client's, it is a
+// fire-and-forget publish.
+func (s *storedSub) reply(m *nats.Msg, body []byte) error {
+	if m.Reply == "" {
+		return errors.New("message has no reply subject to acknowledge")
+	}
+	return s.d.nc.Publish(m.Reply, body)
 }
 
 // keepAlive extends the ack deadline of every message held unsettled for
@@ -240,7 +422,7 @@ func (s *storedSub) keepAlive() {
 	defer close(s.keeperEnd)
 	t := time.NewTicker(s.tick)
 	defer t.Stop()
-	var due []jetstream.Msg
+	var due []*nats.Msg
 	for {
 		select {
 		case <-t.C:
@@ -261,7 +443,7 @@ func (s *storedSub) keepAlive() {
 			// Fire and forget, like acks. A message settled meanwhile
 			// refuses it locally (already acknowledged); the server ignores
 			// it for one settled by another path.
-			_ = m.InProgress()
+			_ = s.reply(m, ackProgress)
 		}
 	}
 }
@@ -298,34 +480,6 @@ func (d *Driver) groupConsumer(ctx context.Context, stream, name string, cfg jet
 	return nil, fmt.Errorf("consumer %s: created and deleted concurrently", name)
 }
 
-// handle runs on the consume loop's goroutine; blocking here is the back
-// pressure that stops pulling while Receive is behind. The message is held
-// (and kept alive) from here on, also while handle waits for room.
-func (s *storedSub) handle(m jetstream.Msg) {
-	s.heldMu.Lock()
-	if s.closing {
-		s.heldMu.Unlock()
-		// Closed: give it back now rather than after the ack wait.
-		_ = m.Nak()
-		return
-	}
-	s.held[m] = s.epoch
-	s.heldMu.Unlock()
-	select {
-	case s.msgs <- m:
-	case <-s.done:
-		// close gives back every held message, this one too.
-	}
-}
-
-func (s *storedSub) onError(_ jetstream.ConsumeContext, err error) {
-	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-		s.fail(fmt.Errorf("natsbus: consumer %s on %q is gone: %w", s.consumer, s.subject, err))
-		return
-	}
-	s.d.opts.Logger.Warn("natsbus: consumer error", "subject", s.subject, "consumer", s.consumer, "err", err)
-}
-
 func (s *storedSub) fail(err error) {
 	s.failOnce.Do(func() {
 		s.failErr = err
@@ -345,7 +499,8 @@ func (s *storedSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, e
 	if err := s.inflight.acquire(ctx, s.done); err != nil {
 		return nil, fmt.Errorf("natsbus: receive from %q: %w", s.subject, err)
 	}
-	var first jetstream.Msg
+	defer s.roomFreed()
+	var first *nats.Msg
 	select {
 	case first = <-s.msgs:
 	case <-ctx.Done():
@@ -381,6 +536,14 @@ func (s *storedSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, e
 	return out, nil
 }
 
+// roomFreed wakes the pull loop when it waits for room in msgs.
+func (s *storedSub) roomFreed() {
+	select {
+	case s.room <- struct{}{}:
+	default:
+	}
+}
+
 // storedSlot holds one delivery and its message, allocated together and for
 // a whole batch at once: two allocations per batch instead of per message.
 type storedSlot struct {
@@ -388,8 +551,8 @@ type storedSlot struct {
 	msg driver.Message
 }
 
-func (sl *storedSlot) delivery(m jetstream.Msg) *driver.Delivery {
-	sl.dl = driver.Delivery{Message: &sl.msg, Attempt: numDelivered(m.Reply()), Err: decodeInto(&sl.msg, m.Headers(), m.Data()), Handle: m}
+func (sl *storedSlot) delivery(m *nats.Msg) *driver.Delivery {
+	sl.dl = driver.Delivery{Message: &sl.msg, Attempt: numDelivered(m.Reply), Err: decodeInto(&sl.msg, m.Header, m.Data), Handle: m}
 	return &sl.dl
 }
 
@@ -427,19 +590,19 @@ func numDelivered(reply string) int {
 // flushes in the background, batched with the pull requests. A message is
 // settled once: one that close gave back, or that was settled before, is
 // skipped.
-func (s *storedSub) settle(op string, ds []*driver.Delivery, fn func(jetstream.Msg) error) error {
+func (s *storedSub) settle(op string, ds []*driver.Delivery, body []byte) error {
 	select {
 	case <-s.done:
 		return fmt.Errorf("natsbus: %s on %q: %w", op, s.subject, driver.ErrClosed)
 	default:
 	}
 	var errs []error
-	var buf [32]jetstream.Msg
+	var buf [32]*nats.Msg
 	ms := buf[:0]
 	s.heldMu.Lock()
 	for _, dl := range ds {
-		m, ok := dl.Handle.(jetstream.Msg)
-		if !ok {
+		m, ok := dl.Handle.(*nats.Msg)
+		if !ok || m == nil || !strings.HasPrefix(m.Reply, "$JS.ACK.") {
 			errs = append(errs, fmt.Errorf("natsbus: %s on %q: delivery not received from natsbus JetStream", op, s.subject))
 			continue
 		}
@@ -450,7 +613,7 @@ func (s *storedSub) settle(op string, ds []*driver.Delivery, fn func(jetstream.M
 	}
 	s.heldMu.Unlock()
 	for _, m := range ms {
-		if err := fn(m); err != nil {
+		if err := s.reply(m, body); err != nil {
 			errs = append(errs, fmt.Errorf("natsbus: %s on %q: %w", op, s.subject, s.d.classify(err)))
 		}
 	}
@@ -460,18 +623,18 @@ func (s *storedSub) settle(op string, ds []*driver.Delivery, fn func(jetstream.M
 }
 
 func (s *storedSub) Ack(_ context.Context, ds []*driver.Delivery) error {
-	return s.settle("ack", ds, jetstream.Msg.Ack)
+	return s.settle("ack", ds, ackAck)
 }
 
 func (s *storedSub) Nack(_ context.Context, ds []*driver.Delivery, delay time.Duration) error {
 	if delay <= 0 {
-		return s.settle("nack", ds, jetstream.Msg.Nak)
+		return s.settle("nack", ds, ackNak)
 	}
-	return s.settle("nack", ds, func(m jetstream.Msg) error { return m.NakWithDelay(delay) })
+	return s.settle("nack", ds, fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds()))
 }
 
 func (s *storedSub) Term(_ context.Context, ds []*driver.Delivery) error {
-	return s.settle("term", ds, jetstream.Msg.Term)
+	return s.settle("term", ds, ackTerm)
 }
 
 func (s *storedSub) Close(ctx context.Context) error {
@@ -480,30 +643,29 @@ func (s *storedSub) Close(ctx context.Context) error {
 	return err
 }
 
-// close stops pulling, waits (within ctx) for the consume loop to end, and
+// close stops pulling, waits (within ctx) for the pull loop to end, and
 // gives every message it holds back to the server at once: those pulled but
-// never handed out, and those handed out but not settled. Draining the
-// consume loop, rather than stopping it, passes the messages the client had
-// already received to handle, which gives them back too; a stopped loop
-// would drop them, and the server would redeliver them only after the ack
+// never handed out, and those handed out but not settled. Draining the inbox
+// subscription, rather than dropping it, lets every message the server sent
+// before it heard of the unsubscription reach the pull loop, which holds it
+// and so gives it back too; a dropped one would return only after the ack
 // wait.
 func (s *storedSub) close(ctx context.Context) error {
 	err := fmt.Errorf("natsbus: close %q: %w", s.subject, driver.ErrClosed)
 	s.closeOnce.Do(func() {
 		err = nil
 		close(s.done)
-		if s.d.nc.IsConnected() {
-			s.cc.Drain()
+		if s.d.nc.IsConnected() && s.inbox.Drain() == nil {
+			if werr := waitInvalid(ctx, s.inbox); werr != nil {
+				err = fmt.Errorf("natsbus: close %q: %w", s.subject, werr)
+			}
 		} else {
 			// Nothing can be given back, and a drain would wait for the
 			// connection.
-			s.cc.Stop()
+			_ = s.inbox.Unsubscribe()
 		}
-		select {
-		case <-s.cc.Closed():
-		case <-ctx.Done():
-			err = fmt.Errorf("natsbus: close %q: %w", s.subject, ctx.Err())
-		}
+		s.stopPull()
+		<-s.pullEnd
 		<-s.keeperEnd
 		s.heldMu.Lock()
 		s.closing = true
@@ -511,7 +673,7 @@ func (s *storedSub) close(ctx context.Context) error {
 		s.held = nil
 		s.heldMu.Unlock()
 		for m := range held {
-			_ = m.Nak()
+			_ = s.reply(m, ackNak)
 		}
 		if s.ephemeral && s.d.nc.IsConnected() {
 			// A private subscription is gone when closed; the server would
@@ -522,6 +684,20 @@ func (s *storedSub) close(ctx context.Context) error {
 		}
 	})
 	return err
+}
+
+// waitInvalid waits, within ctx, for a draining subscription to be done.
+func waitInvalid(ctx context.Context, sub *nats.Subscription) error {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for sub.IsValid() {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // coreSub is a core NATS subscription (a queue subscription for a group).
