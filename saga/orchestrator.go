@@ -43,6 +43,9 @@ type LifecycleEvent struct {
 	State  State  `json:"state"`
 	Step   string `json:"step,omitempty"`
 	Error  string `json:"error,omitempty"`
+	// Started is when the saga was started, so that a consumer of its end
+	// event knows its duration without having seen its start.
+	Started time.Time `json:"started,omitzero"`
 }
 
 // Errors of the orchestrator; match them with errors.Is.
@@ -633,7 +636,7 @@ func (o *Orchestrator) sendCommand(ctx context.Context, in *Instance, out Outgoi
 }
 
 func (o *Orchestrator) publishEvent(ctx context.Context, in *Instance, out Outgoing) error {
-	ev := LifecycleEvent{SagaID: in.ID, Saga: in.Name, State: in.State, Error: out.Error}
+	ev := LifecycleEvent{SagaID: in.ID, Saga: in.Name, State: in.State, Error: out.Error, Started: in.Created}
 	if out.Step >= 0 && out.Step < len(in.Steps) {
 		ev.Step = in.Steps[out.Step].Name
 	}

@@ -23,8 +23,9 @@ const (
 
 // sagaEvent is the part of saga.LifecycleEvent the metrics use.
 type sagaEvent struct {
-	SagaID string `json:"saga_id"`
-	Saga   string `json:"saga"`
+	SagaID  string    `json:"saga_id"`
+	Saga    string    `json:"saga"`
+	Started time.Time `json:"started"`
 }
 
 // maxSagaStarts bounds the start times kept for the duration metric.
@@ -54,14 +55,25 @@ func (o *Observer) sagaEvents(ctx context.Context, msgs []*eventbus.Message) {
 		}
 		attrs := metric.WithAttributes(attribute.String("saga.name", ev.Saga), attribute.String("saga.event", m.Type))
 		o.m.sagaTransitions.Add(ctx, 1, attrs)
-		if start, ok := o.sagas.observe(m.Type, ev.SagaID, m.Time); ok {
+		start, ok := o.sagas.observe(m.Type, ev.SagaID, m.Time)
+		if ended(m.Type) && !ev.Started.IsZero() {
+			// The event carries the saga's start: its duration is known
+			// whichever process started it.
+			start, ok = ev.Started, true
+		}
+		if ok {
 			o.m.sagaDuration.Record(ctx, m.Time.Sub(start).Seconds(),
 				metric.WithAttributes(attribute.String("saga.name", ev.Saga), attribute.String("saga.event", m.Type)))
 		}
 	}
 }
 
-// observe records a saga's start, or returns it when the saga ended.
+func ended(typ string) bool {
+	return typ == sagaCompleted || typ == sagaCompensated || typ == sagaFailed
+}
+
+// observe records a saga's start, or returns it when the saga ended. It
+// serves events of sagas started before the Started field existed.
 func (s *sagaStarts) observe(typ, id string, at time.Time) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
