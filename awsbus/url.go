@@ -37,9 +37,9 @@ func init() {
 // An unknown parameter, a path, user information or a bad value is an error
 // naming the parameter; secrets never appear in it.
 func ParseURL(rawURL string) (*Config, error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseRawURL(rawURL)
 	if err != nil {
-		return nil, &driver.URLError{URL: driver.RedactURL(rawURL), Err: errors.New("not a URL")}
+		return nil, err
 	}
 	return configFromURL(u)
 }

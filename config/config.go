@@ -781,9 +781,9 @@ func (p *parser) merge(name, raw string) (string, bool) {
 		return raw, true
 	}
 	key := "backends." + name + ".url"
-	u, err := url.Parse(raw)
+	u, err := driver.ParseRawURL(raw)
 	if err != nil {
-		p.fail(p.cfg.pos[key], key, &driver.URLError{URL: driver.RedactURL(raw), Err: errors.New("not a URL")})
+		p.fail(p.cfg.pos[key], key, err)
 		return "", false
 	}
 	q, err := url.ParseQuery(u.RawQuery)

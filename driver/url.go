@@ -177,12 +177,23 @@ func (e *URLError) Unwrap() error { return e.Err }
 // ErrUnknownParam: a URL carries a query parameter its driver does not know.
 var ErrUnknownParam = errors.New("unknown parameter")
 
+// ParseRawURL parses rawURL as url.Parse does and reports a failure as a
+// *URLError whose URL carries no credentials (url.Parse's own error quotes
+// the whole URL). Every ParseURL of a driver or store starts with it.
+func ParseRawURL(rawURL string) (*url.URL, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, &URLError{URL: RedactURL(rawURL), Err: errors.New("not a URL")}
+	}
+	return u, nil
+}
+
 // ParseURL parses rawURL and finds its opener. Errors are *URLError and never
 // contain the URL's credentials.
 func ParseURL(rawURL string) (*url.URL, URLOpener, error) {
-	u, err := url.Parse(rawURL)
+	u, err := ParseRawURL(rawURL)
 	if err != nil {
-		return nil, nil, &URLError{URL: RedactURL(rawURL), Err: errors.New("not a URL")}
+		return nil, nil, err
 	}
 	if u.Scheme == "" {
 		return nil, nil, &URLError{URL: RedactURL(rawURL), Err: errors.New("no scheme (want one such as nats://, mem:// or embedded:)")}

@@ -41,9 +41,9 @@ func init() {
 // TLSConfig.Config, Dialer and Logger cannot be given by URL. Errors never
 // contain the credentials.
 func ParseURL(rawURL string) (*Config, error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseRawURL(rawURL)
 	if err != nil {
-		return nil, &driver.URLError{URL: driver.RedactURL(rawURL), Err: errors.New("not a URL")}
+		return nil, err
 	}
 	return parseURL(u)
 }

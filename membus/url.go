@@ -17,9 +17,9 @@ func init() { driver.RegisterScheme("mem", opener{}) }
 // for example mem://?buffer_size=1024&ack_wait=5s. An unknown parameter, a
 // host or a path is an error.
 func ParseURL(rawURL string) (*Options, error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseRawURL(rawURL)
 	if err != nil {
-		return nil, &driver.URLError{URL: driver.RedactURL(rawURL), Err: errors.New("not a URL")}
+		return nil, err
 	}
 	return parseURL(u)
 }

@@ -63,9 +63,9 @@ func optionParams(p *driver.Params, o *Options) {
 // Neither TLSConfig.Config nor Options.Logger can be given by URL. Errors
 // never contain the credentials.
 func ParseURL(rawURL string) (*Config, error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseRawURL(rawURL)
 	if err != nil {
-		return nil, &driver.URLError{URL: driver.RedactURL(rawURL), Err: errors.New("not a URL")}
+		return nil, err
 	}
 	return parseServerURL(u)
 }
@@ -217,9 +217,9 @@ func EmbeddedURL(dataDir string) string {
 // For example embedded:///var/lib/app/bus?port=4222 also lets other
 // processes connect on 127.0.0.1:4222. An unknown parameter is an error.
 func ParseEmbeddedURL(rawURL string) (*EmbeddedOptions, *Config, error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseRawURL(rawURL)
 	if err != nil {
-		return nil, nil, &driver.URLError{URL: driver.RedactURL(rawURL), Err: errors.New("not a URL")}
+		return nil, nil, err
 	}
 	return parseEmbeddedURL(u)
 }

@@ -31,9 +31,9 @@ func init() {
 // TLSConfig.Config, Dial and Logger cannot be given by URL. Errors never
 // contain the password.
 func ParseURL(rawURL string) (*Config, error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseRawURL(rawURL)
 	if err != nil {
-		return nil, &driver.URLError{URL: driver.RedactURL(rawURL), Err: errors.New("not a URL")}
+		return nil, err
 	}
 	return parseURL(u)
 }

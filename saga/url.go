@@ -69,9 +69,9 @@ func StoreSchemes() []string {
 }
 
 func parseStoreURL(rawURL string) (*url.URL, StoreOpener, error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseRawURL(rawURL)
 	if err != nil {
-		return nil, nil, &driver.URLError{URL: driver.RedactURL(rawURL), Err: errors.New("not a URL")}
+		return nil, nil, err
 	}
 	if u.Scheme == "" {
 		return nil, nil, &driver.URLError{URL: driver.RedactURL(rawURL), Err: errors.New("no scheme (want postgres:// or sqlite:)")}

@@ -29,9 +29,9 @@ func init() {
 // An unknown parameter of a sqlite URL is an error. Errors never contain the
 // password.
 func ParseURL(rawURL string) (postgres bool, dsn string, opts *Options, err error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseRawURL(rawURL)
 	if err != nil {
-		return false, "", nil, &driver.URLError{URL: driver.RedactURL(rawURL), Err: errors.New("not a URL")}
+		return false, "", nil, err
 	}
 	return parseURL(u)
 }
