@@ -540,11 +540,15 @@ func deadLetterMessage(c *consumer, d *driver.Delivery, reason error, reduce fun
 		text += " (dead letter: " + strings.Join(notes, "; ") + ")"
 	}
 	if m.Extensions == nil {
-		m.Extensions = make(map[string]string, 3)
+		m.Extensions = make(map[string]string, 5)
 	}
 	m.Extensions[driver.ExtDeadLetterReason] = cleanValue(text, maxReasonLen)
 	m.Extensions[driver.ExtDeadLetterAttempts] = strconv.Itoa(d.Attempt)
 	m.Extensions[driver.ExtDeadLetterOrigin] = c.dest.Name
+	if c.reg.group != "" {
+		m.Extensions[driver.ExtDeadLetterGroup] = c.reg.group
+	}
+	m.Extensions[driver.ExtDeadLetterTime] = time.Now().UTC().Format(time.RFC3339Nano)
 	return m
 }
 

