@@ -9,9 +9,11 @@ import "context"
 // interface only reads and removes.
 //
 // Contract:
-//   - DeadLetterDestinations lists the dead-letter destinations that exist
-//     on the broker, sorted by name, whether or not they hold messages. A
-//     driver lists at least those it created or published to itself.
+//   - DeadLetterDestinations lists dead-letter destinations, sorted by name,
+//     each once with Pattern DeadLetter: every one that holds messages where
+//     the broker can enumerate them, and at least those that this driver
+//     created or published to. It may list some that hold nothing (a queue
+//     or topic that exists, a destination emptied since).
 //   - ReadDeadLetters calls fn with the messages held on dl, oldest first
 //     (per partition or shard where the broker has several), without
 //     removing them: after it returns, the same messages are held and a
@@ -26,10 +28,12 @@ import "context"
 //     Redis entry id, a partition and offset, ...). Refs are stable while
 //     the message is held.
 //   - DeleteDeadLetters removes the messages named by refs from dl and
-//     returns how many it removed; refs no longer held are skipped without
-//     error. A broker that can only remove from the head of a log (Kafka)
-//     removes what it can and returns an error matching [ErrUnsupported]
-//     naming the refs it kept.
+//     returns how many it removed; refs that name no message held on dl
+//     (removed already, or held on another destination) are skipped without
+//     error and remove nothing. A broker that can only remove from the head
+//     of a log (Kafka) removes what it can and returns an error matching
+//     [ErrUnsupported] naming the refs it kept; the count is then what it
+//     removed.
 //   - PurgeDeadLetters removes every message held on dl and returns how many
 //     it removed.
 type DeadLetterStore interface {

@@ -158,6 +158,14 @@ type Harness struct {
 	// the reason; they are skipped with it. It is for a documented limitation
 	// of a particular broker version, never for a defect of the driver.
 	Limitations map[string]string
+
+	// InjectDeadLetter, when set, stores body on the dead-letter destination
+	// dl through the connection d the way the broker would hold a message
+	// that is no envelope (no CloudEvents attributes, body as is), bypassing
+	// the driver's encoding. RunDeadLetterTests uses it to check that
+	// ReadDeadLetters passes such a message on; without it, that subtest is
+	// skipped.
+	InjectDeadLetter func(ctx context.Context, d driver.Driver, dl driver.Destination, body []byte) error
 }
 
 // RunConformanceTests runs every conformance test that the driver's
