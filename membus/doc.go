@@ -4,7 +4,8 @@
 // [New] creates a broker and a first connection to it; [Driver.Connect] opens
 // another independent connection to the same broker, which plays another
 // service instance. A *Driver implements driver.Driver,
-// driver.RequestReplier and driver.GroupDeclarer and serves every pattern.
+// driver.RequestReplier, driver.GroupDeclarer and driver.DeadLetterStore and
+// serves every pattern.
 //
 // # Queues and groups
 //
@@ -84,6 +85,17 @@
 // wrapping ctx.Err()) or the connection closes. Messages handed back by Nack,
 // a closing member or a crash are never refused, so a queue may exceed its
 // bound by the number of messages in flight.
+//
+// # Dead letters
+//
+// The broker keeps a copy of every message published to a dead-letter
+// destination, apart from its queues, for driver.DeadLetterStore: its
+// connections list, read, delete and purge them, whichever connection
+// published them. Consuming from a dead-letter destination does not remove
+// them. The copies are bounded for the whole broker by
+// Options.DeadLetterLimit (10,000 messages) and Options.DeadLetterMaxBytes
+// (64 MiB of driver.Message.Size); beyond them the oldest are dropped and
+// counted by [Driver.DeadLettersDropped]. They live as long as the broker.
 //
 // # Request and reply
 //

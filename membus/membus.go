@@ -44,6 +44,14 @@ type Options struct {
 	// they were handed out; SubscribeOptions.AckWait overrides it. A live
 	// subscription holds its deliveries as long as it likes. Default 30s.
 	AckWait time.Duration
+	// DeadLetterLimit bounds the dead letters the broker keeps for
+	// driver.DeadLetterStore, in messages, over all its dead-letter
+	// destinations; beyond it the oldest are dropped and counted
+	// ([Driver.DeadLettersDropped]). Default 10,000.
+	DeadLetterLimit int
+	// DeadLetterMaxBytes bounds the same dead letters by their
+	// driver.Message.Size. Default 64 MiB.
+	DeadLetterMaxBytes int
 }
 
 // broker is the state shared by every connection of one membus.
@@ -55,6 +63,8 @@ type broker struct {
 
 	mu    sync.RWMutex
 	dests map[string]*destination
+
+	dl *deadLetters // what was published to dead-letter destinations
 }
 
 // destination holds the queues of one destination name.
@@ -109,6 +119,7 @@ func New(opts *Options) *Driver {
 		ackWait:  o.AckWait,
 		epoch:    time.Now(),
 		dests:    make(map[string]*destination),
+		dl:       newDeadLetters(o.DeadLetterLimit, o.DeadLetterMaxBytes),
 	}
 	if b.maxSize <= 0 {
 		b.maxSize = DefaultMaxMessageSize
@@ -178,6 +189,9 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 		if err := q.push(ctx, d.done, msgs, nil); err != nil {
 			return fmt.Errorf("membus: publish to %q: %w", dest.Name, err)
 		}
+	}
+	if dest.Pattern == driver.DeadLetter {
+		d.b.dl.keep(dest.Name, msgs)
 	}
 	return nil
 }
