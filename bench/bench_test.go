@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,10 +20,21 @@ func TestMain(m *testing.M) {
 // b.N messages (or round trips), timing only the traffic:
 //
 //	go test -run '^$' -bench 'Scenarios/JetStream/eventbus' -cpuprofile cpu.out -memprofile mem.out
+//
+// BENCH_SIZE sets the payload size in bytes (default 256).
 func BenchmarkScenarios(b *testing.B) {
+	size := DefaultConfig().Size
+	if v := os.Getenv("BENCH_SIZE"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			b.Fatalf("BENCH_SIZE=%q: want a positive number of bytes", v)
+		}
+		size = n
+	}
 	for _, s := range scenarios {
 		b.Run(s.ID(), func(b *testing.B) {
 			cfg := DefaultConfig()
+			cfg.Size = size
 			cfg.Messages = int64(b.N)
 			cfg.OnStart = b.ResetTimer
 			cfg.OnStop = b.StopTimer
@@ -33,6 +46,7 @@ func BenchmarkScenarios(b *testing.B) {
 			if res.Latencies != nil {
 				b.ReportMetric(float64(res.Percentile(50))/float64(time.Microsecond), "p50-µs")
 				b.ReportMetric(float64(res.Percentile(99))/float64(time.Microsecond), "p99-µs")
+				b.ReportMetric(float64(res.Percentile(99.9))/float64(time.Microsecond), "p999-µs")
 				return
 			}
 			b.ReportMetric(res.PublishRate(), "pub-msg/s")
@@ -76,24 +90,42 @@ func TestScenarios(t *testing.T) {
 }
 
 func TestReport(t *testing.T) {
-	rep := &report{cfg: DefaultConfig(), started: time.Now()}
-	add := func(name string, role Role, pub, cons time.Duration, allocs uint64) {
-		rep.add(Scenario{Name: name, Broker: memBroker, Role: role},
-			Result{Messages: 1000, Handled: 1000, Publish: pub, Consume: cons, Allocs: allocs, CPU: time.Millisecond}, nil)
+	rep := &report{cfg: DefaultConfig(), sizes: []int{256, 65536}, started: time.Now()}
+	add := func(name string, size int, role Role, pub, cons time.Duration, allocs uint64, cpu time.Duration) {
+		rep.add(Scenario{Name: name, Broker: memBroker, Role: role}, size,
+			Result{Messages: 1000, Handled: 1000, Publish: pub, Consume: cons, Allocs: allocs, CPU: cpu}, nil)
 	}
-	add("raw", RoleRaw, time.Millisecond, time.Millisecond, 5000)
-	add("bus", RoleBus, 2*time.Millisecond, 4*time.Millisecond, 7000)
-	add("peer", RolePeer, 8*time.Millisecond, 8*time.Millisecond, 30000)
-	rep.add(Scenario{Name: "broken", Broker: memBroker, Role: RoleReference}, Result{}, fmt.Errorf("boom"))
+	add("raw", 256, RoleRaw, time.Millisecond, time.Millisecond, 5000, time.Millisecond)
+	add("bus", 256, RoleBus, 2*time.Millisecond, 4*time.Millisecond, 6000, 1500*time.Microsecond)
+	add("peer", 256, RolePeer, 8*time.Millisecond, 8*time.Millisecond, 30000, time.Millisecond)
+	add("raw", 65536, RoleRaw, 2*time.Millisecond, 2*time.Millisecond, 5000, time.Millisecond)
+	add("bus", 65536, RoleBus, 2*time.Millisecond, 2*time.Millisecond, 9000, time.Millisecond)
+	rep.add(Scenario{Name: "broken", Broker: memBroker, Role: RoleReference}, 256, Result{}, fmt.Errorf("boom"))
+	lat := func(name, broker string, role Role, us ...time.Duration) {
+		var ds []time.Duration
+		for _, u := range us {
+			ds = append(ds, u*time.Microsecond)
+		}
+		rep.add(Scenario{Name: name, Broker: broker, Role: role}, 256,
+			Result{Messages: int64(len(ds)), Handled: int64(len(ds)), Publish: time.Second, Consume: time.Second, Latencies: ds, CPU: time.Duration(len(ds)) * time.Microsecond}, nil)
+	}
+	lat("raw", rrBroker, RoleRaw, 10, 10, 20)
+	lat("bus", rrBroker, RoleBus, 11, 11, 40)
 	md := rep.markdown()
 	for _, want := range []string{
-		"| in-memory | raw | 1.00M | 1.00M |  | 8.00 / 8.00 | 5.0 | 1.00 |",
-		"| in-memory | bus | 500k | 250k | 0.50 / 0.25 | 4.00 / 2.00 | 7.0 | 1.00 |",
-		"| in-memory | broken | failed |",
-		"| in-memory | eventbus publish ≥ 2× Watermill | 4.00× | yes |",
-		"| in-memory | eventbus consume ≥ 2× Watermill | 2.00× | yes |",
-		"| in-memory | allocs/msg added by the bus (eventbus − raw driver) ≤ 3 | 2.0 | yes |",
-		"- in-memory / broken failed: boom",
+		"Payloads of 256 B, 64 KiB,",
+		"| in-memory | raw | 256 B | 1.00M | 1.00M |  | 8.00 / 8.00 | 5.0 | 1.00 |  |",
+		"| in-memory | bus | 256 B | 500k | 250k | 0.50 / 0.25 | 4.00 / 2.00 | 6.0 | 1.50 | +0.50 |",
+		"| in-memory | bus | 64 KiB | 500k | 500k | 1.00 / 1.00 |  | 9.0 | 1.00 | +0.00 |",
+		"| in-memory | broken | 256 B | failed |",
+		"| in-memory | 256 B | eventbus publish ≥ 2× Watermill | 4.00× | yes |",
+		"| in-memory | 256 B | eventbus consume ≥ 2× Watermill | 2.00× | yes |",
+		"| in-memory | 256 B | allocs/msg added by the bus (eventbus − raw driver) ≤ 1 | 1.0 | yes |",
+		"| in-memory | 64 KiB | allocs/msg added by the bus (eventbus − raw driver) ≤ 1 | 4.0 | **no** |",
+		"| NATS request/reply | bus | 256 B | 3.00 | 11 | 40 | 40 | 1.10 / 2.00 / 2.00 | 0.0 | 1.00 | +0.00 |",
+		"| NATS request/reply | 256 B | eventbus p50 ≤ 1.1× raw | 1.10× | yes |",
+		"| NATS request/reply | 256 B | eventbus p999 ≤ 1.5× raw | 2.00× | **no** |",
+		"- in-memory / broken (256 B) failed: boom",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
@@ -116,6 +148,9 @@ func TestPercentile(t *testing.T) {
 	}
 	if ds[0] != 100 {
 		t.Error("percentile sorted its input in place")
+	}
+	if got := percentile(ds, 99.9); got != 100 {
+		t.Errorf("percentile(99.9) = %v, want 100", got)
 	}
 	if got := percentile(nil, 99); got != 0 {
 		t.Errorf("percentile(nil) = %v, want 0", got)

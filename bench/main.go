@@ -2,17 +2,18 @@
 // against Watermill, on the same broker in the same run, and writes the
 // results as a Markdown table.
 //
-//	cd bench && go run . [-only regexp] [-duration 3s] [-out RESULTS.md]
+//	cd bench && go run . [-only regexp] [-duration 3s] [-sizes 16,256,65536] [-out RESULTS.md]
 //
-// Every scenario runs the same workload: Size-byte messages (256), Publishers
+// Every scenario runs the same workload: Size-byte messages (256, or each of
+// -sizes in turn), Publishers
 // concurrent publishing goroutines (16), and the consumer running at the same
 // time. The publish rate is the number of messages over the time until the
 // last publish was confirmed; the consume rate is the same number over the
 // time until the last message was handled. Allocations (runtime.MemStats
 // Mallocs) and CPU time (getrusage) are the whole process's over the traffic,
 // embedded brokers included, divided by the number of messages. Latency
-// scenarios run one client doing request/reply back to back and report p50
-// and p99.
+// scenarios run one client (or 16) doing request/reply back to back and
+// report p50, p99 and p999.
 //
 // Performance is reported, never asserted: the targets section says which
 // ratios meet the project's goals, and the exit status is non-zero only when
@@ -31,6 +32,8 @@ import (
 	"os/signal"
 	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -42,17 +45,39 @@ func main() {
 	flag.DurationVar(&cfg.Duration, "duration", cfg.Duration, "how long each scenario publishes")
 	flag.IntVar(&cfg.Publishers, "publishers", cfg.Publishers, "concurrent publishers")
 	flag.IntVar(&cfg.Size, "size", cfg.Size, "payload size in bytes")
+	sizeList := flag.String("sizes", "", "comma-separated payload sizes in bytes (replaces -size): every scenario runs at each")
 	flag.Parse()
+	sizes, err := parseSizes(*sizeList, cfg.Size)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -sizes:", err)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, cfg, *only, *out, *repeat, os.Stdout, os.Stderr); err != nil {
+	if err := run(ctx, cfg, sizes, *only, *out, *repeat, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		stop()
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, cfg Config, only, out string, repeat int, stdout, progress io.Writer) error {
+// parseSizes reads -sizes; an empty list means the one size def.
+func parseSizes(list string, def int) ([]int, error) {
+	if list == "" {
+		return []int{def}, nil
+	}
+	var sizes []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive number of bytes", f)
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes, nil
+}
+
+func run(ctx context.Context, cfg Config, sizes []int, only, out string, repeat int, stdout, progress io.Writer) error {
 	re, err := regexp.Compile(only)
 	if err != nil {
 		return fmt.Errorf("-only: %w", err)
@@ -66,27 +91,44 @@ func run(ctx context.Context, cfg Config, only, out string, repeat int, stdout, 
 	if len(selected) == 0 {
 		return fmt.Errorf("no scenario matches %q", only)
 	}
-	rep := &report{cfg: cfg, started: time.Now(), repeat: max(repeat, 1)}
+	rep := &report{cfg: cfg, sizes: sizes, started: time.Now(), repeat: max(repeat, 1)}
 	// Rounds rather than back-to-back repeats, so that a change in the
-	// machine's load touches every row alike.
-	runs := make([][]Result, len(selected))
-	errs := make([]error, len(selected))
+	// machine's load touches every row alike; sizes within a round, so
+	// that each size's rows share the round's load.
+	type job struct {
+		s    Scenario
+		size int
+		runs []Result
+		err  error
+	}
+	var jobs []*job
+	for _, size := range sizes {
+		for _, s := range selected {
+			jobs = append(jobs, &job{s: s, size: size})
+		}
+	}
 	for round := range rep.repeat {
-		for i, s := range selected {
-			if errs[i] != nil {
+		for _, j := range jobs {
+			if j.err != nil {
 				continue
 			}
-			fmt.Fprintf(progress, "%-45s ", s.ID())
+			c := cfg
+			c.Size = j.size
+			label := j.s.ID()
+			if len(sizes) > 1 {
+				label += fmt.Sprintf(" [%s]", sizeLabel(j.size))
+			}
+			fmt.Fprintf(progress, "%-45s ", label)
 			if rep.repeat > 1 {
 				fmt.Fprintf(progress, "[%d/%d] ", round+1, rep.repeat)
 			}
 			t0 := time.Now()
-			res, err := s.Run(ctx, cfg)
+			res, err := j.s.Run(ctx, c)
 			if err != nil {
-				errs[i] = err
+				j.err = err
 				fmt.Fprintf(progress, "FAILED after %v: %v\n", time.Since(t0).Round(time.Millisecond), err)
 			} else {
-				runs[i] = append(runs[i], res)
+				j.runs = append(j.runs, res)
 				fmt.Fprintf(progress, "%s (%v)\n", res.summary(), time.Since(t0).Round(time.Millisecond))
 			}
 			if ctx.Err() != nil {
@@ -95,11 +137,11 @@ func run(ctx context.Context, cfg Config, only, out string, repeat int, stdout, 
 		}
 	}
 	failed := 0
-	for i, s := range selected {
-		if errs[i] != nil {
+	for _, j := range jobs {
+		if j.err != nil {
 			failed++
 		}
-		rep.add(s, median(runs[i]), errs[i])
+		rep.add(j.s, j.size, median(j.runs), j.err)
 	}
 	rep.elapsed = time.Since(rep.started)
 	md := rep.markdown()
@@ -134,7 +176,7 @@ func median(rs []Result) Result {
 
 func (r Result) summary() string {
 	if r.Latencies != nil {
-		return fmt.Sprintf("%d round trips, p50 %s, p99 %s", r.Messages, micros(r.Percentile(50)), micros(r.Percentile(99)))
+		return fmt.Sprintf("%d round trips, p50 %s, p99 %s, p999 %s", r.Messages, micros(r.Percentile(50)), micros(r.Percentile(99)), micros(r.Percentile(99.9)))
 	}
 	if r.Publish == 0 {
 		return fmt.Sprintf("%d msgs, consume %s/s", r.Messages, si(r.ConsumeRate()))

@@ -24,7 +24,12 @@ const (
 	coreBroker = "NATS core"
 	jsBroker   = "JetStream"
 	rrBroker   = "NATS request/reply"
+	// rrBroker16 is request/reply with queryClients clients at once.
+	rrBroker16 = "NATS request/reply, 16 clients"
 )
+
+// queryClients is the concurrent clients of the rrBroker16 rows.
+const queryClients = 16
 
 func init() {
 	register(Scenario{Name: "raw nats.go", Broker: coreBroker, Role: RoleRaw, Run: runCoreRaw})
@@ -42,28 +47,48 @@ func init() {
 	register(Scenario{Name: "raw jetstream, consume stored backlog", Broker: jsBroker, Role: RoleReference, Run: runJetStreamRawBacklog})
 	register(Scenario{Name: "eventbus on natsbus, consume stored backlog", Broker: jsBroker, Role: RoleReference, Run: runJetStreamBusBacklog})
 
-	register(Scenario{Name: "raw nc.Request", Broker: rrBroker, Role: RoleRaw, Run: runRequestRaw})
-	register(Scenario{Name: "eventbus Query on natsbus", Broker: rrBroker, Role: RoleBus, Run: runRequestBus})
+	register(Scenario{Name: "raw nc.Request", Broker: rrBroker, Role: RoleRaw, Run: requestRows(runRequestRaw, 1)})
+	register(Scenario{Name: "eventbus Query on natsbus", Broker: rrBroker, Role: RoleBus, Run: requestRows(runRequestBus, 1)})
+	register(Scenario{Name: "raw nc.Request", Broker: rrBroker16, Role: RoleRaw, Run: requestRows(runRequestRaw, queryClients)})
+	register(Scenario{Name: "eventbus Query on natsbus", Broker: rrBroker16, Role: RoleBus, Run: requestRows(runRequestBus, queryClients)})
 
-	registerTarget(ratioOfRows(coreBroker, "eventbus publish / raw flushed after each publish (same guarantee)",
-		"eventbus on natsbus, JetStream off", "raw nats.go, flush after each publish", Result.PublishRate))
-	registerTarget(ratioTarget(jsBroker, "eventbus publish ≥ 0.9× raw", RoleBus, RoleRaw, Result.PublishRate, 0.9))
+	registerTarget(rowRatioTarget(coreBroker, "at-least-once: eventbus PublishEvent ≥ 0.9× raw flushed after each publish",
+		"eventbus on natsbus, JetStream off", "raw nats.go, flush after each publish", Result.PublishRate, 0.9))
+	registerTarget(rowRatioTarget(coreBroker, "at-most-once: Publisher consume ≥ 0.8× raw buffered publish", coreAtMostOnce, "raw nats.go",
+		Result.ConsumeRate, 0.8))
+	registerTarget(rowRatioTarget(jsBroker, "per-call: eventbus PublishEvent ≥ 0.9× raw sync publish", "eventbus on natsbus", "raw jetstream, sync publish",
+		Result.PublishRate, 0.9))
+	registerTarget(ratioTarget(jsBroker, "live: eventbus consume ≥ 0.9× raw", RoleBus, RoleRaw, Result.ConsumeRate, 0.9))
+	registerTarget(rowRatioTarget(jsBroker, "backlog: eventbus consume of a stored backlog ≥ 0.9× raw's",
+		"eventbus on natsbus, consume stored backlog", "raw jetstream, consume stored backlog", Result.ConsumeRate, 0.9))
 	registerTarget(ratioTarget(jsBroker, "eventbus publish ≥ 2× Watermill", RoleBus, RolePeer, Result.PublishRate, 2))
-	registerTarget(ratioTarget(jsBroker, "eventbus consume ≥ 0.85× raw", RoleBus, RoleRaw, Result.ConsumeRate, 0.85))
-	registerTarget(ratioOfRows(jsBroker, "eventbus publish / raw sync publish (one confirmed message per call)",
-		"eventbus on natsbus", "raw jetstream, sync publish", Result.PublishRate))
-	registerTarget(ratioOfRows(jsBroker, "eventbus consume of a stored backlog / raw's",
-		"eventbus on natsbus, consume stored backlog", "raw jetstream, consume stored backlog", Result.ConsumeRate))
-	registerTarget(ratioOfRows(jsBroker, "eventbus CPU µs/msg / raw sync publish's",
-		"eventbus on natsbus", "raw jetstream, sync publish", Result.CPUPerMsg))
-	registerTarget(Target{Broker: rrBroker, Goal: "eventbus p99 ≤ 1.3× raw", Measure: func(g *group) (string, bool, bool) {
+	for _, broker := range []string{rrBroker, rrBroker16} {
+		registerTarget(latencyTarget(broker, 50, 1.1))
+		registerTarget(latencyTarget(broker, 99, 1.1))
+		registerTarget(latencyTarget(broker, 99.9, 1.5))
+	}
+}
+
+// latencyTarget is met when the bus row's p-th percentile is at most
+// atMost times the raw row's.
+func latencyTarget(broker string, p, atMost float64) Target {
+	name := fmt.Sprintf("p%g", p)
+	if p == 99.9 {
+		name = "p999"
+	}
+	return Target{Broker: broker, Goal: fmt.Sprintf("eventbus %s ≤ %.1f× raw", name, atMost), Measure: func(g *group) (string, bool, bool) {
 		bus, raw := g.role(RoleBus), g.role(RoleRaw)
-		if bus == nil || raw == nil || raw.res.Percentile(99) == 0 {
+		if bus == nil || raw == nil || raw.res.Percentile(p) == 0 {
 			return "", false, false
 		}
-		r := float64(bus.res.Percentile(99)) / float64(raw.res.Percentile(99))
-		return fmt.Sprintf("%.2f×", r), r <= 1.3, true
-	}})
+		r := float64(bus.res.Percentile(p)) / float64(raw.res.Percentile(p))
+		return fmt.Sprintf("%.2f×", r), r <= atMost, true
+	}}
+}
+
+// requestRows runs a request/reply scenario with clients clients.
+func requestRows(run func(ctx context.Context, cfg Config, clients int) (Result, error), clients int) func(context.Context, Config) (Result, error) {
+	return func(ctx context.Context, cfg Config) (Result, error) { return run(ctx, cfg, clients) }
 }
 
 // natsEnv is one embedded server and the connections a scenario opened.
@@ -627,9 +652,9 @@ func runJetStreamWatermill(ctx context.Context, cfg Config) (Result, error) {
 	return runWatermill(ctx, cfg, newTracker(cfg.Size), p, s, "bench_js", nil)
 }
 
-// runRequestRaw: nc.Request from one client, a subscription on another
-// connection answering with the request's data.
-func runRequestRaw(ctx context.Context, cfg Config) (Result, error) {
+// runRequestRaw: nc.Request from clients goroutines sharing one connection,
+// a subscription on another connection answering with the request's data.
+func runRequestRaw(ctx context.Context, cfg Config, clients int) (Result, error) {
 	env, err := startNATS(ctx)
 	if err != nil {
 		return Result{}, err
@@ -650,7 +675,7 @@ func runRequestRaw(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	data := payload(cfg)
-	return latency(ctx, cfg, func(ctx context.Context) error {
+	return latencyClients(ctx, cfg, clients, func(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		m, err := client.RequestWithContext(rctx, "bench.echo", data)
@@ -664,9 +689,10 @@ func runRequestRaw(ctx context.Context, cfg Config) (Result, error) {
 	})
 }
 
-// runRequestBus: bus.Query from one client bus, HandleQuery answering
-// at once with the request's data on another bus, both over natsbus.
-func runRequestBus(ctx context.Context, cfg Config) (Result, error) {
+// runRequestBus: bus.Query from clients goroutines sharing one client bus,
+// HandleQuery answering at once with the request's data on another bus,
+// both over natsbus.
+func runRequestBus(ctx context.Context, cfg Config, clients int) (Result, error) {
 	env, err := startNATS(ctx)
 	if err != nil {
 		return Result{}, err
@@ -687,7 +713,7 @@ func runRequestBus(ctx context.Context, cfg Config) (Result, error) {
 	}
 	defer client.Close(context.WithoutCancel(ctx))
 	data := payload(cfg)
-	return latency(ctx, cfg, func(ctx context.Context) error {
+	return latencyClients(ctx, cfg, clients, func(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		r, err := client.Query(rctx, "bench", &eventbus.Message{Type: "echo", Data: data})

@@ -31,7 +31,7 @@ func init() {
 		return runNATSAtMostOnce(ctx, cfg, true)
 	}})
 	registerTarget(pipelineTarget(coreBroker, coreAtMostOnce, "raw nats.go", 0.8))
-	registerTarget(pipelineTarget(memBroker, memPipelineRow, "raw membus driver", 0.5))
+	registerTarget(pipelineTarget(memBroker, memPipelineRow, "Go channel (ceiling)", 0.5))
 	registerTarget(pipelineTarget(jsBroker, jsPipelineRow, "raw jetstream, async publish", 0.9))
 	registerTarget(pipelineTarget(kafkaBroker, kafkaPipelineRow, "raw franz-go, async produce, acks=all", 0.9))
 }

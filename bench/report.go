@@ -35,6 +35,19 @@ func ratioOfRows(broker, goal, of, over string, metric func(Result) float64) Tar
 
 var targets []Target
 
+// rowRatioTarget is met when metric(of) / metric(over) ≥ atLeast, between
+// two rows named.
+func rowRatioTarget(broker, goal, of, over string, metric func(Result) float64, atLeast float64) Target {
+	return Target{Broker: broker, Goal: goal, Measure: func(g *group) (string, bool, bool) {
+		a, b := g.name(of), g.name(over)
+		if a == nil || b == nil || metric(b.res) == 0 {
+			return "", false, false
+		}
+		r := metric(a.res) / metric(b.res)
+		return fmt.Sprintf("%.2f×", r), r >= atLeast, true
+	}}
+}
+
 func registerTarget(t Target) { targets = append(targets, t) }
 
 // ratioTarget is met when metric(of) / metric(over) ≥ atLeast.
@@ -50,14 +63,16 @@ func ratioTarget(broker, goal string, of, over Role, metric func(Result) float64
 }
 
 type row struct {
-	s   Scenario
-	res Result
-	err error
+	s    Scenario
+	size int // payload bytes
+	res  Result
+	err  error
 }
 
-// group is the rows of one broker.
+// group is the rows of one broker at one payload size.
 type group struct {
 	broker string
+	size   int
 	rows   []*row
 }
 
@@ -83,6 +98,7 @@ func (g *group) name(name string) *row {
 
 type report struct {
 	cfg     Config
+	sizes   []int // payload sizes of the run, in order
 	repeat  int
 	started time.Time
 	elapsed time.Duration
@@ -90,28 +106,55 @@ type report struct {
 	groups  []*group
 }
 
-func (rep *report) add(s Scenario, res Result, err error) {
-	x := &row{s: s, res: res, err: err}
+func (rep *report) add(s Scenario, size int, res Result, err error) {
+	x := &row{s: s, size: size, res: res, err: err}
 	rep.rows = append(rep.rows, x)
 	for _, g := range rep.groups {
-		if g.broker == s.Broker {
+		if g.broker == s.Broker && g.size == size {
 			g.rows = append(g.rows, x)
 			return
 		}
 	}
-	rep.groups = append(rep.groups, &group{broker: s.Broker, rows: []*row{x}})
+	rep.groups = append(rep.groups, &group{broker: s.Broker, size: size, rows: []*row{x}})
+}
+
+// sizeLabel prints a payload size: 16 B, 256 B, 64 KiB.
+func sizeLabel(n int) string {
+	if n >= 1024 && n%1024 == 0 {
+		return fmt.Sprintf("%d KiB", n/1024)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// cpuOverRaw prints the CPU per message that x adds to its broker's raw
+// row (the cost of the layers over the raw client, for a bus row), or
+// nothing for the raw row itself or without one.
+func cpuOverRaw(x, raw *row) string {
+	if raw == nil || x == raw {
+		return ""
+	}
+	return fmt.Sprintf("%+.2f", x.res.CPUPerMsg()-raw.res.CPUPerMsg())
 }
 
 func (rep *report) markdown() string {
 	var b strings.Builder
 	cfg := rep.cfg
 	fmt.Fprintf(&b, "# Benchmark results\n\n")
-	fmt.Fprintf(&b, "Run %s, took %s. %s %s/%s, %d CPUs (GOMAXPROCS %d). %d-byte messages, %d concurrent publishers, %s of publishing per scenario.\n\n",
+	sizes := rep.sizes
+	if len(sizes) == 0 {
+		sizes = []int{cfg.Size}
+	}
+	labels := make([]string, len(sizes))
+	for i, n := range sizes {
+		labels[i] = sizeLabel(n)
+	}
+	fmt.Fprintf(&b, "Run %s, took %s. %s %s/%s, %d CPUs (GOMAXPROCS %d). Payloads of %s, %d concurrent publishers, %s of publishing per scenario.\n\n",
 		rep.started.UTC().Format("2006-01-02 15:04 MST"), rep.elapsed.Round(time.Second), runtime.Version(),
-		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), cfg.Size, cfg.Publishers, cfg.Duration)
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), strings.Join(labels, ", "), cfg.Publishers, cfg.Duration)
 	if rep.repeat > 1 {
 		fmt.Fprintf(&b, "Every scenario ran %d times, in rounds; each row is its median run (by consume rate, or by p99 for latency rows).\n\n", rep.repeat)
 	}
+	b.WriteString("CPU over raw: this row's CPU µs per message (or round trip) minus its broker's raw row's, at the same payload size: what the layers above the raw client cost.\n\n")
 	if v := versions(); v != "" {
 		fmt.Fprintf(&b, "Versions: %s.\n\n", v)
 	}
@@ -128,12 +171,12 @@ func (rep *report) markdown() string {
 	}
 	if len(tput) > 0 {
 		b.WriteString("## Throughput\n\n")
-		b.WriteString("| broker | subject | publish msg/s | consume msg/s | vs raw (pub / cons) | vs Watermill (pub / cons) | allocs/msg | CPU µs/msg |\n")
-		b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|\n")
+		b.WriteString("| broker | subject | payload | publish msg/s | consume msg/s | vs raw (pub / cons) | vs Watermill (pub / cons) | allocs/msg | CPU µs/msg | CPU over raw |\n")
+		b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, x := range tput {
-			g := rep.group(x.s.Broker)
+			g := rep.group(x.s.Broker, x.size)
 			if x.err != nil {
-				fmt.Fprintf(&b, "| %s | %s | failed | failed | | | | |\n", x.s.Broker, x.s.Name)
+				fmt.Fprintf(&b, "| %s | %s | %s | failed | failed | | | | | |\n", x.s.Broker, x.s.Name, sizeLabel(x.size))
 				continue
 			}
 			r := x.res
@@ -141,53 +184,60 @@ func (rep *report) markdown() string {
 			if r.Publish > 0 {
 				pub = si(r.PublishRate())
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.1f | %.2f |\n", x.s.Broker, x.s.Name,
+			raw := g.role(RoleRaw)
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %.1f | %.2f | %s |\n", x.s.Broker, x.s.Name, sizeLabel(x.size),
 				pub, si(r.ConsumeRate()),
-				ratios(x, g.role(RoleRaw)), ratios(x, g.role(RolePeer)), r.AllocsPerMsg(), r.CPUPerMsg())
+				ratios(x, raw), ratios(x, g.role(RolePeer)), r.AllocsPerMsg(), r.CPUPerMsg(), cpuOverRaw(x, raw))
 		}
 		b.WriteString("\n")
 	}
 	if len(lat) > 0 {
-		b.WriteString("## Latency (one client, back-to-back round trips)\n\n")
-		b.WriteString("| broker | subject | round trips/s | p50 µs | p99 µs | p99 vs raw | allocs/op | CPU µs/op |\n")
-		b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|\n")
+		b.WriteString("## Latency (back-to-back round trips per client)\n\n")
+		b.WriteString("| broker | subject | payload | round trips/s | p50 µs | p99 µs | p999 µs | vs raw (p50 / p99 / p999) | allocs/op | CPU µs/op | CPU over raw |\n")
+		b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, x := range lat {
-			g := rep.group(x.s.Broker)
+			g := rep.group(x.s.Broker, x.size)
 			if x.err != nil {
-				fmt.Fprintf(&b, "| %s | %s | failed | | | | | |\n", x.s.Broker, x.s.Name)
+				fmt.Fprintf(&b, "| %s | %s | %s | failed | | | | | | | |\n", x.s.Broker, x.s.Name, sizeLabel(x.size))
 				continue
 			}
 			r := x.res
+			raw := g.role(RoleRaw)
 			vs := ""
-			if raw := g.role(RoleRaw); raw != nil && x != raw && x.s.Role != RoleReference && raw.res.Percentile(99) > 0 {
-				vs = fmt.Sprintf("%.2f×", float64(r.Percentile(99))/float64(raw.res.Percentile(99)))
+			if raw != nil && x != raw && x.s.Role != RoleReference && raw.res.Percentile(99) > 0 {
+				vs = fmt.Sprintf("%.2f / %.2f / %.2f", latencyRatio(x, raw, 50), latencyRatio(x, raw, 99), latencyRatio(x, raw, 99.9))
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.1f | %.2f |\n", x.s.Broker, x.s.Name,
-				si(r.PublishRate()), micros(r.Percentile(50)), micros(r.Percentile(99)), vs, r.AllocsPerMsg(), r.CPUPerMsg())
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %.2f | %s |\n", x.s.Broker, x.s.Name, sizeLabel(x.size),
+				si(r.PublishRate()), micros(r.Percentile(50)), micros(r.Percentile(99)), micros(r.Percentile(99.9)), vs,
+				r.AllocsPerMsg(), r.CPUPerMsg(), cpuOverRaw(x, raw))
 		}
 		b.WriteString("\n")
 	}
 
 	var checks []string
 	for _, t := range targets {
-		g := rep.group(t.Broker)
-		if g == nil {
-			continue
+		for _, g := range rep.groups {
+			if g.broker != t.Broker {
+				continue
+			}
+			v, met, ok := t.Measure(g)
+			if !ok {
+				// A row it needs was not run at this size, or failed
+				// (the notes say which).
+				continue
+			}
+			verdict := "yes"
+			switch {
+			case t.Info:
+				verdict = "(for information)"
+			case !met:
+				verdict = "**no**"
+			}
+			checks = append(checks, fmt.Sprintf("| %s | %s | %s | %s | %s |\n", t.Broker, sizeLabel(g.size), t.Goal, v, verdict))
 		}
-		v, met, ok := t.Measure(g)
-		verdict := "yes"
-		switch {
-		case !ok:
-			v, verdict = "—", "not measured"
-		case t.Info:
-			verdict = "(for information)"
-		case !met:
-			verdict = "**no**"
-		}
-		checks = append(checks, fmt.Sprintf("| %s | %s | %s | %s |\n", t.Broker, t.Goal, v, verdict))
 	}
 	if len(checks) > 0 {
-		b.WriteString("## Targets\n\n| broker | goal | measured | met |\n|---|---|--:|---|\n")
+		b.WriteString("## Targets\n\n| broker | payload | goal | measured | met |\n|---|--:|---|--:|---|\n")
 		for _, c := range checks {
 			b.WriteString(c)
 		}
@@ -198,9 +248,9 @@ func (rep *report) markdown() string {
 	for _, x := range rep.rows {
 		switch {
 		case x.err != nil:
-			notes = append(notes, fmt.Sprintf("- %s / %s failed: %v", x.s.Broker, x.s.Name, x.err))
+			notes = append(notes, fmt.Sprintf("- %s / %s (%s) failed: %v", x.s.Broker, x.s.Name, sizeLabel(x.size), x.err))
 		case x.res.Note != "":
-			notes = append(notes, fmt.Sprintf("- %s / %s: %s", x.s.Broker, x.s.Name, x.res.Note))
+			notes = append(notes, fmt.Sprintf("- %s / %s (%s): %s", x.s.Broker, x.s.Name, sizeLabel(x.size), x.res.Note))
 		}
 	}
 	if len(notes) > 0 {
@@ -211,13 +261,22 @@ func (rep *report) markdown() string {
 	return b.String()
 }
 
-func (rep *report) group(broker string) *group {
+func (rep *report) group(broker string, size int) *group {
 	for _, g := range rep.groups {
-		if g.broker == broker {
+		if g.broker == broker && g.size == size {
 			return g
 		}
 	}
 	return nil
+}
+
+// latencyRatio is x's p-th percentile over raw's.
+func latencyRatio(x, raw *row, p float64) float64 {
+	r := raw.res.Percentile(p)
+	if r <= 0 {
+		return 0
+	}
+	return float64(x.res.Percentile(p)) / float64(r)
 }
 
 // ratios prints x's publish and consume rates over base's, or nothing when

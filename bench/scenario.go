@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -326,8 +327,11 @@ func throughput(ctx context.Context, cfg Config, tr *tracker, newPub func(id int
 }
 
 // backlogPerSecond sizes a backlog scenario: this many messages per second
-// of cfg.Duration.
-const backlogPerSecond = 50_000
+// of cfg.Duration, and at most backlogBytes of payload.
+const (
+	backlogPerSecond = 50_000
+	backlogBytes     = 256 << 20
+)
 
 // backlog measures consumers alone. fill stores the messages first (not
 // measured); then start launches the consumers, which report to tr; the
@@ -338,6 +342,7 @@ func backlog(ctx context.Context, cfg Config, fill func(ctx context.Context, n i
 	n := cfg.Messages
 	if n <= 0 {
 		n = int64(cfg.Duration.Seconds() * backlogPerSecond)
+		n = max(min(n, int64(backlogBytes/max(cfg.Size, 1))), 1000)
 	}
 	if err := fill(ctx, int(n)); err != nil {
 		return Result{}, fmt.Errorf("fill: %w", err)
@@ -379,41 +384,70 @@ func backlog(ctx context.Context, cfg Config, fill func(ctx context.Context, n i
 // latency runs one client doing roundTrip back to back for cfg.Duration (or
 // cfg.Messages times), after a short warm-up, and records each round trip.
 func latency(ctx context.Context, cfg Config, roundTrip func(ctx context.Context) error) (Result, error) {
-	for range 200 {
-		if err := roundTrip(ctx); err != nil {
-			return Result{}, fmt.Errorf("warm-up: %w", err)
+	return latencyClients(ctx, cfg, 1, roundTrip)
+}
+
+// latencyClients is latency with clients goroutines doing round trips at
+// the same time (roundTrip must be safe for concurrent use); every round
+// trip of every client is recorded, cfg.Messages counting them all.
+func latencyClients(ctx context.Context, cfg Config, clients int, roundTrip func(ctx context.Context) error) (Result, error) {
+	clients = max(clients, 1)
+	warm := func() error {
+		for range 200 {
+			if err := roundTrip(ctx); err != nil {
+				return fmt.Errorf("warm-up: %w", err)
+			}
 		}
+		return nil
+	}
+	per := make([][]time.Duration, clients)
+	errs := make([]error, clients)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() { errs[i] = warm() })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return Result{}, err
 	}
 	capacity := cfg.Messages
 	if capacity <= 0 {
 		capacity = 1 << 16
 	}
-	lat := make([]time.Duration, 0, capacity)
+	var claimed atomic.Int64
 	m := startMeter(cfg)
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
-	var err error
-	for {
-		if cfg.Messages > 0 {
-			if int64(len(lat)) >= cfg.Messages {
-				break
+	for i := range clients {
+		wg.Go(func() {
+			lat := make([]time.Duration, 0, capacity/int64(clients)+1)
+			defer func() { per[i] = lat }()
+			for {
+				if cfg.Messages > 0 {
+					if claimed.Add(1) > cfg.Messages {
+						return
+					}
+				} else if len(lat)&63 == 0 && time.Now().After(deadline) {
+					return
+				}
+				t0 := time.Now()
+				if err := roundTrip(ctx); err != nil {
+					errs[i] = fmt.Errorf("round trip %d of client %d: %w", len(lat)+1, i, err)
+					return
+				}
+				lat = append(lat, time.Since(t0))
 			}
-		} else if len(lat)&63 == 0 && time.Now().After(deadline) {
-			break
-		}
-		t0 := time.Now()
-		if err = roundTrip(ctx); err != nil {
-			break
-		}
-		lat = append(lat, time.Since(t0))
+		})
 	}
+	wg.Wait()
 	elapsed := time.Since(start)
+	var lat []time.Duration
+	for _, l := range per {
+		lat = append(lat, l...)
+	}
 	res := Result{Messages: int64(len(lat)), Handled: int64(len(lat)), Publish: elapsed, Consume: elapsed, Latencies: lat}
 	res.Allocs, res.CPU = m.stop(cfg)
-	if err != nil {
-		return res, fmt.Errorf("round trip %d: %w", len(lat)+1, err)
-	}
-	return res, nil
+	return res, errors.Join(errs...)
 }
 
 func percentile(ds []time.Duration, p float64) time.Duration {
