@@ -74,6 +74,9 @@ func TestConformanceExternal(t *testing.T) {
 				"subscription's last pull request, still waiting on the server; it returns only after AckWait (see the package doc)",
 		},
 	})
+	t.Run("DeadLetters", func(t *testing.T) {
+		drivertest.RunDeadLetterTests(t, drivertest.Harness{Open: func(ctx context.Context) (driver.Driver, error) { return natsbus.Open(ctx, cfg) }})
+	})
 }
 
 // crash cuts the driver's connection underneath it, as a dead process's
