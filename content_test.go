@@ -102,6 +102,52 @@ func TestFilterMatcherDialects(t *testing.T) {
 	}
 }
 
+// TestFilterSQLAttributesAndData covers what a CESQL expression reads:
+// every attribute by its name (each copied into the evaluated event only
+// when the expression names it), and DATA's paths into nested objects and
+// arrays, keys with characters that are operators elsewhere, objects as
+// compact JSON, and data that is not JSON.
+func TestFilterSQLAttributesAndData(t *testing.T) {
+	m := &eventbus.Message{
+		ID: "d1", Source: "https://shop.example/orders", Type: "order.created", Subject: "orders/d1",
+		DataContentType: "application/json", DataSchema: "https://shop.example/schemas/order.json",
+		CorrelationID: "corr-1", Key: "cust-1", Time: time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC),
+		Extensions: map[string]string{"region": "eu", "tier": "gold"},
+		Data:       []byte(`{"order":{"amount":1500,"items":[{"sku":"a-1"},{"sku":"b-2"}],"tags":{"x":1, "y":[1, 2]}},"we*ird":"w","n":null}`),
+	}
+	notJSON := *m
+	notJSON.Data = []byte("order=1500")
+	cases := []struct {
+		m    *eventbus.Message
+		expr string
+		want bool
+	}{
+		{m, "source = 'https://shop.example/orders' AND subject = 'orders/d1'", true},
+		{m, "dataschema = 'https://shop.example/schemas/order.json' AND datacontenttype = 'application/json'", true},
+		{m, "correlationid = 'corr-1' AND partitionkey = 'cust-1' AND tier = 'gold'", true},
+		{m, "EXISTS causationid", false},
+		{m, "time = '2026-11-27T10:00:00Z'", true},
+		{m, "TIER = 'gold'", true},
+		{m, "region = 'eu' AND 'tier' = 'tier'", true},
+		{m, "DATA('order.items.1.sku') = 'b-2'", true},
+		{m, "DATA('order.items.2.sku') = ''", true},
+		{m, `DATA('order.tags') = '{"x":1,"y":[1,2]}'`, true},
+		{m, "DATA('we*ird') = 'w' AND DATA('we?ird') = ''", true},
+		{m, "DATA('n') = '' AND DATA('order.missing') = ''", true},
+		{m, "INT(DATA('order.amount')) = 1500", true},
+		{&notJSON, "DATA('order') = ''", true},
+	}
+	for _, c := range cases {
+		mt, err := eventbus.CompileFilter(eventbus.SQL(c.expr))
+		if err != nil {
+			t.Fatalf("%s: %v", c.expr, err)
+		}
+		if got := mt.Match(c.m); got != c.want {
+			t.Errorf("%s: match = %v, want %v", c.expr, got, c.want)
+		}
+	}
+}
+
 func TestFilterCompileErrors(t *testing.T) {
 	for _, f := range []eventbus.Filter{
 		eventbus.SQL("type = = 'x'"),
@@ -370,6 +416,14 @@ func TestPipelineAlone(t *testing.T) {
 	_, err = threeSteps().Apply(context.Background(), &eventbus.Message{ID: "b", Type: "t", Data: []byte("nope")})
 	if !eventbus.IsPermanent(err) {
 		t.Fatalf("bad data: %v, want a permanent error", err)
+	}
+	// A step that panics fails the pipeline with a *PanicError naming the step.
+	boom := eventbus.NewPipeline(eventbus.SetExtension("a", "1"), eventbus.StepFunc(func(context.Context, *eventbus.Message) ([]*eventbus.Message, error) {
+		panic("step exploded")
+	}))
+	var pe *eventbus.PanicError
+	if _, err := boom.Apply(context.Background(), in); !errors.As(err, &pe) || !strings.Contains(err.Error(), "pipeline step 2") {
+		t.Fatalf("panicking step: %v, want a *PanicError from step 2", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime/debug"
 	"strings"
 )
 
@@ -54,14 +55,18 @@ func (p *Pipeline) Apply(ctx context.Context, m *Message) ([]*Message, error) {
 	}
 	for i, s := range p.steps {
 		var next []*Message
-		for _, in := range cur {
-			var out []*Message
-			err := safely(func() (err error) {
-				out, err = s.Apply(ctx, in)
-				return err
-			})
+		for j, in := range cur {
+			out, err := applyStep(ctx, s, in)
 			if err != nil {
 				return nil, fmt.Errorf("eventbus: pipeline step %d: %w", i+1, err)
+			}
+			if len(cur) == 1 && len(out) == 1 && out[0] != nil {
+				// The common case, one message in and one out: no new slice.
+				next = out
+				break
+			}
+			if next == nil {
+				next = make([]*Message, 0, len(cur)-j+len(out))
 			}
 			for _, o := range out {
 				if o != nil {
@@ -74,6 +79,16 @@ func (p *Pipeline) Apply(ctx context.Context, m *Message) ([]*Message, error) {
 		}
 	}
 	return cur, nil
+}
+
+// applyStep runs one step, turning a panic into a *PanicError.
+func applyStep(ctx context.Context, s Step, m *Message) (out []*Message, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return s.Apply(ctx, m)
 }
 
 func (p *Pipeline) wrapHandler(h Handler) Handler {
