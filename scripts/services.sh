@@ -4,8 +4,9 @@
 #   scripts/services.sh [service...]
 #
 # With no argument it starts what the test suite needs (DEFAULT_SERVICES).
-# Known services: nats, postgres, redis, rabbitmq, aws, and kcat (a tool the
-# Kafka interop tests run, installed when missing). Every service listens on
+# Known services: nats, postgres, redis, rabbitmq, aws, kafka (kfake, the
+# in-memory Kafka of franz-go, built from this repository), and kcat (a tool
+# the Kafka interop tests run, installed when missing). Every service listens on
 # 127.0.0.1 only, at the address internal/testenv uses by default.
 #
 # Idempotent: a service that already answers is left as it is, so running
@@ -18,7 +19,7 @@
 # service_<name>; main finds it by that name.
 set -euo pipefail
 
-DEFAULT_SERVICES=(nats postgres redis rabbitmq aws kcat)
+DEFAULT_SERVICES=(nats postgres redis rabbitmq aws kafka kcat)
 
 log() { printf 'services.sh: %s\n' "$*" >&2; }
 die() {
@@ -296,6 +297,40 @@ start_aws() {
 }
 
 service_aws() { ensure_service aws 4566 30 "$AWS_LOG"; }
+
+# --- Kafka: kfake, built from faults/testdata/kafkaserver -----------------------
+
+# No Kafka broker can be installed here; kfake speaks the real protocol, for
+# kcat, the CLI and the examples. Its data lives in memory: a restart starts
+# empty. The program is built with the go command into KAFKA_DIR.
+KAFKA_DIR=/opt/eventbus-kafka
+KAFKA_LOG=/var/log/eventbus-kafka.log
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+ready_kafka() {
+	# An ApiVersions v0 request (correlation id 1) must be answered with
+	# that correlation id.
+	[[ $(timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9092 &&
+		printf "\x00\x00\x00\x0a\x00\x12\x00\x00\x00\x00\x00\x01\xff\xff" >&3 &&
+		head -c 8 <&3 | od -An -tx1' 2>/dev/null | tr -d ' \n') == *00000001 ]]
+}
+
+start_kafka() {
+	local gocmd
+	gocmd=$(command -v go || true)
+	[[ -n $gocmd ]] || gocmd=/usr/local/go/bin/go
+	[[ -x $gocmd ]] || die "kafka: the go command is needed to build kfake (install Go 1.26 or later)"
+	mkdir -p "$KAFKA_DIR"
+	log "kafka: building kfake into $KAFKA_DIR"
+	(cd "$REPO_ROOT" && "$gocmd" build -o "$KAFKA_DIR/kafkaserver" ./faults/testdata/kafkaserver) >&2 ||
+		die "kafka: go build ./faults/testdata/kafkaserver failed"
+	rm -f /run/eventbus-kafka.pid # stale: nothing answers on the port
+	start-stop-daemon --start --oknodo --background \
+		--pidfile /run/eventbus-kafka.pid --make-pidfile \
+		--startas /bin/bash -- -c "exec '$KAFKA_DIR/kafkaserver' -port 9092 >>'$KAFKA_LOG' 2>&1" </dev/null >&2
+}
+
+service_kafka() { ensure_service kafka 9092 30 "$KAFKA_LOG"; }
 
 # --- kcat: Debian's Kafka command-line client, for the kafkabus interop tests ---
 
