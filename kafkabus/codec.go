@@ -66,38 +66,107 @@ func retryTopicName(topic, groupID string) string {
 // receipt the record key wins, and partitionkey fills in for a record
 // without one. Free headers are record headers, one per value.
 func encode(topic string, m *driver.Message) *kgo.Record {
-	r := &kgo.Record{Topic: topic}
+	var rs recordSlab
+	rs.grow([]*driver.Message{m})
+	return rs.encode(topic, m)
+}
+
+// recordSlab holds the records of one publish, their headers and the bytes
+// of their keys and header values in three blocks, so that a batch of n
+// messages costs a few allocations, not a dozen per message.
+type recordSlab struct {
+	recs []kgo.Record
+	hdrs []kgo.RecordHeader
+	buf  []byte
+}
+
+// grow sizes the slab for msgs.
+func (rs *recordSlab) grow(msgs []*driver.Message) {
+	hdrs, bytes := 0, 0
+	for _, m := range msgs {
+		for _, vs := range m.Header {
+			hdrs += len(vs)
+		}
+		hdrs += 13 + len(m.Extensions)
+		bytes += m.Size() + len(m.Key) + 48
+	}
+	rs.recs = make([]kgo.Record, 0, len(msgs))
+	rs.hdrs = make([]kgo.RecordHeader, 0, hdrs)
+	rs.buf = make([]byte, 0, bytes)
+}
+
+// bytes appends v to the slab and returns its copy there. A slab that
+// outgrows its block moves on to a new one; what was handed out stays
+// where it is.
+func (rs *recordSlab) bytes(v string) []byte {
+	start := len(rs.buf)
+	rs.buf = append(rs.buf, v...)
+	return rs.buf[start:len(rs.buf):len(rs.buf)]
+}
+
+// encode maps m onto the slab's next record; see the function encode.
+func (rs *recordSlab) encode(topic string, m *driver.Message) *kgo.Record {
+	rs.recs = append(rs.recs, kgo.Record{Topic: topic})
+	r := &rs.recs[len(rs.recs)-1]
 	if m.Key != "" {
-		r.Key = []byte(m.Key)
+		r.Key = rs.bytes(m.Key)
 	}
-	n := 0
-	for _, vs := range m.Header {
-		n += len(vs)
-	}
+	start := len(rs.hdrs)
 	if m.Mode == driver.Structured {
-		r.Headers = make([]kgo.RecordHeader, 0, n+1)
-		r.Headers = append(r.Headers, kgo.RecordHeader{Key: contentTypeHeader, Value: []byte(structuredContentType)})
+		rs.hdrs = append(rs.hdrs, kgo.RecordHeader{Key: contentTypeHeader, Value: []byte(structuredContentType)})
 		r.Value = driver.EncodeStructured(m)
 	} else {
-		r.Headers = make([]kgo.RecordHeader, 0, n+11+len(m.Extensions))
 		if m.Key != "" {
-			r.Headers = append(r.Headers, kgo.RecordHeader{Key: cePrefix + driver.ExtPartitionKey, Value: r.Key})
+			rs.hdrs = append(rs.hdrs, kgo.RecordHeader{Key: cePrefix + driver.ExtPartitionKey, Value: r.Key})
 		}
 		m.EachAttribute(func(name, value string) {
 			if name == "datacontenttype" {
-				r.Headers = append(r.Headers, kgo.RecordHeader{Key: contentTypeHeader, Value: []byte(value)})
+				rs.hdrs = append(rs.hdrs, kgo.RecordHeader{Key: contentTypeHeader, Value: rs.bytes(value)})
 				return
 			}
-			r.Headers = append(r.Headers, kgo.RecordHeader{Key: cePrefix + name, Value: []byte(value)})
+			rs.hdrs = append(rs.hdrs, kgo.RecordHeader{Key: ceHeader(name), Value: rs.bytes(value)})
 		})
 		r.Value = m.Data
 	}
 	for k, vs := range m.Header {
 		for _, v := range vs {
-			r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
+			rs.hdrs = append(rs.hdrs, kgo.RecordHeader{Key: k, Value: rs.bytes(v)})
 		}
 	}
+	r.Headers = rs.hdrs[start:len(rs.hdrs):len(rs.hdrs)]
 	return r
+}
+
+// ceHeader returns the binding's header name of a CloudEvents attribute,
+// without allocating for the attributes every message carries.
+func ceHeader(name string) string {
+	switch name {
+	case "specversion":
+		return "ce_specversion"
+	case "id":
+		return "ce_id"
+	case "source":
+		return "ce_source"
+	case "type":
+		return "ce_type"
+	case "subject":
+		return "ce_subject"
+	case "time":
+		return "ce_time"
+	case "dataschema":
+		return "ce_dataschema"
+	case driver.ExtCorrelationID:
+		return "ce_" + driver.ExtCorrelationID
+	case driver.ExtCausationID:
+		return "ce_" + driver.ExtCausationID
+	case driver.ExtTraceParent:
+		return "ce_" + driver.ExtTraceParent
+	case driver.ExtTraceState:
+		return "ce_" + driver.ExtTraceState
+	case driver.ExtReplyTo:
+		return "ce_" + driver.ExtReplyTo
+	}
+	return cePrefix + name
 }
 
 // recordSize is an upper bound of the bytes r takes in a record batch.
@@ -114,34 +183,58 @@ func recordSize(r *kgo.Record) int {
 // and an error matching driver.ErrMalformed for a record that is not a valid
 // event; the message then holds what could be read and the raw value.
 func decode(r *kgo.Record) (*driver.Message, int, error) {
+	return decodeInto(new(driver.Message), r)
+}
+
+// decodeInto is decode into m, a zero Message. The header values of a
+// binary-mode record become substrings of one string: one allocation for
+// all of them.
+func decodeInto(m *driver.Message, r *kgo.Record) (*driver.Message, int, error) {
 	var (
-		ct, hasCT  = "", false
+		ct, hasCT  = -1, false
 		structured bool
 		attempts   int
 		hasSpec    bool
+		size       = len(r.Key)
 	)
-	for _, h := range r.Headers {
+	for i, h := range r.Headers {
 		switch {
 		case h.Key == contentTypeHeader:
-			ct, hasCT = string(h.Value), true
-			structured = driver.IsStructured(ct)
+			ct, hasCT = i, true
+			structured = driver.IsStructured(string(h.Value))
 		case h.Key == attemptsHeader:
 			attempts, _ = strconv.Atoi(string(h.Value))
 		case h.Key == cePrefix+"specversion":
 			hasSpec = true
 		}
+		size += len(h.Value)
 	}
 	if structured {
-		m, err := decodeStructured(r)
-		if m.Key == "" && len(r.Key) > 0 {
-			m.Key = string(r.Key)
+		sm, err := decodeStructured(r)
+		if sm.Key == "" && len(r.Key) > 0 {
+			sm.Key = string(r.Key)
 		}
-		return m, attempts, err
+		return sm, attempts, err
 	}
-	m := &driver.Message{Data: r.Value, Key: string(r.Key)}
-	var errs []error
+	var sb strings.Builder
+	sb.Grow(size)
+	sb.Write(r.Key)
 	for _, h := range r.Headers {
+		sb.Write(h.Value)
+	}
+	all := sb.String()
+	m.Data, m.Key = r.Value, all[:len(r.Key)]
+	at := len(r.Key)
+	var (
+		errs        []error
+		contentType string
+	)
+	for i, h := range r.Headers {
+		value := all[at : at+len(h.Value)]
+		at += len(h.Value)
 		switch {
+		case i == ct:
+			contentType = value
 		case h.Key == contentTypeHeader || h.Key == attemptsHeader:
 		case len(h.Key) > len(cePrefix) && strings.EqualFold(h.Key[:len(cePrefix)], cePrefix):
 			name := strings.ToLower(h.Key[len(cePrefix):])
@@ -149,26 +242,26 @@ func decode(r *kgo.Record) (*driver.Message, int, error) {
 				// The key itself: the record key wins, this fills in
 				// for a record without one.
 				if m.Key == "" {
-					m.Key = string(h.Value)
+					m.Key = value
 				}
 				continue
 			}
-			if !utf8.Valid(h.Value) {
+			if !utf8.ValidString(value) {
 				errs = append(errs, &driver.MalformedError{Reason: "header " + strconv.Quote(h.Key) + " is not UTF-8"})
 				continue
 			}
-			if err := m.SetAttribute(name, string(h.Value)); err != nil {
+			if err := m.SetAttribute(name, value); err != nil {
 				errs = append(errs, err)
 			}
 		default:
 			if m.Header == nil {
 				m.Header = make(map[string][]string, 2)
 			}
-			m.Header[h.Key] = append(m.Header[h.Key], string(h.Value))
+			m.Header[h.Key] = append(m.Header[h.Key], value)
 		}
 	}
 	if hasCT && m.DataContentType == "" {
-		m.DataContentType = ct
+		m.DataContentType = contentType
 	}
 	if len(errs) > 0 {
 		return m, attempts, errs[0]

@@ -146,10 +146,11 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 		return nil
 	}
 	topic := d.Topic(dest)
-	recs := make([]*kgo.Record, len(msgs))
-	for i, m := range msgs {
-		recs[i] = encode(topic, m)
-		if n := recordSize(recs[i]); n > int(d.cfg.batchMax()) {
+	var rs recordSlab
+	rs.grow(msgs)
+	for _, m := range msgs {
+		r := rs.encode(topic, m)
+		if n := recordSize(r); n > int(d.cfg.batchMax()) {
 			// Structured mode's base64 data can outgrow the batch.
 			return fmt.Errorf("kafkabus: publish to %s: %w", dest, &driver.TooLargeError{Size: n, Limit: int(d.cfg.batchMax())})
 		}
@@ -157,7 +158,7 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 	if err := d.ensureTopic(ctx, topic); err != nil {
 		return err
 	}
-	if err := d.produce(ctx, recs); err != nil {
+	if err := d.produceAll(ctx, rs.recs); err != nil {
 		return fmt.Errorf("kafkabus: publish to %s: %w", dest, err)
 	}
 	return nil
@@ -165,13 +166,29 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 
 // produce produces recs and waits for every promise.
 func (d *Driver) produce(ctx context.Context, recs []*kgo.Record) error {
-	w := &waiter{done: make(chan struct{})}
-	w.left.Store(int64(len(recs)))
+	w := newWaiter(len(recs))
 	for _, r := range recs {
 		d.client.Produce(ctx, r, w.promise)
 	}
 	<-w.done
 	return w.err
+}
+
+// produceAll produces every record of recs and waits once, for the last
+// promise.
+func (d *Driver) produceAll(ctx context.Context, recs []kgo.Record) error {
+	w := newWaiter(len(recs))
+	for i := range recs {
+		d.client.Produce(ctx, &recs[i], w.promise)
+	}
+	<-w.done
+	return w.err
+}
+
+func newWaiter(n int) *waiter {
+	w := &waiter{done: make(chan struct{})}
+	w.left.Store(int64(n))
+	return w
 }
 
 // waiter collects the promises of one publish.

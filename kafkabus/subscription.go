@@ -286,11 +286,22 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 	if fs.IsClientClosed() {
 		return nil, s.closedErr("receive")
 	}
-	var ds []*driver.Delivery
+	// The entries, messages and deliveries of one poll are allocated
+	// together.
+	n = fs.NumRecords()
+	var (
+		ds    = make([]*driver.Delivery, 0, n)
+		slab  = make([]entry, n)
+		msgs  = make([]driver.Message, n)
+		dels  = make([]driver.Delivery, n)
+		taken = 0
+	)
 	s.mu.Lock()
 	fs.EachRecord(func(r *kgo.Record) {
-		if e := s.handOut(r); e != nil {
-			ds = append(ds, e.delivery())
+		if e := s.handOut(r, &slab[taken], &msgs[taken]); e != nil {
+			dels[taken] = driver.Delivery{Message: e.msg, Attempt: e.attempts, Err: e.err, Handle: e}
+			ds = append(ds, &dels[taken])
+			taken++
 		}
 	})
 	closed := s.closed
@@ -312,9 +323,10 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 	return nil, nil
 }
 
-// handOut registers r as handed out and returns its entry, or nil when r
-// belongs to a partition this member is giving up. s.mu is held.
-func (s *subscription) handOut(r *kgo.Record) *entry {
+// handOut registers r as handed out in e, decoding it into m, and returns
+// e, or nil when r belongs to a partition this member is giving up. s.mu is
+// held.
+func (s *subscription) handOut(r *kgo.Record, e *entry, m *driver.Message) *entry {
 	tp := topicPartition{r.Topic, r.Partition}
 	st := s.parts[tp]
 	if st == nil {
@@ -328,8 +340,8 @@ func (s *subscription) handOut(r *kgo.Record) *entry {
 		return nil
 	}
 	st.next = r.Offset + 1
-	msg, prior, err := decode(r)
-	e := &entry{rec: r, part: st, msg: msg, err: err, attempts: prior + 1, out: true}
+	msg, prior, err := decodeInto(m, r)
+	*e = entry{rec: r, part: st, msg: msg, err: err, attempts: prior + 1, out: true}
 	st.pending = append(st.pending, e)
 	s.inflight++
 	return e
