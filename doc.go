@@ -60,6 +60,25 @@
 //   - Query returns the reply or a typed error: ErrTimeout, ErrNoResponders,
 //     or *RemoteError with the handler's error.
 //
+// # Dead letters
+//
+// A dead letter keeps the message's id, source, attributes, extensions,
+// headers and data, plus its reason, attempt count, origin destination,
+// consumer group and time (the deadletter* extensions). [Bus.DeadLetters]
+// browses them on every backend whose driver implements
+// driver.DeadLetterStore (membus, natsbus, ...), before or after Start:
+// List selects them with a [DeadLetterFilter] (backend, origin, type,
+// source, ids, reason, group, time range, limit), Get returns those of one
+// message id, Replay publishes one, a selection or all of them again — to
+// their origin or to another destination, through the backend's confirmed
+// publish, without the dead-letter extensions — and removes each dead
+// letter only once its replay is confirmed, reporting on each; Purge
+// removes them. A replay reaches every group subscribed to its destination,
+// with the message's own id, so consumers that de-duplicate by (source, id)
+// drop it; a backend that de-duplicates refuses, with ErrDuplicate, a
+// replay to the destination it stored the same message on within its
+// window, and the dead letter stays.
+//
 // # Subscriptions
 //
 // Every subscribe and handle method works before and after Start and returns
