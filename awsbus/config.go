@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -135,7 +136,37 @@ func (c *Config) Validate() error {
 	if (c.AccessKeyID == "") != (c.SecretAccessKey == "") {
 		bad("AccessKeyID", "explicit credentials need both AccessKeyID and SecretAccessKey")
 	}
+	if c.Endpoint != "" {
+		// The endpoint is not shown: it may carry user information.
+		switch e, err := url.Parse(c.Endpoint); {
+		case err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "":
+			bad("Endpoint", "want an http:// or https:// URL")
+		case e.User != nil:
+			bad("Endpoint", "user information is not allowed (credentials go in AccessKeyID and SecretAccessKey, or the AWS chain)")
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// String describes c without its credentials (AccessKeyID, SecretAccessKey
+// and SessionToken show as REDACTED), so that printing a Config with fmt
+// shows none.
+func (c Config) String() string {
+	return fmt.Sprintf("awsbus.Config{Region:%q Endpoint:%q Profile:%q AccessKeyID:%s SecretAccessKey:%s SessionToken:%s Prefix:%q FIFO:%v ContentBasedDeduplication:%v KMSKeyID:%q VisibilityTimeout:%v WaitTime:%v MaxReceiveCount:%d Retention:%v MaxInFlight:%d AWSConfig:%v}",
+		c.Region, c.Endpoint, c.Profile, redacted(c.AccessKeyID), redacted(c.SecretAccessKey), redacted(c.SessionToken), c.Prefix,
+		c.FIFO, c.ContentBasedDeduplication, c.KMSKeyID, c.VisibilityTimeout, c.WaitTime, c.MaxReceiveCount, c.Retention,
+		c.MaxInFlight, c.AWSConfig != nil)
+}
+
+// LogValue implements slog.LogValuer: a Config logged with slog shows no
+// credential.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+func redacted(s string) string {
+	if s == "" {
+		return `""`
+	}
+	return "REDACTED"
 }
 
 func (c *Config) prefix() string {

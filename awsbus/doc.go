@@ -61,11 +61,18 @@
 //   - Broadcast (broadcast.<type>): a topic; every subscription has a queue
 //     of its own, removed when it closes: every instance receives each
 //     message, and nothing is kept for an instance that is not running.
-//   - Dead letters (deadletter.<origin>): an SQS queue per origin, which the
-//     bus publishes to and a console can list and replay. With
-//     Config.MaxReceiveCount, group queues get a redrive policy to the same
-//     queue, so that SQS moves a message there after that many receives even
-//     when no process of ours counts them.
+//   - Dead letters (deadletter.<origin>): a topic, like an event type, and
+//     one queue subscribed to it that keeps its messages (the keeper queue,
+//     created with the topic, whoever publishes or subscribes first, and
+//     tagged eventbus-destination with the logical name). The bus publishes
+//     dead letters to the topic; groups subscribed to the destination get
+//     queues of their own, so consumers and the dead-letter console never
+//     take messages from each other. With Config.MaxReceiveCount, group
+//     queues and command and query queues get a redrive policy to the
+//     keeper queue of their dead-letter destination, so that SQS moves a
+//     message there after that many receives even when no process of ours
+//     counts them (a queue created earlier without it keeps its
+//     attributes: the driver warns and uses it as it is).
 //
 // # Delivery semantics
 //
@@ -139,8 +146,44 @@
 //
 // Retries and dead-lettering are the bus's: a failed handler nacks (with the
 // retry policy's delay as visibility timeout), and at its attempt limit the
-// bus publishes to the dead-letter queue and terms the delivery (deletes
-// it). Config.MaxReceiveCount adds SQS's own redrive as a safety net.
+// bus publishes to the dead-letter destination and terms the delivery
+// (deletes it). Config.MaxReceiveCount adds SQS's own redrive as a safety
+// net; a message redriven by SQS keeps its attributes but carries none of the
+// bus's dead-letter extensions (reason, attempts...).
+//
+// The driver implements driver.DeadLetterStore on the keeper queues.
+// DeadLetterDestinations lists the keeper queues under the prefix (by
+// their tag: a destination name longer than a tag value's 256 characters is
+// not listed). SQS cannot look at a queue without receiving from it, so
+// ReadDeadLetters receives every message of the keeper queue with a
+// visibility timeout of 60 s, and makes them all visible again before it
+// passes them on, oldest first (by FIFO sequence number, else by the time
+// SQS stored them). What this means:
+//
+//   - While a read runs, its messages are hidden from other readers of the
+//     keeper queue (two consoles reading at once each see a part); consumers
+//     of the destination are not affected (they have queues of their own).
+//     A process that dies during a read hides them for up to 60 s.
+//   - Every read adds one to the messages' ApproximateReceiveCount, and
+//     holds the whole queue in memory (fn stopping early saves the calls to
+//     fn, not the receives).
+//   - The read stops when it has as many messages as SQS's
+//     ApproximateNumberOfMessages said at the start and one long poll of 1 s
+//     brings nothing more: on AWS, a message stored during the read may or
+//     may not be in it.
+//   - A Ref is the SQS message id: the same on every read, and across a
+//     redrive. DeleteDeadLetters and PurgeDeadLetters receive the queue the
+//     same way and delete what they were asked to (PurgeDeadLetters deletes
+//     everything, counting it; SQS's PurgeQueue counts nothing and runs once
+//     a minute at most).
+//   - On FIFO, the driver publishes every dead letter as a message group of
+//     its own (a FIFO queue hides a group's later messages while one is
+//     received, which would hide them from a read). Messages that SQS
+//     redrove from a FIFO queue keep their group: a read sees the first ten
+//     of each group at most on AWS, the first one on fauxqs.
+//
+// [Driver.DeadLetterQueueURL] returns a keeper queue's URL, for SQS's own
+// tools (StartMessageMoveTask, the console's redrive).
 //
 // # Escape hatches
 //

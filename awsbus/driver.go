@@ -199,15 +199,22 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 	var err error
 	if topicPattern(dest.Pattern) {
 		var topic string
-		if topic, err = d.topic(ctx, dest); err == nil {
-			err = d.publishTopic(ctx, topic, fifo, msgs, wire)
+		if dest.Pattern == driver.DeadLetter {
+			// What is published before any group subscribes is kept.
+			_, err = d.keeper(ctx, dest)
+		}
+		if err == nil {
+			topic, err = d.topic(ctx, dest)
+		}
+		if err == nil {
+			err = d.publishTopic(ctx, topic, fifo, dest.Pattern == driver.DeadLetter, msgs, wire)
 		}
 	} else {
 		var q *resource
 		if dest.Pattern == driver.Reply {
 			q, err = d.existingQueue(ctx, d.cfg.QueueName(dest, ""))
 		} else {
-			q, err = d.queue(ctx, dest, d.cfg.QueueName(dest, ""), "", "")
+			q, err = d.queueWithRedrive(ctx, dest)
 		}
 		if err == nil {
 			err = d.sendQueue(ctx, q.url, fifo, msgs, wire)
@@ -237,10 +244,13 @@ func batches(wire []*wireMessage, limit int, fn func(lo, hi int) error) error {
 }
 
 // groupID is the FIFO message group of m: its key, or its id when it has
-// none (no order to keep), hashed when SQS would refuse it as it is.
-func groupID(m *driver.Message) string {
+// none (no order to keep), hashed when SQS would refuse it as it is. A dead
+// letter is a group of its own (byID): a FIFO queue hides a group's later
+// messages while its first is received, which would keep a read of the
+// dead letters from seeing them.
+func groupID(m *driver.Message, byID bool) string {
 	g := m.Key
-	if g == "" {
+	if g == "" || byID {
 		g = m.ID
 	}
 	if len(g) <= 128 && fifoIDText(g) {
@@ -277,7 +287,7 @@ func fifoIDText(s string) bool {
 // does: member.10 before member.2) would reorder a batch of ten.
 const fifoTopicBatch = 9
 
-func (d *Driver) publishTopic(ctx context.Context, topic string, fifo bool, msgs []*driver.Message, wire []*wireMessage) error {
+func (d *Driver) publishTopic(ctx context.Context, topic string, fifo, dl bool, msgs []*driver.Message, wire []*wireMessage) error {
 	limit := 10
 	if fifo {
 		limit = fifoTopicBatch
@@ -296,7 +306,7 @@ func (d *Driver) publishTopic(ctx context.Context, topic string, fifo bool, msgs
 				MessageAttributes: attrs,
 			}
 			if fifo {
-				e.MessageGroupId = aws.String(groupID(msgs[i]))
+				e.MessageGroupId = aws.String(groupID(msgs[i], dl))
 				if !d.cfg.ContentBasedDeduplication {
 					e.MessageDeduplicationId = aws.String(dedupID(msgs[i]))
 				}
@@ -329,7 +339,7 @@ func (d *Driver) sendQueue(ctx context.Context, url string, fifo bool, msgs []*d
 				MessageAttributes: attrs,
 			}
 			if fifo {
-				e.MessageGroupId = aws.String(groupID(msgs[i]))
+				e.MessageGroupId = aws.String(groupID(msgs[i], false))
 				if !d.cfg.ContentBasedDeduplication {
 					e.MessageDeduplicationId = aws.String(dedupID(msgs[i]))
 				}
@@ -500,7 +510,11 @@ func (d *Driver) queue(ctx context.Context, dest driver.Destination, name, topic
 			rp, _ := json.Marshal(map[string]any{"deadLetterTargetArn": dlq, "maxReceiveCount": d.cfg.MaxReceiveCount})
 			attrs["RedrivePolicy"] = string(rp)
 		}
-		out, err := d.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name), Attributes: attrs})
+		in := &sqs.CreateQueueInput{QueueName: aws.String(name), Attributes: attrs}
+		if dest.Pattern == driver.DeadLetter && len(dest.Name) <= maxTagValue {
+			in.Tags = map[string]string{destinationTag: dest.Name}
+		}
+		out, err := d.sqs.CreateQueue(ctx, in)
 		if err != nil {
 			if apiCode(err) != "QueueAlreadyExists" && apiCode(err) != "QueueNameExists" {
 				return fmt.Errorf("create queue %s: %w", name, classify(err))
@@ -516,6 +530,21 @@ func (d *Driver) queue(ctx context.Context, dest driver.Destination, name, topic
 		r.url = aws.ToString(out.QueueUrl)
 		return d.fillQueueARN(ctx, r)
 	})
+}
+
+// queueWithRedrive creates the queue of a queue-based destination (commands,
+// queries) with, given Config.MaxReceiveCount, its redrive policy to the
+// keeper queue of its dead-letter destination.
+func (d *Driver) queueWithRedrive(ctx context.Context, dest driver.Destination) (*resource, error) {
+	var dlq string
+	if d.cfg.MaxReceiveCount > 0 && (dest.Pattern == driver.Command || dest.Pattern == driver.Query) {
+		r, err := d.keeper(ctx, driver.DeadLetterOf(dest))
+		if err != nil {
+			return nil, err
+		}
+		dlq = r.arn
+	}
+	return d.queue(ctx, dest, d.cfg.QueueName(dest, ""), "", dlq)
 }
 
 // existingQueue looks up a queue without creating it (a reply queue belongs
@@ -577,9 +606,13 @@ func (d *Driver) groupQueue(ctx context.Context, dest driver.Destination, name s
 		return nil, "", err
 	}
 	var dlq string
-	if durable && d.cfg.MaxReceiveCount > 0 {
-		dl := driver.DeadLetterOf(dest)
-		r, err := d.queue(ctx, dl, d.cfg.QueueName(dl, ""), "", "")
+	if dest.Pattern == driver.DeadLetter {
+		// What the topic gets is kept, whether or not groups consume it.
+		if _, err := d.keeper(ctx, dest); err != nil {
+			return nil, "", err
+		}
+	} else if durable && d.cfg.MaxReceiveCount > 0 {
+		r, err := d.keeper(ctx, driver.DeadLetterOf(dest))
 		if err != nil {
 			return nil, "", err
 		}
@@ -589,6 +622,17 @@ func (d *Driver) groupQueue(ctx context.Context, dest driver.Destination, name s
 	if err != nil {
 		return nil, "", err
 	}
+	subARN, err = d.subscribeQueue(ctx, topic, name, q)
+	if err != nil {
+		return nil, "", err
+	}
+	return q, subARN, nil
+}
+
+// subscribeQueue subscribes the queue q (named name) to topic with raw
+// message delivery, once per driver (SNS's Subscribe is idempotent too),
+// and returns the subscription's ARN.
+func (d *Driver) subscribeQueue(ctx context.Context, topic, name string, q *resource) (string, error) {
 	s, err := d.get("subscription/"+name, func(r *resource) error {
 		out, err := d.sns.Subscribe(ctx, &sns.SubscribeInput{
 			TopicArn:              aws.String(topic),
@@ -604,9 +648,9 @@ func (d *Driver) groupQueue(ctx context.Context, dest driver.Destination, name s
 		return nil
 	})
 	if err != nil {
-		return nil, "", err
+		return "", err
 	}
-	return q, s.arn, nil
+	return s.arn, nil
 }
 
 // QueueURL creates (idempotently) the queue that a subscription of group to
@@ -622,7 +666,7 @@ func (d *Driver) QueueURL(ctx context.Context, dest driver.Destination, group st
 	if topicPattern(dest.Pattern) {
 		q, _, err = d.groupQueue(ctx, dest, name, true)
 	} else {
-		q, err = d.queue(ctx, dest, name, "", "")
+		q, err = d.queueWithRedrive(ctx, dest)
 	}
 	if err != nil {
 		return "", fmt.Errorf("awsbus: %w", err)

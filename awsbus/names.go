@@ -104,11 +104,12 @@ func nameChar(c byte) bool {
 }
 
 // topicPattern reports whether dest's pattern publishes to an SNS topic that
-// fans out to one queue per group (events, streams, broadcasts). The other
-// patterns (commands, queries, replies, dead letters) publish straight to one
+// fans out to one queue per group (events, streams, broadcasts, dead letters:
+// a dead-letter topic also fans out to the queue that keeps its messages).
+// The other patterns (commands, queries, replies) publish straight to one
 // SQS queue that every subscriber of the destination consumes.
 func topicPattern(p driver.Pattern) bool {
-	return p == driver.Event || p == driver.Stream || p == driver.Broadcast
+	return p == driver.Event || p == driver.Stream || p == driver.Broadcast || p == driver.DeadLetter
 }
 
 // isFIFO reports whether dest lives on FIFO topics and queues.
@@ -134,8 +135,10 @@ func (c *Config) TopicName(dest driver.Destination) string {
 }
 
 // QueueName is the SQS queue name that a subscription of group to dest
-// consumes. For the queue-based patterns (commands, queries, replies, dead
-// letters) every group shares the destination's queue.
+// consumes. For the queue-based patterns (commands, queries, replies) every
+// group shares the destination's queue. The messages of a dead-letter
+// destination are kept in a queue of their own besides its groups' (see
+// Driver.DeadLetterQueueURL).
 func (c *Config) QueueName(dest driver.Destination, group string) string {
 	if !topicPattern(dest.Pattern) {
 		return resourceName(c.prefix(), "q", c.isFIFO(dest), dest.Name)

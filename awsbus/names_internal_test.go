@@ -20,7 +20,7 @@ func TestResourceNames(t *testing.T) {
 	}
 	seen := map[string]string{}
 	for _, d := range dests {
-		for _, name := range []string{c.TopicName(d), c.QueueName(d, "g1"), c.QueueName(d, "g2"), c.privateQueueName(d, "i1")} {
+		for _, name := range []string{c.TopicName(d), c.QueueName(d, "g1"), c.QueueName(d, "g2"), c.privateQueueName(d, "i1"), c.keeperName(d)} {
 			if len(name) > maxQueueName {
 				t.Errorf("%q: %d characters, SQS allows %d", name, len(name), maxQueueName)
 			}
@@ -80,16 +80,16 @@ func TestCheckDestination(t *testing.T) {
 
 func TestGroupAndDedupIDs(t *testing.T) {
 	m := &driver.Message{ID: "1", Source: "/a", Key: "customer-42"}
-	if groupID(m) != "customer-42" {
-		t.Errorf("group id %q, want the key", groupID(m))
+	if groupID(m, false) != "customer-42" {
+		t.Errorf("group id %q, want the key", groupID(m, false))
 	}
 	m.Key = "schlüssel mit leerzeichen"
-	if g := groupID(m); g == m.Key || len(g) > 128 {
+	if g := groupID(m, false); g == m.Key || len(g) > 128 {
 		t.Errorf("group id %q: a key SQS refuses must be hashed", g)
 	}
 	m.Key = ""
-	if groupID(m) != "1" {
-		t.Errorf("group id %q, want the id without a key", groupID(m))
+	if groupID(m, false) != "1" {
+		t.Errorf("group id %q, want the id without a key", groupID(m, false))
 	}
 	other := &driver.Message{ID: "1", Source: "/b"}
 	if dedupID(m) == dedupID(other) {

@@ -106,7 +106,7 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 	default:
 		name := d.cfg.QueueName(dest, "")
 		var q *resource
-		q, err = d.queue(ctx, dest, name, "", "")
+		q, err = d.queueWithRedrive(ctx, dest)
 		if q != nil {
 			s.queueURL = q.url
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"strings"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -45,6 +46,14 @@ func ParseURL(rawURL string) (*Config, error) {
 }
 
 func configFromURL(u *url.URL) (*Config, error) {
+	if q := u.Query(); strings.Contains(q.Get("endpoint"), "@") {
+		// User information in the endpoint is refused below; errors show
+		// the URL without it (the endpoint is no secret-named parameter).
+		q.Set("endpoint", driver.RedactURL(q.Get("endpoint")))
+		redacted := *u
+		redacted.RawQuery = q.Encode()
+		u = &redacted
+	}
 	p := driver.NewParams(u)
 	c := &Config{Region: u.Hostname()}
 	if u.Port() != "" {
@@ -80,8 +89,11 @@ func configFromURL(u *url.URL) (*Config, error) {
 	p.Duration("retention", &c.Retention)
 	p.Int("max_in_flight", &c.MaxInFlight)
 	if c.Endpoint != "" {
-		if e, err := url.Parse(c.Endpoint); err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" {
+		switch e, err := url.Parse(c.Endpoint); {
+		case err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "":
 			p.Fail("endpoint", errors.New("want an http:// or https:// URL"))
+		case e.User != nil:
+			p.Fail("endpoint", errors.New("user information is not allowed (credentials go in access_key_id and secret_access_key)"))
 		}
 	}
 	if err := p.Err(); err != nil {

@@ -1,0 +1,365 @@
+package awsbus
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+var _ driver.DeadLetterStore = (*Driver)(nil)
+
+// A dead-letter destination is an SNS topic, like an event type, with one
+// queue that keeps its messages: the keeper queue, subscribed to the topic
+// (raw delivery) as soon as anything publishes to or subscribes to the
+// destination, and the target of the redrive policies of its origin's
+// queues. Groups subscribed to the destination get queues of their own, so
+// that reading and removing dead letters through driver.DeadLetterStore
+// never takes a message from a consumer, nor a consumer from the keeper.
+//
+// SQS has no way to look at a queue's messages without receiving them.
+// Reading receives every message of the keeper queue with a visibility
+// timeout of its own (deadLetterHold), keeps them in memory, and makes them
+// visible again (visibility 0) before it calls fn: while a read runs, what
+// it received is hidden from every other reader of the keeper queue (a
+// second console reading at the same time sees only what the first has not
+// taken yet), and a process that dies in the middle of a read hides them
+// until deadLetterHold passes. Every read adds one to the messages'
+// ApproximateReceiveCount. A Ref is the SQS message id, which stays the same
+// across receives (and across a redrive from the origin's queue).
+
+// deadLetterHold is the visibility timeout of the messages a read holds;
+// they are given back as soon as the read has them all.
+const deadLetterHold = 60 * time.Second
+
+// destinationTag is the queue tag that names a keeper queue's logical
+// destination (queue names are cut and hashed; the tag is exact).
+// A destination whose name is longer than an SQS tag value allows is not
+// listed (its queue works all the same).
+const (
+	destinationTag = "eventbus-destination"
+	maxTagValue    = 256
+)
+
+// keeperName is the name of the queue that keeps dl's messages.
+func (c *Config) keeperName(dl driver.Destination) string {
+	return resourceName(c.prefix(), "k", c.isFIFO(dl), dl.Name)
+}
+
+// keeper creates (idempotently) dl's topic, its keeper queue and the
+// queue's subscription, and returns the queue.
+func (d *Driver) keeper(ctx context.Context, dl driver.Destination) (*resource, error) {
+	topic, err := d.topic(ctx, dl)
+	if err != nil {
+		return nil, err
+	}
+	name := d.cfg.keeperName(dl)
+	q, err := d.queue(ctx, dl, name, topic, "")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := d.subscribeQueue(ctx, topic, name, q); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// DeadLetterQueueURL creates (idempotently) the queue that keeps the
+// messages of the dead-letter destination dl, with its topic, and returns
+// its URL: an escape hatch to inspect it with the SQS client, or to move
+// its messages elsewhere with SQS's own redrive.
+func (d *Driver) DeadLetterQueueURL(ctx context.Context, dl driver.Destination) (string, error) {
+	if err := checkDeadLetter(dl); err != nil {
+		return "", err
+	}
+	q, err := d.keeper(ctx, dl)
+	if err != nil {
+		return "", fmt.Errorf("awsbus: %w", err)
+	}
+	return q.url, nil
+}
+
+func checkDeadLetter(dl driver.Destination) error {
+	if dl.Pattern != driver.DeadLetter {
+		return fmt.Errorf("awsbus: %q is a %s destination, not a dead-letter one: %w", dl.Name, dl.Pattern, driver.ErrUnsupported)
+	}
+	if err := checkDestination(dl); err != nil {
+		return fmt.Errorf("awsbus: %w", err)
+	}
+	return nil
+}
+
+// DeadLetterDestinations implements driver.DeadLetterStore: the keeper
+// queues under the driver's prefix, whoever created them, by their
+// destination tag.
+func (d *Driver) DeadLetterDestinations(ctx context.Context) ([]driver.Destination, error) {
+	if d.isClosed() {
+		return nil, errClosed
+	}
+	var out []driver.Destination
+	pages := sqs.NewListQueuesPaginator(d.sqs, &sqs.ListQueuesInput{QueueNamePrefix: aws.String(d.cfg.prefix() + "-k-")})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("awsbus: list dead-letter queues: %w", classify(err))
+		}
+		for _, u := range page.QueueUrls {
+			tags, err := d.sqs.ListQueueTags(ctx, &sqs.ListQueueTagsInput{QueueUrl: aws.String(u)})
+			if err != nil {
+				if isMissingQueue(err) {
+					continue
+				}
+				return nil, fmt.Errorf("awsbus: list dead-letter queues: tags of %s: %w", u, classify(err))
+			}
+			name := tags.Tags[destinationTag]
+			dl := driver.Destination{Pattern: driver.DeadLetter, Name: name}
+			if checkDestination(dl) != nil || !strings.HasSuffix(u, "/"+d.cfg.keeperName(dl)) {
+				continue // not ours, or tagged by hand
+			}
+			out = append(out, dl)
+		}
+	}
+	slices.SortFunc(out, func(a, b driver.Destination) int { return strings.Compare(a.Name, b.Name) })
+	return slices.Compact(out), nil
+}
+
+// held is one message of a keeper queue, received by a read.
+type held struct {
+	id      string
+	receipt string
+	seq     string // FIFO sequence number
+	sent    int64  // SentTimestamp, ms
+	msg     *sqstypes.Message
+}
+
+// holdAll receives every message of the keeper queue of dl with the
+// visibility timeout deadLetterHold and returns them oldest first (by FIFO
+// sequence number, then by the time SQS stored them, then in the order
+// received), with the queue's URL. The caller gives them back or deletes
+// them. A queue that does not exist holds nothing.
+func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []held, error) {
+	if d.isClosed() {
+		return "", nil, errClosed
+	}
+	if err := checkDeadLetter(dl); err != nil {
+		return "", nil, err
+	}
+	got, err := d.sqs.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(d.cfg.keeperName(dl))})
+	if err != nil {
+		if isMissingQueue(err) {
+			return "", nil, nil
+		}
+		return "", nil, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
+	}
+	url := aws.ToString(got.QueueUrl)
+	attrs, err := d.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl:       aws.String(url),
+		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameApproximateNumberOfMessages},
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
+	}
+	want, _ := strconv.Atoi(attrs.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessages)])
+	var out []held
+	seen := map[string]bool{}
+	for waited := false; ; {
+		// Short polls while the count SQS gave says more are there; one
+		// long poll (which asks every SQS server) before concluding that
+		// the queue is empty.
+		wait := int32(0)
+		if len(out) >= want {
+			if waited {
+				break
+			}
+			wait, waited = 1, true
+		}
+		res, err := d.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+			QueueUrl:              aws.String(url),
+			MaxNumberOfMessages:   10,
+			WaitTimeSeconds:       wait,
+			VisibilityTimeout:     int32(deadLetterHold / time.Second),
+			MessageAttributeNames: []string{"All"},
+			MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{
+				sqstypes.MessageSystemAttributeNameSentTimestamp, sqstypes.MessageSystemAttributeNameSequenceNumber,
+			},
+		})
+		if err != nil {
+			d.giveBack(url, out)
+			return "", nil, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
+		}
+		if len(res.Messages) == 0 {
+			if wait > 0 {
+				break
+			}
+			want = len(out) // the count was stale: confirm with a long poll
+			continue
+		}
+		for i := range res.Messages {
+			m := &res.Messages[i]
+			h := held{id: aws.ToString(m.MessageId), receipt: aws.ToString(m.ReceiptHandle), msg: m}
+			if seen[h.id] {
+				continue // SQS's at-least-once receive: the same message twice
+			}
+			seen[h.id] = true
+			h.seq = m.Attributes[string(sqstypes.MessageSystemAttributeNameSequenceNumber)]
+			h.sent, _ = strconv.ParseInt(m.Attributes[string(sqstypes.MessageSystemAttributeNameSentTimestamp)], 10, 64)
+			out = append(out, h)
+		}
+		waited = false
+	}
+	slices.SortStableFunc(out, func(a, b held) int {
+		if a.seq != b.seq { // decimal numbers of up to 128 bits
+			if c := cmp.Compare(len(a.seq), len(b.seq)); c != 0 {
+				return c
+			}
+			return strings.Compare(a.seq, b.seq)
+		}
+		return cmp.Compare(a.sent, b.sent)
+	})
+	return url, out, nil
+}
+
+// giveBack makes hs visible again at once, on a context of its own (a read
+// cancelled by its caller must still give back what it took).
+func (d *Driver) giveBack(url string, hs []held) error {
+	if len(hs) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	receipts := make([]string, len(hs))
+	for i, h := range hs {
+		receipts[i] = h.receipt
+	}
+	return inTens(receipts, func(lo, hi int) ([]sqstypes.BatchResultErrorEntry, error) {
+		entries := make([]sqstypes.ChangeMessageVisibilityBatchRequestEntry, hi-lo)
+		for i := lo; i < hi; i++ {
+			entries[i-lo] = sqstypes.ChangeMessageVisibilityBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: aws.String(receipts[i])}
+		}
+		out, err := d.sqs.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: aws.String(url), Entries: entries})
+		if err != nil {
+			return nil, err
+		}
+		return out.Failed, nil
+	})
+}
+
+// remove deletes hs from the queue and counts those SQS removed.
+func (d *Driver) remove(ctx context.Context, url string, hs []held) (int, error) {
+	receipts := make([]string, len(hs))
+	for i, h := range hs {
+		receipts[i] = h.receipt
+	}
+	removed := 0
+	err := inTens(receipts, func(lo, hi int) ([]sqstypes.BatchResultErrorEntry, error) {
+		entries := make([]sqstypes.DeleteMessageBatchRequestEntry, hi-lo)
+		for i := lo; i < hi; i++ {
+			entries[i-lo] = sqstypes.DeleteMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: aws.String(receipts[i])}
+		}
+		out, err := d.sqs.DeleteMessageBatch(ctx, &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(url), Entries: entries})
+		if err != nil {
+			return nil, err
+		}
+		removed += len(out.Successful)
+		return out.Failed, nil
+	})
+	return removed, err
+}
+
+// ReadDeadLetters implements driver.DeadLetterStore (see the comment at the
+// top of this file for how SQS is browsed).
+func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn func(driver.DeadLetterEntry) bool) error {
+	url, hs, err := d.holdAll(ctx, dl)
+	if err != nil {
+		return err
+	}
+	if err := d.giveBack(url, hs); err != nil {
+		return fmt.Errorf("awsbus: dead letters of %q: give back: %w", dl.Name, err)
+	}
+	for _, h := range hs {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		attrs := make(map[string]string, len(h.msg.MessageAttributes))
+		for k, v := range h.msg.MessageAttributes {
+			if v.StringValue != nil {
+				attrs[k] = *v.StringValue
+			}
+		}
+		// A body that is no envelope comes with its raw body as Data
+		// (decode's promise), and is passed on all the same.
+		m, _ := decode(aws.ToString(h.msg.Body), attrs)
+		if !fn(driver.DeadLetterEntry{Ref: h.id, Message: m}) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// DeleteDeadLetters implements driver.DeadLetterStore: it receives the
+// queue's messages, deletes those named by refs and gives back the others.
+func (d *Driver) DeleteDeadLetters(ctx context.Context, dl driver.Destination, refs []string) (int, error) {
+	if len(refs) == 0 {
+		if err := checkDeadLetter(dl); err != nil {
+			return 0, err
+		}
+		return 0, nil
+	}
+	url, hs, err := d.holdAll(ctx, dl)
+	if err != nil {
+		return 0, err
+	}
+	want := make(map[string]bool, len(refs))
+	for _, r := range refs {
+		want[r] = true
+	}
+	var gone, kept []held
+	for _, h := range hs {
+		if want[h.id] {
+			gone = append(gone, h)
+		} else {
+			kept = append(kept, h)
+		}
+	}
+	n, err := d.remove(ctx, url, gone)
+	if gerr := d.giveBack(url, kept); gerr != nil {
+		err = errors.Join(err, fmt.Errorf("give back: %w", gerr))
+	}
+	if err != nil {
+		return n, fmt.Errorf("awsbus: delete dead letters of %q: %w", dl.Name, err)
+	}
+	return n, nil
+}
+
+// PurgeDeadLetters implements driver.DeadLetterStore: it receives and
+// deletes every message of the queue, to count them (SQS's PurgeQueue
+// counts nothing, may take a minute, and runs once a minute at most).
+func (d *Driver) PurgeDeadLetters(ctx context.Context, dl driver.Destination) (int, error) {
+	url, hs, err := d.holdAll(ctx, dl)
+	if err != nil {
+		return 0, err
+	}
+	n, err := d.remove(ctx, url, hs)
+	if err != nil {
+		return n, fmt.Errorf("awsbus: purge dead letters of %q: %w", dl.Name, err)
+	}
+	return n, nil
+}
+
+func isMissingQueue(err error) bool {
+	switch apiCode(err) {
+	case "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist":
+		return true
+	}
+	return false
+}
