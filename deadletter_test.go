@@ -427,3 +427,50 @@ func ExampleDeadLetters() {
 	// events.order.created true true
 	// handled order-1
 }
+
+// A dead letter that was cut to fit its backend is replayed only on request:
+// otherwise the cut message would be published as if it were the original.
+func TestDeadLetterAlteredReplay(t *testing.T) {
+	const limit = 4096
+	b := eventbus.New(&eventbus.Options{Source: "shop", Retry: eventbus.RetryPolicy{MaxAttempts: 1}})
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	must(t, b.Register("memory", membus.New(&membus.Options{MaxMessageSize: limit})))
+	got := newHandled()
+	var fixed atomic.Bool
+	must(t, errOnly(b.SubscribeEvents(dlCtx(t), []string{"upload.received"}, "scanner", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
+		if !fixed.Load() {
+			return eventbus.Permanent(errors.New("virus found"))
+		}
+		got.add(m)
+		return nil
+	}))))
+	must(t, b.Start(dlCtx(t)))
+	m := &eventbus.Message{ID: "u1", Type: "upload.received"}
+	m.Data = []byte(strings.Repeat("x", limit-m.Size()-64))
+	must(t, b.PublishEvent(dlCtx(t), m))
+	var dls []*eventbus.DeadLetter
+	eventually(t, "u1 dead-lettered", func() bool {
+		var err error
+		dls, err = b.DeadLetters().List(dlCtx(t), eventbus.DeadLetterFilter{})
+		must(t, err)
+		return len(dls) == 1
+	})
+	if !dls[0].Altered() || !strings.Contains(dls[0].Reason, "data cut") {
+		t.Fatalf("dead letter of a message at the size limit: altered %v, reason %q", dls[0].Altered(), dls[0].Reason)
+	}
+	fixed.Store(true)
+	rs, err := b.DeadLetters().Replay(dlCtx(t), eventbus.DeadLetterFilter{}, nil)
+	must(t, err)
+	if len(rs) != 1 || rs[0].Replayed || rs[0].Removed || !errors.Is(rs[0].Err, eventbus.ErrDeadLetterAltered) {
+		t.Fatalf("replay of an altered dead letter: %+v, want ErrDeadLetterAltered", rs)
+	}
+	rs, err = b.DeadLetters().Replay(dlCtx(t), eventbus.DeadLetterFilter{}, &eventbus.ReplayOptions{Altered: true})
+	must(t, err)
+	if len(rs) != 1 || !rs[0].Replayed || !rs[0].Removed || rs[0].Err != nil {
+		t.Fatalf("replay of an altered dead letter with Altered: %+v", rs)
+	}
+	eventually(t, "u1 handled", func() bool { return got.count("u1") == 1 })
+	if n := len(got.get("u1").Data); n >= len(m.Data) {
+		t.Fatalf("the replayed message has %d bytes of data, the original %d: it should be the cut one", n, len(m.Data))
+	}
+}
