@@ -32,6 +32,7 @@ func init() {
 	// goroutine that never ends; nothing here reads them.
 	metrics.UseNilMetrics = true
 	register(Scenario{Name: "raw franz-go, async produce, acks=all", Broker: kafkaBroker, Role: RoleRaw, Run: runKafkaRaw})
+	register(Scenario{Name: kafkaRawHeaders, Broker: kafkaBroker, Role: RoleReference, Run: runKafkaRawHeaders})
 	register(Scenario{Name: "raw franz-go, one produce awaited per call", Broker: kafkaBroker, Role: RoleReference, Run: runKafkaRawSync})
 	register(Scenario{Name: "eventbus on kafkabus", Broker: kafkaBroker, Role: RoleBus, Run: runKafkaBus})
 	register(Scenario{Name: "Watermill Kafka (sarama)", Broker: kafkaBroker, Role: RolePeer, Run: runKafkaWatermill})
@@ -42,7 +43,15 @@ func init() {
 	registerTarget(ratioTarget(kafkaBroker, "eventbus consume ≥ 3× Watermill", RoleBus, RolePeer, Result.ConsumeRate, 3))
 	registerTarget(ratioOfRows(kafkaBroker, "eventbus publish / raw with one awaited produce per call (same guarantee per call)",
 		"eventbus on kafkabus", "raw franz-go, one produce awaited per call", Result.PublishRate))
+	registerTarget(ratioOfRows(kafkaBroker, "Publisher (pipelined) publish / raw async produce with the same CloudEvents headers",
+		kafkaPipelineRow, kafkaRawHeaders, Result.PublishRate))
+	registerTarget(ratioOfRows(kafkaBroker, "Publisher (pipelined) consume / raw async produce with the same CloudEvents headers",
+		kafkaPipelineRow, kafkaRawHeaders, Result.ConsumeRate))
 }
+
+// kafkaRawHeaders is the raw async row with the records the bus writes: a
+// new id and time per record in the CloudEvents binding's ce_ headers.
+const kafkaRawHeaders = "raw franz-go, async produce, CloudEvents headers"
 
 func startKfake() (*kfake.Cluster, error) {
 	return kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(kafkaPartitions),
@@ -54,16 +63,22 @@ func startKfake() (*kfake.Cluster, error) {
 // at the end; one group consumer polling with PollFetches and committing
 // marks.
 func runKafkaRaw(ctx context.Context, cfg Config) (Result, error) {
-	return runKafkaRawProduce(ctx, cfg, false)
+	return runKafkaRawProduce(ctx, cfg, false, false)
+}
+
+// runKafkaRawHeaders: as runKafkaRaw, each record with the CloudEvents
+// headers that kafkabus writes for a PublishEvent.
+func runKafkaRawHeaders(ctx context.Context, cfg Config) (Result, error) {
+	return runKafkaRawProduce(ctx, cfg, false, true)
 }
 
 // runKafkaRawSync: as runKafkaRaw, each publish waiting for its own record's
 // acknowledgement — the guarantee of one Publish of the bus.
 func runKafkaRawSync(ctx context.Context, cfg Config) (Result, error) {
-	return runKafkaRawProduce(ctx, cfg, true)
+	return runKafkaRawProduce(ctx, cfg, true, false)
 }
 
-func runKafkaRawProduce(ctx context.Context, cfg Config, sync bool) (Result, error) {
+func runKafkaRawProduce(ctx context.Context, cfg Config, sync, headers bool) (Result, error) {
 	c, err := startKfake()
 	if err != nil {
 		return Result{}, err
@@ -81,7 +96,19 @@ func runKafkaRawProduce(ctx context.Context, cfg Config, sync bool) (Result, err
 	}
 	defer prod.Close()
 	data := payload(cfg)
-	return throughput(ctx, cfg, tr, func(int) (publisher, error) {
+	return throughput(ctx, cfg, tr, func(id int) (publisher, error) {
+		newRecord := func() *kgo.Record { return &kgo.Record{Topic: kafkaTopic, Value: data} }
+		if headers {
+			next := envelopeMaker(id, data)
+			newRecord = func() *kgo.Record {
+				m := next()
+				return &kgo.Record{Topic: kafkaTopic, Value: data, Headers: []kgo.RecordHeader{
+					{Key: "ce_specversion", Value: []byte("1.0")}, {Key: "ce_id", Value: []byte(m.ID)},
+					{Key: "ce_source", Value: []byte(m.Source)}, {Key: "ce_type", Value: []byte(m.Type)},
+					{Key: "ce_time", Value: m.Time.UTC().AppendFormat(nil, time.RFC3339Nano)},
+				}}
+			}
+		}
 		if sync {
 			return publisher{publish: func(ctx context.Context, _ int) error {
 				return prod.ProduceSync(ctx, &kgo.Record{Topic: kafkaTopic, Value: data}).FirstErr()
@@ -95,7 +122,7 @@ func runKafkaRawProduce(ctx context.Context, cfg Config, sync bool) (Result, err
 		}
 		return publisher{
 			publish: func(ctx context.Context, _ int) error {
-				prod.Produce(ctx, &kgo.Record{Topic: kafkaTopic, Value: data}, promise)
+				prod.Produce(ctx, newRecord(), promise)
 				if p := failed.Load(); p != nil {
 					return *p
 				}
