@@ -175,6 +175,23 @@
 // dying between the two may lose an event whose saga then moves on by a
 // deadline before the takeover.
 //
+// # Tracing
+//
+// With Options.TracerProvider, Start opens a span "saga <name>" (a child of
+// the span in Start's context, if any) and persists its W3C trace context
+// with the instance (Instance.TraceParent, in the store's JSON body, so
+// stores need no schema change). Every command a transition sends gets a
+// span under it, "step <step>" or "compensate <step>", linked to what caused
+// the transition (a reply's handling, a Cancel call), and carries the trace
+// context in its traceparent attribute; so do lifecycle events and
+// participants' replies. A deadline fired by Run, or a takeover by another
+// orchestrator instance after a crash, continues the same trace from the
+// store. With a telemetry Observer on the buses, a participant's handling
+// is a child of the command's send, and the orchestrator's handling of the
+// reply a child of the participant's: the saga is one trace across the
+// services. Without a TracerProvider, the trace continued is that of
+// Start's context, if it has a span.
+//
 // # Payloads
 //
 // Saga data, step payloads and replies are JSON. Steps' payloads are

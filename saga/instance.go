@@ -80,6 +80,13 @@ type Instance struct {
 	// Outbox is what the last transition sends: an orchestrator that takes
 	// the saga over from a dead one sends it again.
 	Outbox []Outgoing
+	// TraceParent and TraceState are the W3C trace context of the saga's
+	// trace (see Options.TracerProvider): the commands and events of every
+	// transition continue it, in whichever orchestrator instance runs the
+	// transition, after a restart or a takeover too. Empty when the saga
+	// was started without a span.
+	TraceParent string `json:",omitempty"`
+	TraceState  string `json:",omitempty"`
 
 	Created time.Time
 	Updated time.Time

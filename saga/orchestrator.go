@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/marty-msf/eventbus"
 )
 
@@ -92,6 +94,16 @@ type Options struct {
 	DisableEvents bool
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
+	// TracerProvider makes the saga's spans: "saga <name>" when Start
+	// starts it, and under it a span per command sent, "step <step>" or
+	// "compensate <step>", whichever orchestrator instance sends it and
+	// however late (a retry, a deadline, a takeover). The saga span's trace
+	// context is persisted with the instance (Instance.TraceParent), so
+	// the saga is one trace: the commands carry it, and a bus with a
+	// telemetry Observer nests the participants' handling under the step.
+	// nil: no saga spans; the trace context persisted is then the span of
+	// Start's context, if any, which the commands continue.
+	TracerProvider trace.TracerProvider
 }
 
 // Orchestrator drives sagas: it starts them, sends their commands through
@@ -115,6 +127,8 @@ type Orchestrator struct {
 
 	subMu  sync.Mutex
 	events map[string]bool // event types subscribed to for wait steps
+
+	tracer trace.Tracer // nil without Options.TracerProvider
 
 	running    atomic.Bool
 	cache      instanceCache
@@ -152,6 +166,9 @@ func NewOrchestrator(bus *eventbus.Bus, store Store, opts *Options) (*Orchestrat
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	orc := &Orchestrator{bus: bus, store: store, opts: o, log: log, defs: map[defKey]*Definition{}, latest: map[string]int{}}
+	if o.TracerProvider != nil {
+		orc.tracer = o.TracerProvider.Tracer(TracerScope)
+	}
 	h := eventbus.HandlerFunc(orc.handleReply)
 	if _, err := bus.HandleCommand(context.Background(), o.Service, ReplyType, h,
 		eventbus.WithConcurrency(o.Concurrency), eventbus.WithRetry(commandRetry)); err != nil {
@@ -306,12 +323,16 @@ func (o *Orchestrator) Start(ctx context.Context, name string, data any, opts ..
 	now := time.Now()
 	in := &Instance{ID: so.id, Name: name, DefinitionVersion: def.Version, Data: raw, Created: now, Updated: now, Version: 1,
 		Owner: o.opts.Instance, LeaseUntil: now.Add(o.opts.Lease)}
+	ctx, end := o.startTrace(ctx, in)
 	m := &machine{def: def, in: in, now: now}
 	m.start()
 	m.settle()
 	if err := o.store.Create(ctx, in); err != nil {
-		return "", fmt.Errorf("saga: start %s: %w", name, err)
+		err = fmt.Errorf("saga: start %s: %w", name, err)
+		end(err)
+		return "", err
 	}
+	defer end(nil)
 	o.cache.put(in)
 	o.emit(ctx, in)
 	return in.ID, nil
@@ -554,14 +575,15 @@ func (c *instanceCache) forget(id string) {
 // emit sends a persisted transition's outbox. On failure it gives up the
 // lease, so that Run (of any instance) sends the outbox again soon.
 func (o *Orchestrator) emit(ctx context.Context, in *Instance) {
+	sctx := sagaContext(ctx, in)
 	for _, out := range in.Outbox {
 		var err error
 		switch out.Kind {
 		case actionDo, actionUndo:
-			err = o.sendCommand(ctx, in, out)
+			err = o.sendCommand(ctx, sctx, in, out)
 		default:
 			if !o.opts.DisableEvents {
-				err = o.publishEvent(ctx, in, out)
+				err = o.publishEvent(sctx, in, out)
 			}
 		}
 		if err != nil {
@@ -599,7 +621,9 @@ func CommandID(sagaID, step string, compensation bool, attempt int) string {
 	return sagaID + "/" + step + "/" + action + "/" + strconv.Itoa(attempt)
 }
 
-func (o *Orchestrator) sendCommand(ctx context.Context, in *Instance, out Outgoing) error {
+// sendCommand sends a step's command or compensation in its span, under the
+// saga's span (sctx); ctx is what caused the transition.
+func (o *Orchestrator) sendCommand(ctx, sctx context.Context, in *Instance, out Outgoing) (err error) {
 	def, err := o.definitionOf(in)
 	if err != nil {
 		return err
@@ -629,6 +653,9 @@ func (o *Orchestrator) sendCommand(ctx context.Context, in *Instance, out Outgoi
 	if step.Kind == Retriable {
 		m.Extensions[extRetriable] = "1"
 	}
+	ctx, span := o.stepSpan(ctx, sctx, in, step.Name, out)
+	defer func() { endSpan(span, err) }()
+	carryTrace(ctx, m)
 	if err := o.bus.SendCommand(ctx, step.Service, m); err != nil {
 		return fmt.Errorf("saga: send %s to %s: %w", typ, step.Service, err)
 	}
@@ -653,6 +680,7 @@ func (o *Orchestrator) publishEvent(ctx context.Context, in *Instance, out Outgo
 		DataContentType: "application/json",
 		Data:            data,
 	}
+	carryTrace(ctx, m)
 	if err := o.bus.PublishEvent(ctx, m); err != nil {
 		return fmt.Errorf("saga: publish %s: %w", out.Kind, err)
 	}

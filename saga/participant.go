@@ -361,6 +361,10 @@ func (p *Participant) reply(ctx context.Context, cmd *eventbus.Message, replyTo 
 	if rec.Error != "" {
 		m.Extensions[extError] = rec.Error
 	}
+	// The reply continues the command's trace, from the handling's span
+	// when there is one (written over by the bus's Observer, if any).
+	m.TraceParent, m.TraceState = cmd.TraceParent, cmd.TraceState
+	carryTrace(ctx, m)
 	if err := p.bus.SendCommand(ctx, replyTo, m); err != nil {
 		return fmt.Errorf("saga: reply to %s: %w", cmd.ID, err)
 	}

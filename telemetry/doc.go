@@ -25,9 +25,11 @@
 // message's producer. A query is a client span ("query <destination>") until
 // the reply and its handler a server span ("answer <destination>"). The
 // handler's context carries its span, so that whatever the handler starts
-// or publishes with that context nests under it. A saga driven by an
-// orchestrator on an observed bus is one trace: its commands are published
-// from the handler of the previous step's reply.
+// or publishes with that context nests under it. A saga is one trace across
+// its participants: give the orchestrator a TracerProvider
+// (saga.Options.TracerProvider) and it persists the saga span's context
+// with the instance, sends each step's and compensation's command in a span
+// under it, and the participants' handling nests under those sends.
 //
 // # Sampling and cost
 //
