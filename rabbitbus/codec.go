@@ -29,7 +29,7 @@ const (
 // brokerHeaders are set by RabbitMQ or by the driver itself: they never
 // reach a received Message's Header.
 var brokerHeaders = map[string]bool{
-	attemptHeader: true, seqHeader: true, delayHeader: true,
+	attemptHeader: true, seqHeader: true, delayHeader: true, refHeader: true,
 	"x-death": true, "x-delivery-count": true,
 	"x-first-death-exchange": true, "x-first-death-queue": true, "x-first-death-reason": true,
 	"x-last-death-exchange": true, "x-last-death-queue": true, "x-last-death-reason": true,

@@ -69,7 +69,9 @@
 // mode (and as many for mandatory messages, opened at the first command):
 // each publisher waits for the confirmations of its own messages only, so
 // confirmations pipeline across publishers and a batch is pipelined, in
-// order, on one channel.
+// order, on one channel. The frames of a batch (eventbus.Publisher hands
+// over batches) leave in a few socket writes of up to 64 KiB instead of
+// one write per message, which amqp091 would do by itself.
 //
 // Consumers use manual acks on a channel per subscription, with a prefetch
 // (QoS) of SubscribeOptions.MaxInFlight (Options.Prefetch, 256, when
@@ -118,11 +120,18 @@
 //
 // The bus dead-letters by itself (it publishes to deadletter.<origin> and
 // then terms). A dead-letter destination is a durable queue
-// PREFIX.deadletter.<origin>, declared at its first publish, which keeps
-// the messages for whoever subscribes later; every subscription to it,
-// whatever its group, consumes that queue. With quorum queues and
+// PREFIX.deadletter.<origin>, declared at its first publish, that keeps its
+// messages for the dead-letter API ([Driver.ReadDeadLetters],
+// [Driver.DeleteDeadLetters], [Driver.PurgeDeadLetters], which the CLI's
+// dlq commands use) and that no subscription consumes: a group subscribed
+// to a dead-letter destination has a queue of its own,
+// PREFIX.deadletter.<origin>.<group>, bound like an event group's, and
+// receives what is dead-lettered from then on. With quorum queues and
 // Options.DeliveryLimit, the broker itself dead-letters a message delivered
-// more often than the limit into the same queue.
+// more often than the limit to the same exchange and routing key; keeper
+// queues have no delivery limit. How the API reads a queue that AMQP 0-9-1
+// cannot browse, and what that means for order, the redelivered flag and
+// Refs, is told at [Driver.ReadDeadLetters].
 //
 // Nack(0) on a quorum queue requeues natively (basic.nack), and the
 // broker counts the delivery in x-delivery-count, which the delivery limit

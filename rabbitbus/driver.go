@@ -28,6 +28,7 @@ type Driver struct {
 	connMu    sync.Mutex
 	conn      *amqp.Connection
 	connReady chan struct{} // closed while conn is usable; replaced when it is lost
+	corks     sync.Map      // *amqp.Connection → its *corkConn
 	blocked   atomic.Pointer[chan struct{}]
 
 	pubs      []*pubChannel // for messages that may go nowhere (events...)
@@ -36,7 +37,8 @@ type Driver struct {
 
 	topoMu  sync.Mutex
 	topo    *amqp.Channel
-	keepers sync.Map // dead-letter queues declared by this driver
+	keepers sync.Map   // dead-letter queue name → its driver.Destination, declared by this driver
+	refs    *refSource // of the dead letters this driver publishes
 
 	rrMu sync.Mutex
 	rr   *requester
@@ -71,6 +73,7 @@ func Open(ctx context.Context, cfg *Config) (*Driver, error) {
 		subs:      map[*subscription]struct{}{},
 		closing:   make(chan struct{}),
 		connReady: make(chan struct{}),
+		refs:      newRefSource(),
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -86,7 +89,7 @@ func Open(ctx context.Context, cfg *Config) (*Driver, error) {
 		Redelivery:         true,
 		NativeDelay:        true,
 		NativeRequestReply: true,
-		Patterns:           driver.Patterns(),
+		Patterns:           append(driver.Patterns(), driver.Reply, driver.DeadLetter),
 		MaxMessageSize:     d.opts.MaxMessageSize,
 	}
 	conn, err := d.dial(ctx)
@@ -152,6 +155,16 @@ func (d *Driver) dial(ctx context.Context) (*amqp.Connection, error) {
 			return c, nil
 		}
 	}
+	var cork *corkConn
+	dial := ac.Dial
+	ac.Dial = func(network, addr string) (net.Conn, error) {
+		c, err := dial(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		cork = newCorkConn(c)
+		return cork, nil
+	}
 	type result struct {
 		c   *amqp.Connection
 		err error
@@ -159,6 +172,9 @@ func (d *Driver) dial(ctx context.Context) (*amqp.Connection, error) {
 	res := make(chan result, 1)
 	go func() {
 		c, err := amqp.DialConfig(u.String(), ac)
+		if err == nil {
+			d.corks.Store(c, cork)
+		}
 		res <- result{c, err}
 	}()
 	select {
@@ -170,6 +186,7 @@ func (d *Driver) dial(ctx context.Context) (*amqp.Connection, error) {
 	case <-ctx.Done():
 		go func() {
 			if r := <-res; r.c != nil {
+				d.corks.Delete(r.c)
 				_ = r.c.Close()
 			}
 		}()
@@ -213,6 +230,7 @@ func (d *Driver) watch(conn *amqp.Connection, closed <-chan *amqp.Error, blocked
 			if d.closed.Load() {
 				return
 			}
+			d.corks.Delete(conn)
 			d.log.Warn("rabbitbus: connection lost; reconnecting", "error", err)
 			d.connMu.Lock()
 			if d.conn == conn {
@@ -260,6 +278,14 @@ func (d *Driver) reconnect() {
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
+}
+
+// corkOf returns the corkConn under conn.
+func (d *Driver) corkOf(conn *amqp.Connection) *corkConn {
+	if c, ok := d.corks.Load(conn); ok {
+		return c.(*corkConn)
+	}
+	return nil
 }
 
 // connection returns the current connection, waiting for a reconnection
@@ -334,13 +360,13 @@ func (d *Driver) Conn() *amqp.Connection {
 // ExchangeName is the exchange of pattern p.
 func (d *Driver) ExchangeName(p driver.Pattern) string { return exchangeName(d.opts.Prefix, p) }
 
-// QueueName is the queue of group on dest (or, for dead-letter destinations,
-// the queue that keeps its messages whatever the group).
+// QueueName is the queue of group on dest (or, for a dead-letter
+// destination and no group, the queue that keeps its dead letters).
 func (d *Driver) QueueName(dest driver.Destination, group string) (string, error) {
 	if _, err := routingKey(dest); err != nil {
 		return "", err
 	}
-	if dest.Pattern == driver.DeadLetter {
+	if dest.Pattern == driver.DeadLetter && group == "" {
 		return keeperQueue(d.opts.Prefix, dest), nil
 	}
 	return groupQueue(d.opts.Prefix, dest, group)
@@ -429,6 +455,9 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 	for i, m := range msgs {
 		pubs[i] = outgoing{exchange: exchange, key: key, mandatory: dest.Pattern == driver.Command,
 			pub: encode(m, persistent(dest.Pattern))}
+		if dest.Pattern == driver.DeadLetter {
+			pubs[i].pub.Headers[refHeader] = d.refs.next()
+		}
 	}
 	if err := d.send(ctx, pubs); err != nil {
 		return fmt.Errorf("rabbitbus: publish to %q: %w", dest.Name, err)
@@ -443,13 +472,9 @@ func (d *Driver) declareKeeper(ctx context.Context, dest driver.Destination) err
 	if _, ok := d.keepers.Load(q); ok {
 		return nil
 	}
-	err := d.topology(ctx, func(ch *amqp.Channel) error {
-		return d.declareQueue(ch, q, dest, queueSpec{durable: true, args: d.durableArgs(false)})
+	return d.topology(ctx, func(ch *amqp.Channel) error {
+		return d.declareQueue(ch, q, dest, d.keeperSpec(dest))
 	})
-	if err == nil {
-		d.keepers.Store(q, true)
-	}
-	return err
 }
 
 // send publishes on one of the shared confirm channels, round robin (those

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/internal/rabbitnode"
 	"github.com/marty-msf/eventbus/rabbitbus"
 )
 
@@ -35,7 +36,7 @@ func TestBrokerRestart(t *testing.T) {
 		types = append(types, rabbitbus.Quorum)
 	}
 	began := time.Now()
-	n := newNode(t)
+	n := rabbitnode.Start(t)
 	t.Logf("node started in %v", time.Since(began).Round(time.Millisecond))
 	for _, qt := range types {
 		t.Run(string(qt), func(t *testing.T) {
@@ -44,10 +45,10 @@ func TestBrokerRestart(t *testing.T) {
 	}
 }
 
-func restartDuringPublishes(t *testing.T, n *node, qt rabbitbus.QueueType, total, restarts int) {
+func restartDuringPublishes(t *testing.T, n *rabbitnode.Node, qt rabbitbus.QueueType, total, restarts int) {
 	ctx := ctxFor(t, 10*time.Minute)
 	cfg := func() *rabbitbus.Config {
-		return &rabbitbus.Config{URL: n.url, Options: rabbitbus.Options{Prefix: "fault-" + string(qt), QueueType: qt}}
+		return &rabbitbus.Config{URL: n.URL(), Options: rabbitbus.Options{Prefix: "fault-" + string(qt), QueueType: qt}}
 	}
 	pub, err := rabbitbus.Open(ctx, cfg())
 	if err != nil {
@@ -190,12 +191,12 @@ func restartDuringPublishes(t *testing.T, n *node, qt rabbitbus.QueueType, total
 		how := "killed (SIGKILL)"
 		if r%2 == 1 {
 			how = "stopped (SIGTERM)"
-			n.stop()
+			n.Stop()
 		} else {
-			n.kill()
+			n.Kill()
 		}
 		before := confirmed.Load()
-		took := n.start()
+		took := n.Start()
 		back := time.Now()
 		mu.Lock()
 		upAt = back

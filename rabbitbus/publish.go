@@ -35,7 +35,8 @@ type pubChannel struct {
 	mandatory bool
 	mu        sync.Mutex // serialises writes: sequence numbers follow publish order
 	ch        *amqp.Channel
-	w         *waiters // of ch, on a channel for mandatory messages
+	cork      *corkConn // under ch's connection
+	w         *waiters  // of ch, on a channel for mandatory messages
 }
 
 // waiters are the publishes waiting for the confirmations of one channel
@@ -120,6 +121,7 @@ func (p *pubChannel) channel(ctx context.Context) (*amqp.Channel, error) {
 		_ = ch.Close()
 		return nil, fmt.Errorf("confirm mode: %w", classify(err))
 	}
+	p.cork = p.d.corkOf(conn)
 	if !p.mandatory {
 		p.ch = ch
 		return ch, nil
@@ -205,6 +207,11 @@ func (p *pubChannel) publish(ctx context.Context, msgs []outgoing) (*pubBatch, e
 	ch, err := p.channel(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if c := p.cork; c != nil && len(msgs) > 1 {
+		// The batch leaves in a few writes.
+		c.cork()
+		defer c.uncork()
 	}
 	if !p.mandatory {
 		b := &pubBatch{ch: ch, deferred: make([]*amqp.DeferredConfirmation, len(msgs))}

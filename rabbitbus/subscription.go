@@ -40,12 +40,19 @@ func (d *Driver) durableArgs(stream bool) amqp.Table {
 	return a
 }
 
+// keeperSpec is the queue that keeps the messages of the dead-letter
+// destination dl: durable, of the configured type, without a delivery limit
+// (reading dead letters gives them back to the queue, which a quorum queue
+// counts as a delivery).
+func (d *Driver) keeperSpec(dl driver.Destination) queueSpec {
+	a := d.durableArgs(false)
+	delete(a, "x-delivery-limit")
+	return queueSpec{name: keeperQueue(d.opts.Prefix, dl), durable: true, args: a}
+}
+
 // spec chooses the queue of a subscription; see the package documentation.
 func (d *Driver) spec(dest driver.Destination, opts driver.SubscribeOptions) (queueSpec, error) {
 	p := dest.Pattern
-	if p == driver.DeadLetter {
-		return queueSpec{name: keeperQueue(d.opts.Prefix, dest), durable: true, args: d.durableArgs(false)}, nil
-	}
 	if opts.Group == "" {
 		return queueSpec{exclusive: true, autoDelete: true, args: amqp.Table{"x-queue-type": "classic"}}, nil
 	}
@@ -61,7 +68,7 @@ func (d *Driver) spec(dest driver.Destination, opts driver.SubscribeOptions) (qu
 		return queueSpec{name: name, autoDelete: true, args: amqp.Table{"x-queue-type": "classic"}}, nil
 	case opts.Durable:
 		a := d.durableArgs(p == driver.Stream)
-		if d.opts.QueueType == Quorum && d.opts.DeliveryLimit > 0 {
+		if d.opts.QueueType == Quorum && d.opts.DeliveryLimit > 0 && p != driver.DeadLetter {
 			a["x-dead-letter-exchange"] = exchangeName(d.opts.Prefix, driver.DeadLetter)
 			a["x-dead-letter-routing-key"] = driver.DeadLetterOf(dest).Name
 		}
@@ -96,9 +103,12 @@ func (d *Driver) declareQueueNamed(ch *amqp.Channel, dest driver.Destination, s 
 	}
 	if dl, ok := s.args["x-dead-letter-routing-key"].(string); ok {
 		keeper := driver.Destination{Pattern: driver.DeadLetter, Name: dl}
-		if _, err := d.declareQueueNamed(ch, keeper, queueSpec{name: keeperQueue(d.opts.Prefix, keeper), durable: true, args: d.durableArgs(false)}); err != nil {
+		if _, err := d.declareQueueNamed(ch, keeper, d.keeperSpec(keeper)); err != nil {
 			return "", err
 		}
+	}
+	if dest.Pattern == driver.DeadLetter {
+		d.keepers.Store(q.Name, dest)
 	}
 	return q.Name, nil
 }
@@ -111,7 +121,8 @@ func (d *Driver) declareQueue(ch *amqp.Channel, name string, dest driver.Destina
 
 // DeclareGroup declares the queue of a durable group and its bindings
 // without consuming, so that it keeps what is published before its first
-// member starts.
+// member starts. On a dead-letter destination without group it declares
+// the queue that keeps the destination's dead letters.
 func (d *Driver) DeclareGroup(ctx context.Context, dest driver.Destination, opts driver.SubscribeOptions) error {
 	if d.closed.Load() {
 		return d.errClosed()
@@ -119,7 +130,10 @@ func (d *Driver) DeclareGroup(ctx context.Context, dest driver.Destination, opts
 	if _, err := routingKey(dest); err != nil {
 		return err
 	}
-	if opts.Group == "" && dest.Pattern != driver.DeadLetter {
+	if opts.Group == "" {
+		if dest.Pattern == driver.DeadLetter {
+			return d.declareKeeper(ctx, dest) // the queue that keeps the dead letters
+		}
 		return fmt.Errorf("rabbitbus: declare group on %q: no group name", dest.Name)
 	}
 	s, err := d.spec(dest, opts)
@@ -467,7 +481,7 @@ const delayHeader = "x-eventbus-delay"
 func republishing(m *amqp.Delivery, attempt int) amqp.Publishing {
 	h := make(amqp.Table, len(m.Headers)+1)
 	for k, v := range m.Headers {
-		if !brokerHeaders[k] && k != delayHeader {
+		if (!brokerHeaders[k] || k == refHeader) && k != delayHeader {
 			h[k] = v
 		}
 	}

@@ -1,4 +1,9 @@
-package rabbitbus_test
+// Package rabbitnode runs a RabbitMQ node of a test's own, for the tests
+// that kill, stop and restart a broker: its own node name, AMQP and
+// distribution ports, Erlang cookie and data directory, never the shared
+// broker's. It runs in a process group of its own, which the test signals
+// by its id.
+package rabbitnode
 
 import (
 	"bytes"
@@ -18,11 +23,9 @@ import (
 	"github.com/marty-msf/eventbus/internal/testenv"
 )
 
-// node is a RabbitMQ node of the test's own: its node name, its AMQP and
-// distribution ports and its data directory, never the shared broker's. It
-// runs in a process group of its own, which the test signals by its id.
-type node struct {
-	t    *testing.T
+// Node is a RabbitMQ node of the test's own.
+type Node struct {
+	t    testing.TB
 	dir  string
 	port int
 	url  string
@@ -46,9 +49,9 @@ func rabbitServer() (string, error) {
 	return exec.LookPath("rabbitmq-server")
 }
 
-// newNode starts a node and stops it when the test ends. Without
+// Start starts a node and stops it when the test ends. Without
 // rabbitmq-server or epmd the test is skipped, and fails in CI.
-func newNode(t *testing.T) *node {
+func Start(t testing.TB) *Node {
 	t.Helper()
 	bin, err := rabbitServer()
 	if err == nil {
@@ -78,7 +81,7 @@ func newNode(t *testing.T) *node {
 		}
 		return p
 	}
-	n := &node{
+	n := &Node{
 		t: t, dir: dir, port: port, bin: bin,
 		url: "amqp://guest:guest@127.0.0.1:" + strconv.Itoa(port) + "/",
 		env: append(os.Environ(),
@@ -97,14 +100,14 @@ func newNode(t *testing.T) *node {
 			"ERL_FLAGS=-kernel inet_dist_use_interface {127,0,0,1}",
 		),
 	}
-	t.Cleanup(n.stop)
-	n.start()
+	t.Cleanup(n.Stop)
+	n.Start()
 	return n
 }
 
 // freePorts returns n distinct loopback ports that nothing listens on now:
 // all are held open together, so that none is handed out twice.
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	ports := make([]int, n)
 	for i := range ports {
@@ -118,9 +121,16 @@ func freePorts(t *testing.T, n int) []int {
 	return ports
 }
 
-// start launches the node on its data directory and waits until it accepts
-// AMQP connections.
-func (n *node) start() time.Duration {
+// URL is the node's amqp:// URL, as guest.
+func (n *Node) URL() string { return n.url }
+
+// Addr is the node's AMQP host:port.
+func (n *Node) Addr() string { return "127.0.0.1:" + strconv.Itoa(n.port) }
+
+// Start launches the node again on its data directory, after Kill or Stop,
+// and waits until it accepts AMQP connections. It returns how long that
+// took.
+func (n *Node) Start() time.Duration {
 	n.t.Helper()
 	began := time.Now()
 	n.out = &bytes.Buffer{}
@@ -157,7 +167,7 @@ func (n *node) start() time.Duration {
 // signal sends sig to the node's process group (the start script and the
 // Erlang VM under it) and waits for the script to end and the node's port
 // to be free again.
-func (n *node) signal(sig syscall.Signal) {
+func (n *Node) signal(sig syscall.Signal) {
 	n.t.Helper()
 	if n.cmd == nil {
 		return
@@ -187,8 +197,8 @@ func (n *node) signal(sig syscall.Signal) {
 	}
 }
 
-// kill ends the node at once, as a crash or a power cut would.
-func (n *node) kill() { n.signal(syscall.SIGKILL) }
+// Kill ends the node at once (SIGKILL), as a crash or a power cut would.
+func (n *Node) Kill() { n.signal(syscall.SIGKILL) }
 
-// stop shuts the node down cleanly (rabbitmq-server stops it on SIGTERM).
-func (n *node) stop() { n.signal(syscall.SIGTERM) }
+// Stop shuts the node down cleanly (rabbitmq-server stops it on SIGTERM).
+func (n *Node) Stop() { n.signal(syscall.SIGTERM) }
