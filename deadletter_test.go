@@ -473,4 +473,8 @@ func TestDeadLetterAlteredReplay(t *testing.T) {
 	if n := len(got.get("u1").Data); n >= len(m.Data) {
 		t.Fatalf("the replayed message has %d bytes of data, the original %d: it should be the cut one", n, len(m.Data))
 	}
+	must(t, b.Close(dlCtx(t)))
+	if _, err := b.DeadLetters().List(dlCtx(t), eventbus.DeadLetterFilter{}); !errors.Is(err, eventbus.ErrClosed) {
+		t.Fatalf("List after Close: %v, want ErrClosed", err)
+	}
 }
