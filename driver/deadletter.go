@@ -10,10 +10,11 @@ import "context"
 //
 // Contract:
 //   - DeadLetterDestinations lists dead-letter destinations, sorted by name,
-//     each once with Pattern DeadLetter: every one that holds messages where
-//     the broker can enumerate them, and at least those that this driver
-//     created or published to. It may list some that hold nothing (a queue
-//     or topic that exists, a destination emptied since).
+//     each once with Pattern DeadLetter: at least every one that holds
+//     messages — all of them where the broker can enumerate its
+//     destinations, otherwise those that this driver created or published
+//     to. It may list some that hold nothing (a queue or topic that exists,
+//     a destination emptied since).
 //   - ReadDeadLetters calls fn with the messages held on dl, oldest first
 //     (per partition or shard where the broker has several), without
 //     removing them: after it returns, the same messages are held and a
