@@ -111,6 +111,9 @@ func (d *Driver) DeadLetterDestinations(context.Context) ([]driver.Destination, 
 // (as many of them as refs names each) and gives the others back.
 func (d *Driver) DeleteDeadLetters(ctx context.Context, dl driver.Destination, refs []string) (int, error) {
 	const op = "delete dead letters"
+	if len(refs) == 0 {
+		return 0, d.onKeeper(ctx, op, dl, func(*amqp.Channel, string, int) error { return nil })
+	}
 	want := make(map[string]int, len(refs))
 	for _, r := range refs {
 		want[r]++
