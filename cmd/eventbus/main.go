@@ -1,7 +1,8 @@
 // Command eventbus is an operations tool for developers poking at a running
-// eventbus system over NATS: it runs a server, publishes, listens and queries
-// through the same Bus API that services use, so what it sends and prints is
-// exactly what services send and receive.
+// eventbus system: it runs a server, publishes, listens and queries through
+// the same Bus API that services use, so what it sends and prints is exactly
+// what services send and receive; it manages sagas and dead letters, measures
+// a backend, and runs a demo of the order saga on the embedded default.
 //
 // # Commands
 //
@@ -50,6 +51,56 @@
 // on its standard input; a command's non-zero exit status becomes a remote
 // error with code exit_<status>.
 //
+//	eventbus saga list [--state S] [--name N] [--limit N] [--json]
+//	eventbus saga show ID [--json]
+//	eventbus saga cancel|retry ID [--wait D]
+//
+// read and manage the sagas of a saga store: --store names it by URL
+// (postgres://user@host:5432/db or sqlite:FILE), else the configuration
+// file's (--config, $EVENTBUS_CONFIG: its saga.store, or the SQLite file in
+// its data_dir), else $EVENTBUS_SAGA_STORE. list prints one line per saga
+// (id, definition, state, current step, last update, reason), show its data,
+// each step's state, attempts and replies, and its history; --json prints
+// JSON lines (list) or the instance (show). cancel compensates a running
+// saga and retry resumes the compensation of a failed one, through an
+// orchestrator of the tool's own on the backends of the connection flags;
+// they know the definition of the demo's order saga only, and tell a saga
+// of another definition to be managed by the program that defines it.
+// --wait waits for the saga to end and prints its state.
+//
+//	eventbus dlq list [filters] [--json]
+//	eventbus dlq show ID [--json]
+//	eventbus dlq replay [ID...] [filters | --all] [--to DEST] [--to-backend B] [--altered]
+//	eventbus dlq purge [ID...] [filters | --all]
+//
+// browse the dead letters that the backends hold (NATS with JetStream,
+// RabbitMQ, SNS+SQS, in-memory): list shows id, type, origin, group,
+// attempts, time and reason; replay publishes them again to their origin
+// (or --to) and removes each once confirmed; purge removes them. The filters
+// are --backend, --origin, --type, --source, --reason, --group, --since,
+// --older-than and --limit; replay and purge act on the ids given, or on
+// what the filters select, or with --all on every dead letter. A replay that
+// the backend drops as a duplicate (JetStream de-duplicates ids for two
+// minutes by default) stays a dead letter, and the tool says so.
+//
+//	eventbus bench [--messages N] [--size BYTES] [--round-trips N]
+//
+// measures, on the configured backend (--url, --config, $NATS_URL) or else
+// on the embedded default, the latency of events published one at a time
+// (until confirmed, until delivered: p50, p90, p99, max) and the throughput
+// of N events through the pipelined Publisher, with a progress bar. A quick
+// check; the programs under bench/ measure for comparison.
+//
+//	eventbus demo [--orders N] [--failure-rate R] [--data DIR]
+//
+// runs N orders through the e-commerce order saga (reserve inventory,
+// authorize the payment, arrange shipping) on the embedded default and a
+// SQLite saga store, nothing to install; the payments of a share R of the
+// orders are declined and their reservations compensated. Each saga's steps
+// print as they happen, then a summary: completed, compensated and failed
+// sagas, their durations, and a check of the shop's stock and payments.
+// With --data the sagas stay in DIR/saga.db for the saga commands.
+//
 //	eventbus version
 //
 // prints the tool's version.
@@ -84,12 +135,14 @@
 // # Exit status
 //
 // 0 on success (an interrupted listen or server included), 1 on a failure
-// (refused publish, server that cannot start...), 6 when the server could
-// not be reached within --connect-timeout, 2 on a usage error (unknown
-// command or flag, wrong arguments, invalid JSON or names). query adds 3 when
-// no reply came in time, 4 when nobody handles the query and 5 when the
-// handler returned an error, printed with its code. Errors go to standard
-// error.
+// (refused publish, server that cannot start, unknown saga or dead letter...),
+// 6 when the server or the saga store could not be reached (the server within
+// --connect-timeout), 2 on a usage error (unknown command or flag, wrong
+// arguments, invalid JSON, names or URLs). query adds 3 when no reply came in
+// time, 4 when nobody handles the query and 5 when the handler returned an
+// error, printed with its code; saga cancel and retry exit with 3 when the
+// saga did not end within --wait. Errors go to standard error, once, each
+// saying what to do next.
 package main
 
 import (

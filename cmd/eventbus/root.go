@@ -135,17 +135,27 @@ func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.
 		client(newListenCmd(cf)),
 		client(newQueryCmd(cf, stdin)),
 		client(newRespondCmd(cf)),
+		newSagaCmd(cf, getenv, client),
+		newDLQCmd(cf, client),
+		newBenchCmd(cf, getenv, client),
+		newDemoCmd(),
 		newVersionCmd(),
 	)
 	// Cobra reports unknown commands, bad flags and wrong arguments before
 	// RunE; started tells such usage errors from failures.
-	for _, cmd := range root.Commands() {
-		runE := cmd.RunE
-		cmd.RunE = func(cmd *cobra.Command, args []string) error {
-			*started = true
-			return runE(cmd, args)
+	var mark func(*cobra.Command)
+	mark = func(parent *cobra.Command) {
+		for _, cmd := range parent.Commands() {
+			mark(cmd)
+			if runE := cmd.RunE; runE != nil {
+				cmd.RunE = func(cmd *cobra.Command, args []string) error {
+					*started = true
+					return runE(cmd, args)
+				}
+			}
 		}
 	}
+	mark(root)
 	return root
 }
 
