@@ -78,9 +78,23 @@
 // process lives: Kafka has no per-message deadline, the member's heartbeats
 // keep its partitions. SubscribeOptions.AckWait sets the group session
 // timeout (raised to Options.MinSessionTimeout, the broker's minimum): how
-// long a dead process keeps its partitions. Attempt counts deliveries in this
-// member and through the retry topic; a message that another member received
-// before it died starts again at 1 (Kafka does not count deliveries).
+// long a dead process keeps its partitions.
+//
+// Attempt counts deliveries to the group, across its members. Kafka does
+// not count deliveries, so the driver keeps the count where the group's
+// offsets are: every offset commit of a member carries, as its metadata, a
+// delivered mark — the offset after the last record the member handed out,
+// and the attempts of the record at the committed offset. The member
+// commits it with its next commit after handing records out (at once, a
+// commit in flight at a time), whether or not anything was settled. The
+// next owner of the partition reads the mark with the committed offset:
+// the records below the mark were delivered once more than it saw, the one
+// at the committed offset as many times as the mark says, so a message that
+// makes every member die comes back with a growing Attempt and the bus
+// dead-letters it at its attempt limit. A member that dies before its mark
+// reached the broker (within a round trip of the hand-out) leaves the count
+// one short. Through the retry topic the count travels in the
+// eventbus-attempts header.
 //
 // # Rebalances
 //
@@ -117,6 +131,17 @@
 // copy that keeps the original attributes and headers plus the
 // deadletterreason, deadletterattempts and deadletterorigin extensions, and
 // then terms the delivery (Term commits past it, as Ack).
+//
+// The Driver is a driver.DeadLetterStore. ReadDeadLetters reads a
+// dead-letter topic with a client of its own, in no group, from each
+// partition's log start to the high watermark it had when the read began;
+// a Ref is "<topic>/<partition>/<offset>". A Kafka log loses records only
+// from its head: DeleteDeadLetters advances a partition's log start
+// (DeleteRecords) past the refs that form an unbroken run from it, keeps
+// the others and then returns an error matching driver.ErrUnsupported that
+// names them. PurgeDeadLetters advances every log start to the high
+// watermark. DeadLetterDestinations lists the "deadletter." topics under
+// TopicPrefix, and those the driver published to.
 //
 // # Content modes
 //

@@ -25,8 +25,9 @@ type Driver struct {
 	admin    *kadm.Client
 	caps     driver.Capabilities
 
-	topicsMu sync.Mutex
-	topics   map[string]*topicState
+	topicsMu    sync.Mutex
+	topics      map[string]*topicState
+	deadLetters map[string]string // dead-letter destination name → topic, published to
 
 	mu     sync.Mutex
 	closed bool
@@ -67,13 +68,14 @@ func Open(ctx context.Context, cfg *Config) (*Driver, error) {
 		return nil, fmt.Errorf("kafkabus: reach brokers %s: %w: %w", strings.Join(cfg.brokers(), ","), driver.ErrUnavailable, err)
 	}
 	d := &Driver{
-		cfg:      *cfg,
-		baseOpts: base,
-		client:   cl,
-		admin:    kadm.NewClient(cl),
-		topics:   map[string]*topicState{},
-		subs:     map[*subscription]struct{}{},
-		done:     make(chan struct{}),
+		cfg:         *cfg,
+		baseOpts:    base,
+		client:      cl,
+		admin:       kadm.NewClient(cl),
+		topics:      map[string]*topicState{},
+		deadLetters: map[string]string{},
+		subs:        map[*subscription]struct{}{},
+		done:        make(chan struct{}),
 	}
 	d.caps = driver.Capabilities{
 		Name:           "kafka",
@@ -157,6 +159,11 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 	}
 	if err := d.ensureTopic(ctx, topic); err != nil {
 		return err
+	}
+	if dest.Pattern == driver.DeadLetter {
+		d.topicsMu.Lock()
+		d.deadLetters[dest.Name] = topic
+		d.topicsMu.Unlock()
 	}
 	if err := d.produceAll(ctx, rs.recs); err != nil {
 		return fmt.Errorf("kafkabus: publish to %s: %w", dest, err)
@@ -278,6 +285,23 @@ func (d *Driver) createTopic(ctx context.Context, topic string) error {
 		return fmt.Errorf("kafkabus: create topic %q: %w", topic, classify(err))
 	}
 	return nil
+}
+
+// topicIDs returns the ids of topics, which offset commits of recent
+// protocol versions name topics by.
+func (d *Driver) topicIDs(ctx context.Context, topics ...string) (map[string][16]byte, error) {
+	details, err := d.admin.ListTopics(ctx, topics...)
+	if err == nil {
+		err = details.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kafkabus: describe topics %q: %w", topics, classify(err))
+	}
+	ids := make(map[string][16]byte, len(details))
+	for t, td := range details {
+		ids[t] = td.ID
+	}
+	return ids, nil
 }
 
 // DeclareGroup creates group opts.Group on dest without consuming: its

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -76,8 +77,14 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 			}
 		}
 		session, heartbeat := d.cfg.session(opts.AckWait)
+		ids, err := d.topicIDs(ctx, topic, s.retryTopic)
+		if err != nil {
+			return nil, err
+		}
+		s.topicIDs = ids
 		kopts = append(kopts,
 			kgo.ConsumerGroup(s.groupID),
+			kgo.OnOffsetsFetched(s.onOffsetsFetched),
 			kgo.ConsumeTopics(topic, s.retryTopic),
 			kgo.DisableAutoCommit(),
 			kgo.Balancers(d.cfg.balancers()),
@@ -149,7 +156,15 @@ type partState struct {
 	pending []*entry // handed out or waiting to be handed out again
 	next    int64    // the offset after the last record handed out; -1 before
 	commit  int64    // the offset to commit: the first unsettled one
-	dirty   bool     // commit has advanced and is not committed yet
+	dirty   bool     // commit or the delivered mark advanced and is not committed yet
+	// announced is the delivered mark last sent in the commit metadata:
+	// the offset after the last record handed out, with the attempts of
+	// the record at the commit offset (see deliveryMark).
+	announced deliveryMark
+	// inherited is the mark the partition's previous owner committed:
+	// records below inherited.end were delivered to it at least once.
+	inherited deliveryMark
+	inheritAt int64 // the committed offset inherited comes with
 	// revoking: the partition is being given up; nothing more of it is
 	// handed out. released: it was given up; settling its records changes
 	// nothing on the broker.
@@ -176,6 +191,7 @@ type subscription struct {
 	topic       string
 	retryTopic  string
 	groupID     string
+	topicIDs    map[string][16]byte
 	cl          *kgo.Client
 	maxInFlight int
 	inPlace     int // in-place redeliveries before the retry topic; -1: always in place
@@ -233,10 +249,14 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Delivery
 				e.out = true
 				e.attempts++
 				ds[i] = e.delivery()
+				if s.groupID != "" && !e.part.released {
+					e.part.dirty = true // the attempts of the mark may have grown
+				}
 			}
 			s.ready = s.ready[n:]
 			s.inflight += n
 			s.mu.Unlock()
+			s.kickCommit()
 			return ds, nil
 		}
 		s.mu.Unlock()
@@ -307,6 +327,7 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 	closed := s.closed
 	s.mu.Unlock()
 	if len(ds) > 0 {
+		s.kickCommit() // announce what was handed out
 		return ds, nil
 	}
 	switch {
@@ -341,6 +362,13 @@ func (s *subscription) handOut(r *kgo.Record, e *entry, m *driver.Message) *entr
 	}
 	st.next = r.Offset + 1
 	msg, prior, err := decodeInto(m, r)
+	if s.groupID != "" {
+		prior = max(prior, st.inherited.prior(st.inheritAt, r.Offset))
+		if st.commit < 0 {
+			st.commit = r.Offset
+		}
+		st.dirty = true
+	}
 	*e = entry{rec: r, part: st, msg: msg, err: err, attempts: prior + 1, out: true}
 	st.pending = append(st.pending, e)
 	s.inflight++
@@ -552,32 +580,45 @@ func (s *subscription) commitLoop() {
 }
 
 // commitDirty commits the advanced offsets of the partitions in only (every
-// partition when only is nil).
+// partition when only is nil), each with its delivered mark as metadata.
 func (s *subscription) commitDirty(ctx context.Context, only map[topicPartition]bool) error {
-	s.mu.Lock()
-	offsets := map[string]map[int32]kgo.EpochOffset{}
+	member, generation := s.cl.GroupMetadata()
+	req := kmsg.NewPtrOffsetCommitRequest()
+	req.Group, req.MemberID, req.Generation = s.groupID, member, generation
+	topics := map[string]int{}
 	var sts []*partState
+	s.mu.Lock()
 	for tp, st := range s.parts {
-		if !st.dirty || (only != nil && !only[tp]) {
+		if !st.dirty || st.commit < 0 || (only != nil && !only[tp]) {
 			continue
 		}
 		st.dirty = false
 		sts = append(sts, st)
-		if offsets[tp.topic] == nil {
-			offsets[tp.topic] = map[int32]kgo.EpochOffset{}
+		i, ok := topics[tp.topic]
+		if !ok {
+			i = len(req.Topics)
+			topics[tp.topic] = i
+			t := kmsg.NewOffsetCommitRequestTopic()
+			t.Topic, t.TopicID = tp.topic, s.topicIDs[tp.topic]
+			req.Topics = append(req.Topics, t)
 		}
-		offsets[tp.topic][tp.part] = kgo.EpochOffset{Epoch: -1, Offset: st.commit}
+		mark := deliveryMark{end: st.next}
+		if len(st.pending) > 0 && st.pending[0].rec.Offset == st.commit {
+			mark.attempts = st.pending[0].attempts
+		}
+		st.announced = mark
+		p := kmsg.NewOffsetCommitRequestTopicPartition()
+		p.Partition, p.Offset, p.LeaderEpoch = tp.part, st.commit, -1
+		meta := mark.String()
+		p.Metadata = &meta
+		req.Topics[i].Partitions = append(req.Topics[i].Partitions, p)
 	}
 	s.mu.Unlock()
-	if len(offsets) == 0 {
+	if len(sts) == 0 {
 		return nil
 	}
-	var cerr error
-	s.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
-		if err != nil {
-			cerr = err
-			return
-		}
+	resp, cerr := req.RequestWith(ctx, s.cl)
+	if cerr == nil {
 		for _, t := range resp.Topics {
 			for _, p := range t.Partitions {
 				if perr := kerr.ErrorForCode(p.ErrorCode); perr != nil && cerr == nil {
@@ -585,7 +626,7 @@ func (s *subscription) commitDirty(ctx context.Context, only map[topicPartition]
 				}
 			}
 		}
-	})
+	}
 	if cerr != nil {
 		// Let the next commit carry these offsets again, unless the
 		// partition went to another member meanwhile.
@@ -598,6 +639,89 @@ func (s *subscription) commitDirty(ctx context.Context, only map[topicPartition]
 		s.mu.Unlock()
 	}
 	return cerr
+}
+
+// deliveryMark is what a member tells the next owner of a partition, in the
+// metadata of its offset commits: the records from the committed offset up
+// to end were handed out, and may have been processed without being
+// settled; the one at the committed offset was handed out attempts times.
+// The next owner counts those deliveries in the Attempt of its own, so that
+// a member that dies does not reset the count. A mark is committed after the
+// records are handed out (with the next commit, within a round trip): a
+// member that dies before it reaches the broker leaves the count one short.
+type deliveryMark struct {
+	end      int64
+	attempts int
+}
+
+const markPrefix = "eventbus-delivered "
+
+func (m deliveryMark) String() string {
+	return markPrefix + strconv.FormatInt(m.end, 10) + " " + strconv.Itoa(m.attempts)
+}
+
+// parseMark reads a mark from commit metadata; other metadata (a member id,
+// which franz-go commits, or nothing) is no mark.
+func parseMark(meta string) (deliveryMark, bool) {
+	rest, ok := strings.CutPrefix(meta, markPrefix)
+	if !ok {
+		return deliveryMark{}, false
+	}
+	endS, attS, ok := strings.Cut(rest, " ")
+	end, err1 := strconv.ParseInt(endS, 10, 64)
+	att, err2 := strconv.Atoi(attS)
+	if !ok || err1 != nil || err2 != nil || end < 0 || att < 0 {
+		return deliveryMark{}, false
+	}
+	return deliveryMark{end: end, attempts: att}, true
+}
+
+// prior is how many deliveries the record at offset had before, by the
+// mark that came with committed offset at.
+func (m deliveryMark) prior(at, offset int64) int {
+	switch {
+	case offset >= m.end || offset < at:
+		return 0
+	case offset == at:
+		return max(m.attempts, 1)
+	}
+	return 1
+}
+
+// onOffsetsFetched reads the delivered marks of the partitions this member
+// was just assigned, before their records are fetched.
+func (s *subscription) onOffsetsFetched(_ context.Context, _ *kgo.Client, resp *kmsg.OffsetFetchResponse) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inherit := func(topic string, id [16]byte, part int32, offset int64, meta *string) {
+		if topic == "" {
+			for t, tid := range s.topicIDs {
+				if tid == id {
+					topic = t
+				}
+			}
+		}
+		st := s.parts[topicPartition{topic, part}]
+		if st == nil || meta == nil {
+			return
+		}
+		if mark, ok := parseMark(*meta); ok && mark.end > offset {
+			st.inherited, st.inheritAt = mark, offset
+		}
+	}
+	for _, g := range resp.Groups {
+		for _, t := range g.Topics {
+			for _, p := range t.Partitions {
+				inherit(t.Topic, t.TopicID, p.Partition, p.Offset, p.Metadata)
+			}
+		}
+	}
+	for _, t := range resp.Topics {
+		for _, p := range t.Partitions {
+			inherit(t.Topic, [16]byte{}, p.Partition, p.Offset, p.Metadata)
+		}
+	}
+	return nil
 }
 
 // onAssigned starts tracking newly assigned partitions.
