@@ -33,8 +33,9 @@ type PublisherOptions struct {
 
 	// OnResult, when set, is called once for every accepted message when it
 	// settles, with the error its PublishResult reports. It runs on the
-	// Publisher's goroutine: it must not block, nor publish on the same
-	// Publisher.
+	// Publisher's goroutine (for an at-most-once write, on the publishing
+	// caller's, before the publish returns): it must not block, nor
+	// publish on the same Publisher.
 	OnResult func(m *Message, err error)
 }
 
@@ -53,8 +54,10 @@ type PublisherOptions struct {
 //
 //   - Nothing is reported published before the backend confirmed it, as
 //     for Bus.PublishEvent — except on a destination whose route asks for
-//     AtMostOnce from a driver that can write without confirmation: its
-//     result then reports that the message was written.
+//     AtMostOnce from a driver that can write without confirmation: the
+//     publish method writes the message to the driver's connection itself,
+//     without batching, and returns a result already settled that reports
+//     that the message was written.
 //   - Every accepted message gets exactly one outcome: nil, or an error
 //     that says why (errors.Is works with ErrTooLarge, ErrInvalid,
 //     ErrClosed, ErrDuplicate... as for PublishEvent). A message the
@@ -274,6 +277,9 @@ func (p *Publisher) publish(ctx context.Context, dest driver.Destination, m *Mes
 	if err := ctx.Err(); err != nil {
 		return p.fail(m, fmt.Errorf("eventbus: publish %s: %w", dest.Name, err))
 	}
+	if pd.fast != nil {
+		return p.write(ctx, pd, m)
+	}
 	select {
 	case p.window <- struct{}{}:
 	case <-p.done:
@@ -315,6 +321,26 @@ func (p *Publisher) publish(ctx context.Context, dest driver.Destination, m *Mes
 		go p.run(pd, l)
 	}
 	return r
+}
+
+// write is publish for an at-most-once destination: the message is
+// written to the driver's connection at once, on the caller's goroutine,
+// with no window, batch or hand-off (the write does not wait for the
+// broker), and its result is settled when write returns.
+func (p *Publisher) write(ctx context.Context, pd *pipeDest, m *Message) *PublishResult {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return p.fail(m, fmt.Errorf("eventbus: publish %s: %w", pd.dest.Name, ErrClosed))
+	}
+	one := [1]*Message{m}
+	if err := pd.fast.PublishUnconfirmed(ctx, pd.dest, one[:]); err != nil {
+		return p.fail(m, fmt.Errorf("eventbus: publish %s via %s: %w", pd.dest.Name, pd.be.name, err))
+	}
+	if p.onResult != nil {
+		p.onResult(m, nil)
+	}
+	return &PublishResult{Message: m, done: settledNow}
 }
 
 // destFor returns the pipeline of dest, made at its first publish.
@@ -365,10 +391,7 @@ func (p *Publisher) run(pd *pipeDest, l *lane) {
 		l.queue = l.queue[1:]
 		l.mu.Unlock()
 		p.send(pd, bt)
-		l.mu.Lock()
-		l.settled += uint64(len(bt.msgs))
-		l.mu.Unlock()
-		p.settled(bt)
+		p.settled(l, bt)
 	}
 }
 
@@ -423,12 +446,19 @@ func (p *Publisher) sendOnce(ctx context.Context, pd *pipeDest, msgs []*Message)
 	return p.b.send(ctx, pd.be, pd.dest, msgs)
 }
 
-// settled completes bt's results, frees their room in the window and wakes
-// Flush.
-func (p *Publisher) settled(bt *pipeBatch) {
+// settled completes bt's results, frees their room in the window, reports
+// them to OnResult and counts their failures, and only then counts them
+// settled on l and wakes Flush: a Flush that returns has seen every
+// failure, and every OnResult call, of what it waited for.
+func (p *Publisher) settled(l *lane, bt *pipeBatch) {
 	close(bt.done)
 	for range bt.msgs {
 		<-p.window
+	}
+	if p.onResult != nil {
+		for _, r := range bt.results {
+			p.onResult(r.Message, r.err)
+		}
 	}
 	p.settleMu.Lock()
 	for _, r := range bt.results {
@@ -436,14 +466,14 @@ func (p *Publisher) settled(bt *pipeBatch) {
 			p.recordFailure(r.err)
 		}
 	}
+	p.settleMu.Unlock()
+	l.mu.Lock()
+	l.settled += uint64(len(bt.msgs))
+	l.mu.Unlock()
+	p.settleMu.Lock()
 	close(p.changed)
 	p.changed = make(chan struct{})
 	p.settleMu.Unlock()
-	if p.onResult != nil {
-		for _, r := range bt.results {
-			p.onResult(r.Message, r.err)
-		}
-	}
 }
 
 // Flush waits until every message accepted before the call is settled. It

@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 
@@ -76,7 +78,7 @@ func encode(subject string, m *driver.Message, stored bool) *nats.Msg {
 	if m.Mode == driver.Structured {
 		return encodeStructured(subject, m, stored)
 	}
-	fixed, n := headerCount(m, stored)
+	_, n := headerCount(m, stored)
 	h := make(nats.Header, n+len(m.Header))
 	for k, vs := range m.Header {
 		if stored {
@@ -87,40 +89,68 @@ func encode(subject string, m *driver.Message, stored bool) *nats.Msg {
 	// One backing array for the single values of the attributes, rather than
 	// one allocation per header, allocated with the message when it fits.
 	w := new(wireMsg)
-	vals := w.vals[:0]
+	e := headerWriter{h: h, vals: w.vals[:0]}
 	if n > len(w.vals) {
-		vals = make([]string, 0, n)
-	}
-	set := func(name, value string) {
-		vals = append(vals, value)
-		h[name] = vals[len(vals)-1 : len(vals) : len(vals)]
+		e.vals = make([]string, 0, n)
 	}
 	if m.Key != "" {
-		set(partitionKey, percentEncode(m.Key))
+		e.set(partitionKey, percentEncode(m.Key))
 	}
-	// EachAttribute yields the attributes of Message's own fields first, then
-	// the extensions: an extension never replaces a header already written
-	// (CheckEnvelope refuses such names; this holds even without it). Only
-	// extensions pay for the look-up.
-	i := 0
-	m.EachAttribute(func(name, value string) {
-		hdr := ceHeader(name)
-		if i++; i > fixed {
-			if _, taken := h[hdr]; taken {
-				return
-			}
+	// The attributes of Message's own fields, in EachAttribute's order,
+	// without its callback (which would allocate a closure per message);
+	// then the extensions, which never replace a header already written
+	// (CheckEnvelope refuses such names; this holds even without it).
+	e.set("ce-specversion", driver.SpecVersion)
+	e.opt("ce-id", m.ID)
+	e.opt("ce-source", m.Source)
+	e.opt("ce-type", m.Type)
+	e.opt("ce-subject", m.Subject)
+	if !m.Time.IsZero() {
+		// Formatted into the message's own buffer: no string allocated.
+		b := m.Time.UTC().AppendFormat(w.time[:0], time.RFC3339Nano)
+		e.set("ce-time", unsafe.String(unsafe.SliceData(b), len(b)))
+	}
+	e.opt("ce-datacontenttype", m.DataContentType)
+	e.opt("ce-dataschema", m.DataSchema)
+	e.opt("ce-correlationid", m.CorrelationID)
+	e.opt("ce-causationid", m.CausationID)
+	e.opt("ce-traceparent", m.TraceParent)
+	e.opt("ce-tracestate", m.TraceState)
+	e.opt("ce-replyto", m.ReplyTo)
+	for k, v := range m.Extensions {
+		hdr := ceHeader(k)
+		if _, taken := h[hdr]; !taken {
+			e.set(hdr, percentEncode(v))
 		}
-		set(hdr, percentEncode(value))
-	})
+	}
 	data := m.Data
 	if stored {
 		if m.ID != "" {
-			set(msgIDHeader, dedupID(m.Source, m.ID, subject))
+			e.set(msgIDHeader, dedupID(m.Source, m.ID, subject))
 		}
 		data = slices.Clone(data)
 	}
 	w.msg = nats.Msg{Subject: subject, Header: h, Data: data}
 	return &w.msg
+}
+
+// headerWriter sets single-valued headers whose values share one backing
+// array.
+type headerWriter struct {
+	h    nats.Header
+	vals []string
+}
+
+func (e *headerWriter) set(name, value string) {
+	e.vals = append(e.vals, value)
+	e.h[name] = e.vals[len(e.vals)-1 : len(e.vals) : len(e.vals)]
+}
+
+// opt sets an attribute's header when the attribute is set.
+func (e *headerWriter) opt(name, value string) {
+	if value != "" {
+		e.set(name, percentEncode(value))
+	}
 }
 
 // dedupID is the Nats-Msg-Id of a stored message: a digest of (source, id,
@@ -142,10 +172,13 @@ func dedupID(source, id, subject string) string {
 }
 
 // wireMsg is a NATS message and room for the header values of the
-// attributes a message usually carries.
+// attributes a message usually carries, and for its time. The time's
+// header value points into time, which lives as long as the message and
+// is never written again.
 type wireMsg struct {
 	msg  nats.Msg
 	vals [12]string
+	time [len("2006-01-02T15:04:05.999999999+00:00")]byte
 }
 
 // headerCount returns the number of attributes of Message's own fields that
