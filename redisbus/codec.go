@@ -25,36 +25,116 @@ const (
 	structuredContentType = "application/cloudevents+json"
 )
 
+// fieldNames are the field names of the attributes every message may
+// carry, addressable so that a command's arguments point at them (a *string
+// argument) instead of holding a copy in an interface, which allocates.
+var fieldNames = [...]string{
+	"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject", "ce_time", "ce_dataschema",
+	"ce_" + driver.ExtCorrelationID, "ce_" + driver.ExtCausationID, "ce_" + driver.ExtTraceParent,
+	"ce_" + driver.ExtTraceState, "ce_" + driver.ExtReplyTo, fieldContentType, fieldKey,
+}
+
+// fieldIndex returns the index in fieldNames of the field of CloudEvents
+// attribute name, or -1.
+func fieldIndex(name string) int {
+	switch name {
+	case "specversion":
+		return 0
+	case "id":
+		return 1
+	case "source":
+		return 2
+	case "type":
+		return 3
+	case "subject":
+		return 4
+	case "time":
+		return 5
+	case "dataschema":
+		return 6
+	case driver.ExtCorrelationID:
+		return 7
+	case driver.ExtCausationID:
+		return 8
+	case driver.ExtTraceParent:
+		return 9
+	case driver.ExtTraceState:
+		return 10
+	case driver.ExtReplyTo:
+		return 11
+	case "datacontenttype":
+		return 12
+	}
+	return -1
+}
+
 // ceField returns the field name of a CloudEvents attribute without
 // allocating for the attributes every message carries.
 func ceField(name string) string {
-	switch name {
-	case "specversion":
-		return "ce_specversion"
-	case "id":
-		return "ce_id"
-	case "source":
-		return "ce_source"
-	case "type":
-		return "ce_type"
-	case "subject":
-		return "ce_subject"
-	case "time":
-		return "ce_time"
-	case "dataschema":
-		return "ce_dataschema"
-	case driver.ExtCorrelationID:
-		return "ce_correlationid"
-	case driver.ExtCausationID:
-		return "ce_causationid"
-	case driver.ExtTraceParent:
-		return "ce_traceparent"
-	case driver.ExtTraceState:
-		return "ce_tracestate"
-	case driver.ExtReplyTo:
-		return "ce_replyto"
+	if i := fieldIndex(name); i >= 0 {
+		return fieldNames[i]
 	}
 	return cePrefix + name
+}
+
+// argBuilder builds the arguments of a batch's commands with few
+// allocations: strings are referenced by pointer (go-redis writes a *string
+// argument as the string), from fieldNames or from vals, which holds the
+// batch's values. A pointer into vals stays valid when append moves it.
+type argBuilder struct {
+	args []any
+	vals []string
+}
+
+func (b *argBuilder) str(v string) {
+	b.vals = append(b.vals, v)
+	b.args = append(b.args, &b.vals[len(b.vals)-1])
+}
+
+// field appends the name and value of one field.
+func (b *argBuilder) field(i int, name, value string) {
+	if i >= 0 {
+		b.args = append(b.args, &fieldNames[i])
+	} else {
+		b.str(name)
+	}
+	b.str(value)
+}
+
+// appendEntry appends m's stream entry fields, as appendFields does.
+func (b *argBuilder) appendEntry(m *driver.Message) {
+	if m.Mode == driver.Structured {
+		b.field(fieldIndex("datacontenttype"), fieldContentType, structuredContentType)
+		b.appendHeaders(m)
+		b.args = append(b.args, fieldData, driver.EncodeStructured(m))
+		return
+	}
+	m.EachAttribute(func(name, value string) {
+		i := fieldIndex(name)
+		if i < 0 {
+			name = cePrefix + name
+		}
+		b.field(i, name, value)
+	})
+	if m.Key != "" {
+		b.field(len(fieldNames)-1, fieldKey, m.Key)
+	}
+	b.appendHeaders(m)
+	b.args = append(b.args, fieldData, m.Data)
+}
+
+func (b *argBuilder) appendHeaders(m *driver.Message) {
+	if len(m.Header) == 0 {
+		return
+	}
+	names := make([]string, 0, len(m.Header))
+	for k := range m.Header {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		b.field(-1, headerPrefix+k, strings.Join(m.Header[k], "\n"))
+	}
 }
 
 // appendFields appends m's stream entry fields, name and value in turn, to
@@ -107,7 +187,12 @@ type entry struct {
 // the entry is not a valid event it returns what it could read, Data set to
 // the raw data field, and a *driver.MalformedError.
 func decode(fields []string) (*driver.Message, error) {
-	m := &driver.Message{}
+	return decodeInto(&driver.Message{}, fields)
+}
+
+// decodeInto is decode into m, which it returns, except for a
+// structured-mode event, which is a message of its own.
+func decodeInto(m *driver.Message, fields []string) (*driver.Message, error) {
 	var (
 		data        []byte
 		contentType string

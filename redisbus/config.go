@@ -79,6 +79,14 @@ type Options struct {
 	// XACK commands of concurrent callers together, one pipeline each
 	// (default 16).
 	PipelineWorkers int
+	// ReadAhead is how many new entries a subscription reads at once
+	// (XREADGROUP COUNT) when Receive asks for fewer, and reads again in the
+	// background while what it read is handed out, so that a consumer
+	// rarely waits for a round trip. Entries read ahead are kept fresh like
+	// those handed out and given back at Close. A subscription with
+	// MaxInFlight reads no more than it may hand out. Default 256; a
+	// negative value reads only what Receive asks for.
+	ReadAhead int
 	// Logger receives operational messages; nil discards them.
 	Logger *slog.Logger
 }
@@ -94,6 +102,7 @@ const (
 	defaultMaxMessageSize  = 1 << 20
 	maxMessageSizeLimit    = 512<<20 - 64<<10
 	defaultPipelineWorkers = 16
+	defaultReadAhead       = 256
 	defaultPoolSize        = 64
 	defaultDialTimeout     = 5 * time.Second
 	// replyMaxLen and replyTTL bound a bus instance's reply stream, which a
@@ -201,6 +210,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if r.PipelineWorkers == 0 {
 		r.PipelineWorkers = defaultPipelineWorkers
+	}
+	if r.ReadAhead == 0 {
+		r.ReadAhead = defaultReadAhead
 	}
 	if r.Logger == nil {
 		r.Logger = slog.New(slog.DiscardHandler)

@@ -24,7 +24,7 @@
 // client certificate and key, server name) and the pool size are the
 // connection's settings; [Options] are the driver's: key prefix, stream
 // trimming (MaxLen, approximate), ack wait, reclaim interval, block time,
-// message size and pipeline workers. [Config.Validate] reports every
+// message size, pipeline workers and read-ahead. [Config.Validate] reports every
 // problem at once.
 //
 // # Mapping
@@ -63,14 +63,18 @@
 //
 //   - Event, Command, Query, Stream, Reply, DeadLetter (Streams): at least
 //     once. Publish returns nil only once Redis answered every XADD of the
-//     batch; the XADDs of concurrent Publish calls and the XACKs of
-//     concurrent Acks share pipelines (Options.PipelineWorkers). A group
-//     receives each message once and its members compete; groups are kept
-//     by Redis whether Durable or not. Redis does not de-duplicate: a
-//     message published twice is stored and delivered twice (the inbox
-//     de-duplicates on consume). Receive reads with XREADGROUP COUNT, at
-//     most what it was asked for and what MaxInFlight leaves room for. Ack
-//     and Term are XACK. Streams are trimmed to about Options.MaxLen
+//     batch, sent as one pipeline; the XADDs of concurrent Publish calls
+//     and the XACKs of concurrent Acks share pipelines
+//     (Options.PipelineWorkers). A group receives each message once and
+//     its members compete; groups are kept by Redis whether Durable or not.
+//     Redis does not de-duplicate: a message published twice is stored and
+//     delivered twice (the inbox de-duplicates on consume). A subscription
+//     reads new entries Options.ReadAhead at a time (XREADGROUP COUNT,
+//     within MaxInFlight) and reads more in the background while it hands
+//     out what it has. Ack and Term are one XACK per call, sent at once;
+//     they return without waiting for its reply (a failed XACK is logged,
+//     and its entries come again after the ack wait), and Close waits for
+//     the XACKs under way. Streams are trimmed to about Options.MaxLen
 //     entries (dead letters only with DeadLetterMaxLen): a consumer that
 //     falls further behind loses the oldest entries.
 //   - Query: a stream per query destination; the bus's generic fallback
@@ -117,12 +121,12 @@
 // consumer died. A live subscription resets the idle time of everything it
 // holds every third of the ack wait (XCLAIM to itself with JUSTID, after
 // checking in a script that the entry is still its own), so its long-running
-// messages are never reclaimed from under it. Close gives back what the
-// subscription holds by setting those entries' idle time to the maximum:
-// the next reclaim of any other member takes them at once, within the
-// reclaim interval. Because Receive reads only what it hands out, nothing
-// else is buffered (an entry read by a Receive whose context ended is kept
-// for the next Receive, and given back at Close). Consumers that hold
+// messages are never reclaimed from under it; entries read ahead and not
+// handed out yet are kept fresh the same way. Close gives back what the
+// subscription holds, handed out or read ahead, by setting those entries'
+// idle time to the maximum: the next reclaim of any other member takes them
+// at once, within the reclaim interval. A member that dies holds what it
+// read ahead too, until the ack wait. Consumers that hold
 // nothing are removed from their group when they close, and others idle for
 // ten minutes with nothing pending with them.
 //

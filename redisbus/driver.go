@@ -188,15 +188,18 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 		case driver.Reply:
 			maxLen = replyMaxLen
 		}
+		// One slab of arguments and one of values for the whole batch.
+		b := argBuilder{args: make([]any, 0, len(msgs)*24), vals: make([]string, 0, len(msgs)*10)}
+		keyArg, maxLenArg := any(key), any(maxLen)
 		for _, m := range msgs {
-			args := make([]any, 0, 40)
-			args = append(args, "xadd", key)
+			start := len(b.args)
+			b.args = append(b.args, "xadd", keyArg)
 			if maxLen > 0 {
-				args = append(args, "maxlen", "~", maxLen)
+				b.args = append(b.args, "maxlen", "~", maxLenArg)
 			}
-			args = append(args, "*")
-			args = appendFields(args, m)
-			cmds = append(cmds, redis.NewStringCmd(ctx, args...))
+			b.args = append(b.args, "*")
+			b.appendEntry(m)
+			cmds = append(cmds, redis.NewStringCmd(ctx, b.args[start:len(b.args):len(b.args)]...))
 		}
 		if dest.Pattern == driver.Reply {
 			cmds = append(cmds, redis.NewBoolCmd(ctx, "pexpire", key, replyTTL.Milliseconds()))
@@ -366,6 +369,15 @@ type pipeliner struct {
 type pipeRequest struct {
 	cmds []redis.Cmder
 	done chan error
+	then func(error) // instead of done, for a request nobody waits for
+}
+
+func (r *pipeRequest) finish(err error) {
+	if r.then != nil {
+		r.then(err)
+		return
+	}
+	r.done <- err
 }
 
 // maxPipeline bounds the commands of one pipeline.
@@ -405,6 +417,22 @@ func (p *pipeliner) do(ctx context.Context, cmds []redis.Cmder) error {
 	}
 }
 
+// start queues cmds without waiting for them: then is called with the
+// first error of any of them once they ran, or with ErrClosed when the
+// pipeliner stopped first. It returns an error, and then is not called,
+// when cmds could not be queued.
+func (p *pipeliner) start(ctx context.Context, cmds []redis.Cmder, then func(error)) error {
+	r := &pipeRequest{cmds: cmds, then: then}
+	select {
+	case p.queue <- r:
+		return nil
+	case <-p.stop:
+		return driver.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (p *pipeliner) run() {
 	batch := make([]*pipeRequest, 0, 64)
 	for {
@@ -439,7 +467,7 @@ func (p *pipeliner) exec(batch []*pipeRequest) {
 	if len(batch) == 1 && len(batch[0].cmds) == 1 {
 		c := batch[0].cmds[0]
 		_ = p.rdb.Process(ctx, c)
-		batch[0].done <- c.Err()
+		batch[0].finish(c.Err())
 		return
 	}
 	pipe := p.rdb.Pipeline()
@@ -456,7 +484,7 @@ func (p *pipeliner) exec(batch []*pipeRequest) {
 				break
 			}
 		}
-		r.done <- err
+		r.finish(err)
 	}
 }
 
@@ -464,7 +492,7 @@ func (p *pipeliner) failQueued() {
 	for {
 		select {
 		case r := <-p.queue:
-			r.done <- driver.ErrClosed
+			r.finish(driver.ErrClosed)
 		default:
 			return
 		}

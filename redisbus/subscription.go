@@ -76,9 +76,11 @@ const sweepIdle = 10 * time.Minute
 
 // streamSub is one member of a consumer group on a destination's stream.
 //
-// It reads only what Receive asks for (XREADGROUP COUNT), so nothing waits
-// in a buffer: every entry it read is handed out, except those read by a
-// Receive whose context ended meanwhile, kept in stash for the next call.
+// It reads new entries Options.ReadAhead at a time (XREADGROUP COUNT) into
+// stash, and hands them out from there; when stash runs low, one goroutine
+// reads more ahead (without blocking) while the consumer handles what it
+// has. Reads of new entries never overlap, so they are handed out in stream
+// order. Entries read by a Receive whose context ended go to stash too.
 // The keep-alive goroutine resets the idle time of everything the
 // subscription holds (handed out, stashed or nacked with a delay) every
 // third of the ack wait, so that no other member reclaims it while this
@@ -93,14 +95,18 @@ type streamSub struct {
 	ackWait  time.Duration
 	every    time.Duration // reclaim interval
 	limit    int           // MaxInFlight; 0: no limit
+	ahead    int           // Options.ReadAhead; 0: none
 
 	mu          sync.Mutex
 	held        map[string]struct{}
 	reserved    int // entries being read for a Receive, counted against limit
 	stash       []*driver.Delivery
 	delayed     map[string]delayedEntry
-	changed     chan struct{} // closed and replaced when room or due entries appear
+	changed     chan struct{} // closed and replaced when room, due or stashed entries appear
 	closed      bool
+	reading     bool          // a read of new entries is in progress
+	acking      int           // XACKs sent and not answered yet
+	fillEnd     chan struct{} // closed when the read ahead in progress (if any) ended
 	nextReclaim time.Time
 	cursor      string
 
@@ -141,6 +147,7 @@ func (d *Driver) subscribeStream(ctx context.Context, dest driver.Destination, c
 		ackWait:   ackWait,
 		every:     min(d.opts.ReclaimInterval, ackWait/2),
 		limit:     max(opts.MaxInFlight, 0),
+		ahead:     max(d.opts.ReadAhead, 0),
 		held:      make(map[string]struct{}),
 		delayed:   make(map[string]delayedEntry),
 		changed:   make(chan struct{}),
@@ -195,16 +202,6 @@ func (s *streamSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, e
 				return nil, s.closedErr()
 			}
 		}
-		if len(s.stash) > 0 {
-			n := min(room, len(s.stash))
-			ds := s.stash[:n:n]
-			s.stash = s.stash[n:]
-			for _, d := range ds {
-				s.held[d.Handle.(string)] = struct{}{}
-			}
-			s.mu.Unlock()
-			return ds, nil
-		}
 		now := time.Now()
 		var due []string
 		var attempts map[string]int
@@ -223,11 +220,41 @@ func (s *streamSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, e
 			}
 			wait = min(wait, e.due.Sub(now))
 		}
-		reclaim := !now.Before(s.nextReclaim)
+		reclaim := len(due) == 0 && !now.Before(s.nextReclaim)
 		if reclaim {
 			s.nextReclaim = now.Add(s.every)
 		} else {
 			wait = min(wait, s.nextReclaim.Sub(now))
+		}
+		if len(due) == 0 && !reclaim {
+			if len(s.stash) > 0 {
+				n := min(room, len(s.stash))
+				ds := make([]*driver.Delivery, n)
+				copy(ds, s.stash)
+				clear(s.stash[:n])
+				s.stash = s.stash[n:]
+				for _, d := range ds {
+					s.held[*d.Handle.(*string)] = struct{}{}
+				}
+				s.fillLocked()
+				s.mu.Unlock()
+				return ds, nil
+			}
+			if s.reading {
+				// The read ahead is under way: its entries come first.
+				ch := s.changed
+				s.mu.Unlock()
+				if err := s.await(ctx, ch, wait); err != nil {
+					return nil, err
+				}
+				continue
+			}
+		}
+		read := len(due) == 0 && !reclaim
+		n := room
+		if read {
+			s.reading = true
+			n = s.aheadLocked(room)
 		}
 		s.reserved += room
 		ch := s.changed
@@ -243,19 +270,94 @@ func (s *streamSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, e
 		case reclaim:
 			ds, err = s.reclaim(ctx, room)
 		default:
-			ds, err = s.read(ctx, room, wait, ch)
+			ds, err = s.read(ctx, n, wait, ch)
 		}
-		if ds, err := s.handOut(ctx, room, ds, err); err != nil || len(ds) > 0 {
+		if ds, err := s.handOut(ctx, room, read, ds, err); err != nil || len(ds) > 0 {
 			return ds, err
 		}
 	}
 }
 
+// await waits for ch, at most wait.
+func (s *streamSub) await(ctx context.Context, ch <-chan struct{}, wait time.Duration) error {
+	t := time.NewTimer(max(wait, time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.ctx.Done():
+		return s.closedErr()
+	}
+	return nil
+}
+
+// aheadLocked returns how many new entries to read when a Receive has room
+// for room: Options.ReadAhead, within MaxInFlight.
+func (s *streamSub) aheadLocked(room int) int {
+	n := max(room, s.ahead)
+	if s.limit > 0 {
+		n = min(n, s.limit-len(s.held)-s.reserved-len(s.stash))
+	}
+	return max(n, room)
+}
+
+// fillLocked starts a read ahead when stash runs low and no read is under
+// way.
+func (s *streamSub) fillLocked() {
+	if s.ahead == 0 || s.reading || s.closed || len(s.stash) > s.ahead/2 {
+		return
+	}
+	n := s.ahead - len(s.stash)
+	if s.limit > 0 {
+		n = min(n, s.limit-len(s.held)-s.reserved-len(s.stash))
+	}
+	if n <= 0 {
+		return
+	}
+	s.reading = true
+	end := make(chan struct{})
+	s.fillEnd = end
+	go s.fill(n, end)
+}
+
+// fill reads up to n new entries without blocking, into stash.
+func (s *streamSub) fill(n int, end chan struct{}) {
+	defer close(end)
+	ctx, cancel := context.WithTimeout(s.ctx, pipeTimeout)
+	defer cancel()
+	ds, err := s.xread(ctx, n, -1)
+	s.mu.Lock()
+	s.reading = false
+	if s.closed {
+		s.mu.Unlock()
+		if len(ds) > 0 {
+			gctx, gcancel := context.WithTimeout(context.Background(), time.Second)
+			s.giveBack(gctx, ds)
+			gcancel()
+		}
+		return
+	}
+	s.stash = append(s.stash, ds...)
+	s.notifyLocked()
+	s.mu.Unlock()
+	if err != nil && s.ctx.Err() == nil {
+		// The next Receive reads again and reports the failure.
+		s.d.log.Debug("redisbus: read ahead failed", "destination", s.dest.Name, "err", s.d.classify(err))
+	}
+}
+
 // handOut records what a Receive got from Redis, or gives it back when the
-// subscription closed meanwhile.
-func (s *streamSub) handOut(ctx context.Context, room int, ds []*driver.Delivery, err error) ([]*driver.Delivery, error) {
+// subscription closed meanwhile. A read of new entries (read) may bring
+// more than room: the rest goes to stash.
+func (s *streamSub) handOut(ctx context.Context, room int, read bool, ds []*driver.Delivery, err error) ([]*driver.Delivery, error) {
 	s.mu.Lock()
 	s.reserved -= room
+	if read {
+		s.reading = false
+		s.notifyLocked()
+	}
 	if s.closed {
 		s.mu.Unlock()
 		if len(ds) > 0 {
@@ -268,8 +370,12 @@ func (s *streamSub) handOut(ctx context.Context, room int, ds []*driver.Delivery
 		s.stash = append(s.stash, ds...)
 		return nil, ctx.Err()
 	}
+	if len(ds) > room {
+		s.stash = append(s.stash, ds[room:]...)
+		ds = ds[:room:room]
+	}
 	for _, d := range ds {
-		s.held[d.Handle.(string)] = struct{}{}
+		s.held[*d.Handle.(*string)] = struct{}{}
 	}
 	if err != nil && len(ds) == 0 {
 		if ctx.Err() != nil {
@@ -284,7 +390,7 @@ func (s *streamSub) handOut(ctx context.Context, room int, ds []*driver.Delivery
 func (s *streamSub) giveBack(ctx context.Context, ds []*driver.Delivery) {
 	ids := make([]string, len(ds))
 	for i, d := range ds {
-		ids[i] = d.Handle.(string)
+		ids[i] = *d.Handle.(*string)
 	}
 	ctx, cancel := boundedContext(ctx, time.Second)
 	defer cancel()
@@ -303,9 +409,19 @@ func (s *streamSub) read(ctx context.Context, n int, wait time.Duration, changed
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)-10*time.Millisecond)
 	}
-	wait = max(wait, time.Millisecond)
-	res, err := s.d.rdb.Do(ctx, "xreadgroup", "group", s.group, s.consumer, "count", n,
-		"block", wait.Milliseconds(), "streams", s.key, ">").Result()
+	return s.xread(ctx, n, max(wait, time.Millisecond))
+}
+
+// xread reads up to n new entries, blocking for at most block (not at all
+// when block is negative).
+func (s *streamSub) xread(ctx context.Context, n int, block time.Duration) ([]*driver.Delivery, error) {
+	args := make([]any, 0, 10)
+	args = append(args, "xreadgroup", "group", s.group, s.consumer, "count", n)
+	if block >= 0 {
+		args = append(args, "block", block.Milliseconds())
+	}
+	args = append(args, "streams", s.key, ">")
+	res, err := s.d.rdb.Do(ctx, args...).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
@@ -410,30 +526,46 @@ func (s *streamSub) own(ctx context.Context, mode string, ids []string) error {
 }
 
 // deliveries turns entries into deliveries; counts gives each one's
-// Attempt, else fallback.
+// Attempt, else fallback. The deliveries, their messages and their handles
+// (a *string: the entry id) are allocated together.
 func (s *streamSub) deliveries(entries []entry, counts map[string]int, fallback int) []*driver.Delivery {
 	if len(entries) == 0 {
 		return nil
 	}
 	ds := make([]*driver.Delivery, len(entries))
+	slab := make([]driver.Delivery, len(entries))
+	msgs := make([]driver.Message, len(entries))
+	ids := make([]string, len(entries))
 	for i, e := range entries {
-		m, err := decode(e.fields)
+		m, err := decodeInto(&msgs[i], e.fields)
 		attempt := fallback
 		if c, ok := counts[e.id]; ok && c > 0 {
 			attempt = c
 		}
-		ds[i] = &driver.Delivery{Message: m, Attempt: attempt, Err: err, Handle: e.id}
+		ids[i] = e.id
+		slab[i] = driver.Delivery{Message: m, Attempt: attempt, Err: err, Handle: &ids[i]}
+		ds[i] = &slab[i]
 	}
 	return ds
 }
 
 // parseEntries reads a RESP array of entries: [id, [field, value, ...]].
-// Entries without fields (deleted since) are skipped.
+// Entries without fields (deleted since) are skipped. The fields of all
+// entries share one slice.
 func parseEntries(v any) []entry {
 	list, ok := v.([]any)
 	if !ok {
 		return nil
 	}
+	total := 0
+	for _, item := range list {
+		if pair, ok := item.([]any); ok && len(pair) == 2 {
+			if raw, ok := pair[1].([]any); ok {
+				total += len(raw)
+			}
+		}
+	}
+	all := make([]string, total)
 	out := make([]entry, 0, len(list))
 	for _, item := range list {
 		pair, ok := item.([]any)
@@ -445,7 +577,8 @@ func parseEntries(v any) []entry {
 		if id == "" || !ok {
 			continue
 		}
-		fields := make([]string, len(raw))
+		fields := all[:len(raw):len(raw)]
+		all = all[len(raw):]
 		for i, f := range raw {
 			fields[i], _ = f.(string)
 		}
@@ -454,32 +587,10 @@ func parseEntries(v any) []entry {
 	return out
 }
 
-// ids returns the entry ids of ds, for the deliveries of this subscription.
-func (s *streamSub) ids(ds []*driver.Delivery) []string {
-	ids := make([]string, 0, len(ds))
-	for _, d := range ds {
-		if id, ok := d.Handle.(string); ok {
-			ids = append(ids, id)
-		}
-	}
-	return ids
-}
-
-// settled forgets ids as held.
-func (s *streamSub) settled(ids []string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return s.closedErr()
-	}
-	for _, id := range ids {
-		delete(s.held, id)
-	}
-	s.notifyLocked()
-	return nil
-}
-
-// Ack acknowledges the deliveries (XACK; concurrent calls share pipelines).
+// Ack acknowledges the deliveries: XACK, sent at once (concurrent calls
+// share pipelines) without waiting for the reply, so that the consumer goes
+// on meanwhile. A failed XACK is logged; the entries are then delivered
+// again after the ack wait. Close waits for the XACKs under way.
 func (s *streamSub) Ack(ctx context.Context, ds []*driver.Delivery) error {
 	return s.ack(ctx, "ack", ds)
 }
@@ -490,22 +601,66 @@ func (s *streamSub) Term(ctx context.Context, ds []*driver.Delivery) error {
 }
 
 func (s *streamSub) ack(ctx context.Context, what string, ds []*driver.Delivery) error {
-	ids := s.ids(ds)
-	if err := s.settled(ids); err != nil {
-		return err
+	// The handles are *string: arguments that go-redis writes without a
+	// copy in an interface.
+	args := make([]any, 0, 3+len(ds))
+	args = append(args, "xack", &s.key, &s.group)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return s.closedErr()
 	}
-	if len(ids) == 0 {
+	for _, d := range ds {
+		if id, ok := d.Handle.(*string); ok && id != nil {
+			delete(s.held, *id)
+			args = append(args, id)
+		}
+	}
+	s.notifyLocked()
+	if len(args) == 3 {
+		s.mu.Unlock()
 		return nil
 	}
-	args := make([]any, 0, 3+len(ids))
-	args = append(args, "xack", s.key, s.group)
-	for _, id := range ids {
-		args = append(args, id)
-	}
-	if err := s.d.pipe.do(ctx, []redis.Cmder{redis.NewIntCmd(ctx, args...)}); err != nil {
+	s.acking++
+	s.mu.Unlock()
+	n := len(args) - 3
+	err := s.d.pipe.start(ctx, []redis.Cmder{redis.NewIntCmd(ctx, args...)}, func(err error) {
+		if err != nil {
+			s.d.log.Warn("redisbus: "+what+" failed; the messages will be delivered again after the ack wait",
+				"destination", s.dest.Name, "count", n, "err", s.d.classify(err))
+		}
+		s.acked()
+	})
+	if err != nil {
+		s.acked()
 		return fmt.Errorf("redisbus: %s on %q: %w", what, s.dest.Name, s.d.classify(err))
 	}
 	return nil
+}
+
+// acked counts an XACK that ran.
+func (s *streamSub) acked() {
+	s.mu.Lock()
+	s.acking--
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
+// awaitAcks waits, within ctx, for the XACKs under way.
+func (s *streamSub) awaitAcks(ctx context.Context) {
+	for {
+		s.mu.Lock()
+		n, ch := s.acking, s.changed
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // Nack redelivers the deliveries to this subscription after delay. They
@@ -520,10 +675,11 @@ func (s *streamSub) Nack(_ context.Context, ds []*driver.Delivery, delay time.Du
 		return s.closedErr()
 	}
 	for _, d := range ds {
-		id, ok := d.Handle.(string)
-		if !ok {
+		p, ok := d.Handle.(*string)
+		if !ok || p == nil {
 			continue
 		}
+		id := *p
 		delete(s.held, id)
 		s.delayed[id] = delayedEntry{due: due, attempt: d.Attempt}
 	}
@@ -550,7 +706,7 @@ func (s *streamSub) keep() {
 			ids = append(ids, id)
 		}
 		for _, d := range s.stash {
-			ids = append(ids, d.Handle.(string))
+			ids = append(ids, *d.Handle.(*string))
 		}
 		for id := range s.delayed {
 			ids = append(ids, id)
@@ -585,7 +741,7 @@ func (s *streamSub) Close(ctx context.Context) error {
 		ids = append(ids, id)
 	}
 	for _, d := range s.stash {
-		ids = append(ids, d.Handle.(string))
+		ids = append(ids, *d.Handle.(*string))
 	}
 	now := time.Now()
 	for id, e := range s.delayed {
@@ -595,13 +751,25 @@ func (s *streamSub) Close(ctx context.Context) error {
 	}
 	s.held, s.stash, s.delayed = nil, nil, nil
 	s.notifyLocked()
+	fillEnd := s.fillEnd
 	s.mu.Unlock()
+	if fillEnd != nil {
+		// A read ahead under way gives back what it reads.
+		select {
+		case <-fillEnd:
+		case <-ctx.Done():
+		}
+	}
 	s.cancel()
+	if fillEnd != nil {
+		<-fillEnd
+	}
 	<-s.keeperEnd
 	defer s.d.forget(s)
 
 	ctx, cancel := boundedContext(ctx, time.Second)
 	defer cancel()
+	s.awaitAcks(ctx)
 	var err error
 	switch {
 	case s.private:

@@ -36,7 +36,7 @@ func init() {
 //	tls_insecure_skip_verify
 //	prefix              Options.KeyPrefix
 //	max_len, dead_letter_max_len, ack_wait, reclaim_interval, block_time,
-//	max_message_size, pipeline_workers
+//	max_message_size, pipeline_workers, read_ahead
 //
 // For example rediss://app:s3cret@redis.internal:6380/2?ack_wait=1m&tls_ca_file=/etc/ca.pem.
 // Durations are Go durations (30s, 1m30s). An unknown parameter is an error.
@@ -101,6 +101,7 @@ func parseURL(u *url.URL) (*Config, error) {
 	p.Duration("block_time", &o.BlockTime)
 	p.Int("max_message_size", &o.MaxMessageSize)
 	p.Int("pipeline_workers", &o.PipelineWorkers)
+	p.Int("read_ahead", &o.ReadAhead)
 	if err := p.Err(); err != nil {
 		return nil, err
 	}
@@ -147,6 +148,7 @@ func (c *Config) URL() string {
 	q.Duration("block_time", o.BlockTime)
 	q.Int("max_message_size", o.MaxMessageSize)
 	q.Int("pipeline_workers", o.PipelineWorkers)
+	q.Int("read_ahead", o.ReadAhead)
 	u.RawQuery = q.Encode()
 	return u.String()
 }
