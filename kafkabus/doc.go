@@ -85,15 +85,15 @@
 // offsets are: every offset commit of a member carries, as its metadata, a
 // delivered mark — the offset after the last record the member handed out,
 // and the attempts of the record at the committed offset. The member
-// commits it with its next commit after handing records out (at once, a
-// commit in flight at a time), whether or not anything was settled. The
+// commits it with the commits its settlements cause, and at the latest
+// 50 ms after handing records out while some are unsettled. The
 // next owner of the partition reads the mark with the committed offset:
 // the records below the mark were delivered once more than it saw, the one
 // at the committed offset as many times as the mark says, so a message that
 // makes every member die comes back with a growing Attempt and the bus
 // dead-letters it at its attempt limit. A member that dies before its mark
-// reached the broker (within a round trip of the hand-out) leaves the count
-// one short. Through the retry topic the count travels in the
+// reached the broker (within 50 ms and a round trip of the hand-out) leaves
+// the count one short. Through the retry topic the count travels in the
 // eventbus-attempts header.
 //
 // # Rebalances

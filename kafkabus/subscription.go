@@ -156,7 +156,10 @@ type partState struct {
 	pending []*entry // handed out or waiting to be handed out again
 	next    int64    // the offset after the last record handed out; -1 before
 	commit  int64    // the offset to commit: the first unsettled one
-	dirty   bool     // commit or the delivered mark advanced and is not committed yet
+	dirty   bool     // commit advanced and is not committed yet
+	// marked: records were handed out since the last commit, which the
+	// delivered mark of the next commit must announce.
+	marked bool
 	// announced is the delivered mark last sent in the commit metadata:
 	// the offset after the last record handed out, with the attempts of
 	// the record at the commit offset (see deliveryMark).
@@ -208,6 +211,7 @@ type subscription struct {
 	ready      []*entry // nacked, to be handed out again
 	wake       chan struct{}
 	pollCancel context.CancelFunc
+	markTimer  *time.Timer // armed by armMark
 	joinedOnce sync.Once
 
 	kick      chan struct{}
@@ -249,14 +253,12 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Delivery
 				e.out = true
 				e.attempts++
 				ds[i] = e.delivery()
-				if s.groupID != "" && !e.part.released {
-					e.part.dirty = true // the attempts of the mark may have grown
-				}
+				e.part.marked = true // the attempts of the mark may have grown
 			}
 			s.ready = s.ready[n:]
 			s.inflight += n
+			s.armMark()
 			s.mu.Unlock()
-			s.kickCommit()
 			return ds, nil
 		}
 		s.mu.Unlock()
@@ -324,10 +326,12 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 			taken++
 		}
 	})
+	if len(ds) > 0 {
+		s.armMark()
+	}
 	closed := s.closed
 	s.mu.Unlock()
 	if len(ds) > 0 {
-		s.kickCommit() // announce what was handed out
 		return ds, nil
 	}
 	switch {
@@ -367,7 +371,7 @@ func (s *subscription) handOut(r *kgo.Record, e *entry, m *driver.Message) *entr
 		if st.commit < 0 {
 			st.commit = r.Offset
 		}
-		st.dirty = true
+		st.marked = true
 	}
 	*e = entry{rec: r, part: st, msg: msg, err: err, attempts: prior + 1, out: true}
 	st.pending = append(st.pending, e)
@@ -464,6 +468,24 @@ func (s *subscription) markSettled(e *entry) bool {
 		return true
 	}
 	return false
+}
+
+// markDelay is how long a delivered mark may wait for a commit that
+// settlements cause: a delivery settled sooner needs no mark of its own.
+const markDelay = 50 * time.Millisecond
+
+// armMark makes sure that a commit carries the delivered marks of what was
+// just handed out within markDelay. s.mu is held.
+func (s *subscription) armMark() {
+	if s.groupID == "" || s.markTimer != nil || s.closed {
+		return
+	}
+	s.markTimer = time.AfterFunc(markDelay, func() {
+		s.mu.Lock()
+		s.markTimer = nil
+		s.mu.Unlock()
+		s.kickCommit()
+	})
 }
 
 func (s *subscription) kickCommit() {
@@ -589,10 +611,12 @@ func (s *subscription) commitDirty(ctx context.Context, only map[topicPartition]
 	var sts []*partState
 	s.mu.Lock()
 	for tp, st := range s.parts {
-		if !st.dirty || st.commit < 0 || (only != nil && !only[tp]) {
+		// A mark alone is worth a commit only while some of what was
+		// handed out is unsettled.
+		if !(st.dirty || st.marked && st.next > st.commit) || st.commit < 0 || (only != nil && !only[tp]) {
 			continue
 		}
-		st.dirty = false
+		st.dirty, st.marked = false, false
 		sts = append(sts, st)
 		i, ok := topics[tp.topic]
 		if !ok {
@@ -647,8 +671,8 @@ func (s *subscription) commitDirty(ctx context.Context, only map[topicPartition]
 // settled; the one at the committed offset was handed out attempts times.
 // The next owner counts those deliveries in the Attempt of its own, so that
 // a member that dies does not reset the count. A mark is committed after the
-// records are handed out (with the next commit, within a round trip): a
-// member that dies before it reaches the broker leaves the count one short.
+// records are handed out (within markDelay and a round trip): a member that
+// dies before it reaches the broker leaves the count one short.
 type deliveryMark struct {
 	end      int64
 	attempts int
@@ -854,6 +878,10 @@ func (s *subscription) Close(ctx context.Context) error {
 	}
 	s.closed = true
 	s.ready = nil
+	if s.markTimer != nil {
+		s.markTimer.Stop()
+		s.markTimer = nil
+	}
 	s.signal()
 	s.mu.Unlock()
 	defer close(s.closeDone)
