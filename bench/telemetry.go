@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
+	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -57,21 +59,39 @@ func telemetryTarget(broker, goal, on, off string, metric func(Result) float64) 
 	}}
 }
 
-// discard is a span exporter that drops what it is given.
-type discard struct{}
+// discard is a span exporter that counts and drops what it is given.
+type discard struct{ n *atomic.Int64 }
 
-func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
-func (discard) Shutdown(context.Context) error                             { return nil }
+func (d discard) ExportSpans(_ context.Context, spans []sdktrace.ReadOnlySpan) error {
+	d.n.Add(int64(len(spans)))
+	return nil
+}
+func (discard) Shutdown(context.Context) error { return nil }
+
+// The batch span processor of the rows: a queue of 16384 spans exported in
+// batches of up to 4096 (or every 200ms), never blocking the span's End: a
+// span that finds the queue full is dropped, which the row's note counts.
+// The SDK's defaults (2048, 512, 5s) drop spans at these rates.
+const (
+	spanQueue   = 16384
+	spanBatch   = 4096
+	spanTimeout = 200 * time.Millisecond
+)
 
 // newObserver returns an observer with a tracer provider sampling ratio of
 // the traces (parent based: a consumer follows its producer's decision) and
-// a meter provider, and the function that shuts both down.
-func newObserver(ratio float64) (*telemetry.Observer, func(context.Context), error) {
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))))
+// a meter provider, and the function that shuts both down and returns how
+// many spans were exported.
+func newObserver(ratio float64) (*telemetry.Observer, func(context.Context) int64, error) {
+	var exported atomic.Int64
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithBatcher(discard{&exported}, sdktrace.WithMaxQueueSize(spanQueue), sdktrace.WithMaxExportBatchSize(spanBatch), sdktrace.WithBatchTimeout(spanTimeout)),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))))
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
-	shutdown := func(ctx context.Context) {
+	shutdown := func(ctx context.Context) int64 {
 		_ = tp.Shutdown(ctx)
 		_ = mp.Shutdown(ctx)
+		return exported.Load()
 	}
 	obs, err := telemetry.New(&telemetry.Options{TracerProvider: tp, MeterProvider: mp})
 	if err != nil {
@@ -81,12 +101,26 @@ func newObserver(ratio float64) (*telemetry.Observer, func(context.Context), err
 	return obs, shutdown, nil
 }
 
+// spansNote says how many spans were exported, against the two per message
+// (producer and consumer) that 100% sampling makes.
+func spansNote(res Result, exported int64, ratio float64) string {
+	if ratio < 1 {
+		return fmt.Sprintf("%d spans exported (%.2f%% of 2 per message)", exported, 100*float64(exported)/float64(2*max(res.Messages, 1)))
+	}
+	return fmt.Sprintf("%d spans exported of %d (2 per message)", exported, 2*res.Messages)
+}
+
 func runMembusTelemetry(ctx context.Context, cfg Config, ratio float64) (Result, error) {
 	obs, shutdown, err := newObserver(ratio)
 	if err != nil {
 		return Result{}, err
 	}
-	defer shutdown(context.WithoutCancel(ctx))
+	exported := int64(-1)
+	defer func() {
+		if exported < 0 {
+			shutdown(context.WithoutCancel(ctx))
+		}
+	}()
 	b := eventbus.New(&eventbus.Options{Source: "bench", Observer: obs})
 	defer b.Close(context.WithoutCancel(ctx))
 	if err := b.Register("mem", membus.New(nil)); err != nil {
@@ -99,7 +133,11 @@ func runMembusTelemetry(ctx context.Context, cfg Config, ratio float64) (Result,
 	if err := b.Start(ctx); err != nil {
 		return Result{}, err
 	}
-	return throughput(ctx, cfg, tr, busPublisher(b, payload(cfg)))
+	res, err := throughput(ctx, cfg, tr, busPublisher(b, payload(cfg)))
+	_ = b.Close(context.WithoutCancel(ctx))
+	exported = shutdown(context.WithoutCancel(ctx))
+	res.Note = joinNotes(res.Note, spansNote(res, exported, ratio))
+	return res, err
 }
 
 func runJetStreamTelemetry(ctx context.Context, cfg Config, ratio float64) (Result, error) {
@@ -107,7 +145,12 @@ func runJetStreamTelemetry(ctx context.Context, cfg Config, ratio float64) (Resu
 	if err != nil {
 		return Result{}, err
 	}
-	defer shutdown(context.WithoutCancel(ctx))
+	exported := int64(-1)
+	defer func() {
+		if exported < 0 {
+			shutdown(context.WithoutCancel(ctx))
+		}
+	}()
 	env, err := startNATS(ctx)
 	if err != nil {
 		return Result{}, err
@@ -146,5 +189,10 @@ func runJetStreamTelemetry(ctx context.Context, cfg Config, ratio float64) (Resu
 	if err := producer.Start(ctx); err != nil {
 		return Result{}, err
 	}
-	return throughput(ctx, cfg, tr, busPublisher(producer, payload(cfg)))
+	res, err := throughput(ctx, cfg, tr, busPublisher(producer, payload(cfg)))
+	_ = producer.Close(context.WithoutCancel(ctx))
+	_ = consumer.Close(context.WithoutCancel(ctx))
+	exported = shutdown(context.WithoutCancel(ctx))
+	res.Note = joinNotes(res.Note, spansNote(res, exported, ratio))
+	return res, err
 }

@@ -110,6 +110,7 @@ type opInfo struct {
 	startOpts  []trace.SpanStartOption // the span kind, and a new root for a batch
 	spanAttrs  []attribute.KeyValue    // the messaging attributes of the operation
 	metricBase []attribute.KeyValue    // the metric labels but the message type
+	attrBufs   sync.Pool               // of *[]attribute.KeyValue holding spanAttrs (setAttrs)
 
 	types cowMap[string, *labels] // label sets by message type; additions under Observer.mu
 	// transient: built past maxOps, not cached; its measurements go to the
@@ -397,13 +398,16 @@ func typeOf(m *eventbus.Message) string {
 
 // setAttrs sets the messaging attributes of a span on msgs: the
 // operation's, and the message's when there is one. The SDK copies them, so
-// the slice they are gathered in is pooled.
+// the slice they are gathered in is pooled, per operation, with the
+// operation's attributes in place: only the message's are written.
 func setAttrs(span trace.Span, info *opInfo, msgs []*eventbus.Message) {
-	buf, _ := attrBufs.Get().(*[]attribute.KeyValue)
+	buf, _ := info.attrBufs.Get().(*[]attribute.KeyValue)
 	if buf == nil {
-		buf = new([]attribute.KeyValue)
+		b := make([]attribute.KeyValue, len(info.spanAttrs), len(info.spanAttrs)+maxMessageAttrs)
+		copy(b, info.spanAttrs)
+		buf = &b
 	}
-	attrs := append((*buf)[:0], info.spanAttrs...)
+	attrs := *buf
 	switch {
 	case len(msgs) == 1 && msgs[0] != nil:
 		m := msgs[0]
@@ -424,12 +428,12 @@ func setAttrs(span trace.Span, info *opInfo, msgs []*eventbus.Message) {
 		attrs = append(attrs, semconv.MessagingBatchMessageCount(len(msgs)))
 	}
 	span.SetAttributes(attrs...)
-	clear(attrs) // drop the references to the message's strings
-	*buf = attrs[:0]
-	attrBufs.Put(buf)
+	clear(attrs[len(*buf):]) // drop the references to the message's strings
+	info.attrBufs.Put(buf)
 }
 
-var attrBufs sync.Pool
+// maxMessageAttrs is the number of attributes setAttrs adds at most.
+const maxMessageAttrs = 7
 
 func system(op eventbus.Operation) string {
 	if op.System != "" {
