@@ -100,8 +100,22 @@
 // flight unless its context ends first; a poll cancelled that way may have
 // taken messages that no one sees for up to 4 s. Attempt is SQS's ApproximateReceiveCount.
 //
-// Batch calls do not span Publish calls: each Publish sends its own batches,
-// so concurrent publishers of single messages make one call each.
+// Concurrent publishers share batch calls: a Publish of fewer than a batch's
+// messages to a topic or queue joins the calls of other callers to the same
+// destination. It leaves at once while fewer than two batch calls to that
+// destination are in flight (or, up to eight, when a full batch is waiting),
+// taking with it whatever other callers left waiting (up to ten entries and
+// 256 KiB); otherwise it waits for a call to return and leaves in the next
+// batch, with the messages that piled up meanwhile. A lone publisher waits
+// for nothing; many share calls, at the cost of up to one call's time of
+// waiting each. Each caller gets the outcome of its
+// own messages: an error of the call, or a *BatchError naming only its
+// refused entries. The messages of one Publish stay together and in order in
+// one call; larger Publish calls, and replies, make calls of their own. A
+// Publish whose context ends while its messages wait returns at once without
+// sending them; one whose context ends during their call returns at once
+// too, their fate unknown (as for any call cancelled in flight), and the call
+// is cancelled when every caller in it has given up.
 //
 // # FIFO and ordering
 //

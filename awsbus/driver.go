@@ -41,6 +41,8 @@ type Driver struct {
 	resMu     sync.Mutex
 	resources map[string]*resource
 
+	combiners sync.Map // topic ARN or queue URL → *combiner
+
 	mu      sync.Mutex
 	closed  bool
 	subs    map[*subscription]struct{}
@@ -207,7 +209,11 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 			topic, err = d.topic(ctx, dest)
 		}
 		if err == nil {
-			err = d.publishTopic(ctx, topic, fifo, dest.Pattern == driver.DeadLetter, msgs, wire)
+			dl := dest.Pattern == driver.DeadLetter
+			send := func(ctx context.Context, msgs []*driver.Message, wire []*wireMessage) error {
+				return d.publishTopic(ctx, topic, fifo, dl, msgs, wire)
+			}
+			err = d.publishVia(ctx, "topic/"+topic, topicBatch(fifo), send, msgs, wire)
 		}
 	} else {
 		var q *resource
@@ -217,13 +223,35 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 			q, err = d.queueWithRedrive(ctx, dest)
 		}
 		if err == nil {
-			err = d.sendQueue(ctx, q.url, fifo, msgs, wire)
+			url := q.url
+			send := func(ctx context.Context, msgs []*driver.Message, wire []*wireMessage) error {
+				return d.sendQueue(ctx, url, fifo, msgs, wire)
+			}
+			key := "queue/" + url
+			if dest.Pattern == driver.Reply {
+				key = "reply/" + url
+			}
+			err = d.publishVia(ctx, key, queueBatch, send, msgs, wire)
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("awsbus: publish to %q: %w", dest.Name, err)
 	}
 	return nil
+}
+
+// publishVia sends msgs with send: a publish of fewer messages than a
+// batch holds goes through the destination's combiner, to share a batch
+// call with concurrent callers; a larger one makes its own calls.
+//
+// Replies make their own calls: each goes to another requester's queue,
+// rarely two at once, and a combiner per requester ever answered would
+// accumulate.
+func (d *Driver) publishVia(ctx context.Context, key string, limit int, send func(context.Context, []*driver.Message, []*wireMessage) error, msgs []*driver.Message, wire []*wireMessage) error {
+	if len(msgs) >= limit || strings.HasPrefix(key, "reply/") {
+		return send(ctx, msgs, wire)
+	}
+	return d.combinerFor(key, limit, send).publish(ctx, msgs, wire)
 }
 
 // batches splits the messages into SNS/SQS batches: at most limit entries
@@ -287,12 +315,19 @@ func fifoIDText(s string) bool {
 // does: member.10 before member.2) would reorder a batch of ten.
 const fifoTopicBatch = 9
 
-func (d *Driver) publishTopic(ctx context.Context, topic string, fifo, dl bool, msgs []*driver.Message, wire []*wireMessage) error {
-	limit := 10
+// queueBatch bounds SendMessageBatch (SQS's limit), and PublishBatch on
+// standard topics.
+const queueBatch = 10
+
+func topicBatch(fifo bool) int {
 	if fifo {
-		limit = fifoTopicBatch
+		return fifoTopicBatch
 	}
-	return batches(wire, limit, func(lo, hi int) error {
+	return queueBatch
+}
+
+func (d *Driver) publishTopic(ctx context.Context, topic string, fifo, dl bool, msgs []*driver.Message, wire []*wireMessage) error {
+	return batches(wire, topicBatch(fifo), func(lo, hi int) error {
 		entries := make([]snstypes.PublishBatchRequestEntry, 0, hi-lo)
 		for i := lo; i < hi; i++ {
 			w := wire[i]
@@ -325,7 +360,7 @@ func (d *Driver) publishTopic(ctx context.Context, topic string, fifo, dl bool, 
 }
 
 func (d *Driver) sendQueue(ctx context.Context, url string, fifo bool, msgs []*driver.Message, wire []*wireMessage) error {
-	return batches(wire, 10, func(lo, hi int) error {
+	return batches(wire, queueBatch, func(lo, hi int) error {
 		entries := make([]sqstypes.SendMessageBatchRequestEntry, 0, hi-lo)
 		for i := lo; i < hi; i++ {
 			w := wire[i]
@@ -369,6 +404,8 @@ type EntryError struct {
 	ID      string // the message's id
 	Code    string
 	Message string
+
+	index int // in the messages of the batch call; -1 unknown
 }
 
 func (e *BatchError) Error() string {
@@ -391,10 +428,11 @@ func batchFailures(sent, failed int, entry func(int) (id, code, msg string), msg
 	e := &BatchError{Sent: sent}
 	for i := range failed {
 		id, code, msg := entry(i)
+		index := -1
 		if n, err := strconv.Atoi(id); err == nil && n >= 0 && n < len(msgs) {
-			id = msgs[n].ID
+			id, index = msgs[n].ID, n
 		}
-		e.Failed = append(e.Failed, EntryError{ID: id, Code: code, Message: msg})
+		e.Failed = append(e.Failed, EntryError{ID: id, Code: code, Message: msg, index: index})
 	}
 	return e
 }
