@@ -45,10 +45,13 @@
 //     type would select on a shared topic, without spending a message
 //     attribute on it, and without every group queue's subscription being
 //     evaluated for every event.
-//   - Commands (commands.<service>.<type>): one SQS queue, published to
-//     directly; every instance of the service consumes it, so exactly one
-//     handles each command. Commands sent before any handler starts wait in
-//     the queue.
+//   - Commands (commands.<service>.<type>): one SQS queue per command type
+//     of a service, published to directly; every instance of the service
+//     consumes it, so exactly one handles each command. Commands sent before
+//     any handler starts wait in the queue. A queue per type rather than one
+//     per service: a subscription handles one destination, and on a shared
+//     queue an instance would receive the types it has no handler for (SQS
+//     cannot filter what a receive returns).
 //   - Queries: the request goes to the query's queue like a command; the
 //     reply to the requester's reply queue (replies.<instance>), one per bus
 //     instance, created when the bus starts and removed when it closes. The
