@@ -90,12 +90,21 @@
 // # Ordering
 //
 // A stream keeps publish order, and one consumer of a group reads it in
-// that order, so OrderingByKey holds in the contract's sense: a group with
-// one consumer sees each key's messages in publish order while nothing is
-// nacked. Competing members of a group share the stream with no regard to
-// keys, so across members there is no per-key order; the driver does not
-// shard a destination into several streams by key. Run one member per
-// group where key order matters.
+// that order; competing members of a group, though, share a stream with no
+// regard to keys. The driver therefore claims OrderingByKey and keeps it
+// for the Stream pattern across members: a stream's group has one reader
+// at a time (a destination is one shard, read by one member). The members
+// of a stream's group hold a lease (the key PREFIX:{name}:reader:GROUP,
+// renewed every third of the ack wait, expiring after the ack wait); the
+// others stand by and ask for it every reclaim interval. A member that
+// takes the lease first takes over every entry pending in the group, in
+// stream order, before it reads anything new, so each key's messages keep
+// their publish order when the reader closes (the next one takes over
+// within the reclaim interval) or dies (after the ack wait). The price is
+// that a stream's group does not spread its work over members; scale out
+// with more streams. Events and commands are not leased: their members
+// compete, each sees its share in publish order, and there is no per-key
+// order across members. Nack with a delay redelivers after newer messages.
 //
 // # Dead letters and retries
 //

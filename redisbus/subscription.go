@@ -52,6 +52,26 @@ end
 if ARGV[3] ~= 'claim' then args[#args + 1] = 'JUSTID' end
 return redis.call(unpack(args))`)
 
+	// leaseScript keeps the reader lease KEYS[1] of a stream's group for
+	// consumer ARGV[1] for ARGV[2] ms. "acquire" takes it when free (2),
+	// renews it when held by ARGV[1] (1), and leaves it to another holder
+	// (0); "release" deletes it when held by ARGV[1].
+	leaseScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if ARGV[3] == 'release' then
+  if v == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return 0
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0`)
+
 	// sweepScript deletes the consumers of group ARGV[1] that hold nothing
 	// and are ARGV[2] itself or idle for over ARGV[3] ms: members that left.
 	sweepScript = redis.NewScript(`
@@ -96,6 +116,7 @@ type streamSub struct {
 	every    time.Duration // reclaim interval
 	limit    int           // MaxInFlight; 0: no limit
 	ahead    int           // Options.ReadAhead; 0: none
+	lease    string        // the reader lease of a stream's group; "": members compete
 
 	mu          sync.Mutex
 	held        map[string]struct{}
@@ -109,6 +130,8 @@ type streamSub struct {
 	fillEnd     chan struct{} // closed when the read ahead in progress (if any) ended
 	nextReclaim time.Time
 	cursor      string
+	leader      bool      // holds the lease
+	nextLease   time.Time // when a member without the lease asks again
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -154,6 +177,9 @@ func (d *Driver) subscribeStream(ctx context.Context, dest driver.Destination, c
 		cursor:    "0-0",
 		keeperEnd: make(chan struct{}),
 	}
+	if dest.Pattern == driver.Stream && !private {
+		s.lease = d.opts.KeyPrefix + ":{" + dest.Name + "}:reader:" + group
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if dest.Pattern == driver.Reply {
 		_ = d.rdb.PExpire(ctx, key, replyTTL).Err()
@@ -185,6 +211,12 @@ func (s *streamSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, e
 		if s.closed {
 			s.mu.Unlock()
 			return nil, s.closedErr()
+		}
+		if s.lease != "" && !s.leader {
+			if err := s.lead(ctx); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		room := max
 		if s.limit > 0 {
@@ -275,6 +307,76 @@ func (s *streamSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, e
 		if ds, err := s.handOut(ctx, room, read, ds, err); err != nil || len(ds) > 0 {
 			return ds, err
 		}
+	}
+}
+
+// lead, called with s.mu held (and returning with it released), tries to
+// become the group's one reader of a stream, at most every reclaim
+// interval. The new reader first takes over every entry pending in the
+// group, in stream order: the entries of the reader before it (given back
+// at its Close, or held when it died) come before anything new, so that
+// each key's messages keep their order across a change of reader.
+func (s *streamSub) lead(ctx context.Context) error {
+	if s.reading {
+		ch := s.changed
+		s.mu.Unlock()
+		return s.await(ctx, ch, s.every)
+	}
+	if wait := time.Until(s.nextLease); wait > 0 {
+		ch := s.changed
+		s.mu.Unlock()
+		return s.await(ctx, ch, wait)
+	}
+	s.reading = true
+	s.mu.Unlock()
+	got, err := leaseScript.Run(ctx, s.d.rdb, []string{s.lease}, s.consumer, s.ackWait.Milliseconds(), "acquire").Int()
+	var ds []*driver.Delivery
+	if err == nil && got > 0 {
+		ds, err = s.takeOver(ctx)
+	}
+	s.mu.Lock()
+	s.reading = false
+	s.notifyLocked()
+	if s.closed {
+		s.mu.Unlock()
+		if len(ds) > 0 {
+			s.giveBack(ctx, ds)
+		}
+		return s.closedErr()
+	}
+	switch {
+	case err != nil:
+		s.nextLease = time.Now().Add(s.every)
+		s.mu.Unlock()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("redisbus: receive from %q: %w", s.dest.Name, s.d.classify(err))
+	case got == 0:
+		s.nextLease = time.Now().Add(s.every)
+	default:
+		s.leader = true
+		s.stash = append(ds, s.stash...)
+		s.d.log.Debug("redisbus: reading the stream for the group", "destination", s.dest.Name, "group", s.group, "taken over", len(ds))
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// takeOver claims every entry pending in the group, in stream order.
+func (s *streamSub) takeOver(ctx context.Context) ([]*driver.Delivery, error) {
+	var all []*driver.Delivery
+	cursor := "0-0"
+	for {
+		ds, next, err := s.claimIdle(ctx, cursor, 0, 1000)
+		if err != nil {
+			return all, err
+		}
+		all = append(all, ds...)
+		if next == "0-0" || next == "" {
+			return all, nil
+		}
+		cursor = next
 	}
 }
 
@@ -455,19 +557,10 @@ func (s *streamSub) reclaim(ctx context.Context, n int) ([]*driver.Delivery, err
 	s.mu.Lock()
 	cursor := s.cursor
 	s.mu.Unlock()
-	res, err := reclaimScript.Run(ctx, s.d.rdb, []string{s.key}, s.group, s.consumer,
-		s.ackWait.Milliseconds(), cursor, n).Result()
+	ds, next, err := s.claimIdle(ctx, cursor, s.ackWait, n)
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "NOGROUP") {
-			return nil, s.d.createGroup(ctx, s.key, s.group, driver.StartFirst)
-		}
 		return nil, err
 	}
-	r, ok := res.([]any)
-	if !ok || len(r) != 3 {
-		return nil, fmt.Errorf("unexpected XAUTOCLAIM reply %T", res)
-	}
-	next, _ := r[0].(string)
 	s.mu.Lock()
 	s.cursor = next
 	if next != "0-0" {
@@ -475,6 +568,25 @@ func (s *streamSub) reclaim(ctx context.Context, n int) ([]*driver.Delivery, err
 		s.nextReclaim = time.Time{}
 	}
 	s.mu.Unlock()
+	return ds, nil
+}
+
+// claimIdle claims up to n entries pending for at least idle, scanning
+// from cursor, and returns them and the next cursor ("0-0" at the end).
+func (s *streamSub) claimIdle(ctx context.Context, cursor string, idle time.Duration, n int) ([]*driver.Delivery, string, error) {
+	res, err := reclaimScript.Run(ctx, s.d.rdb, []string{s.key}, s.group, s.consumer,
+		idle.Milliseconds(), cursor, n).Result()
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "NOGROUP") {
+			return nil, "0-0", s.d.createGroup(ctx, s.key, s.group, driver.StartFirst)
+		}
+		return nil, "", err
+	}
+	r, ok := res.([]any)
+	if !ok || len(r) != 3 {
+		return nil, "", fmt.Errorf("unexpected XAUTOCLAIM reply %T", res)
+	}
+	next, _ := r[0].(string)
 	counts := make(map[string]int)
 	entries := parseEntries(r[1])
 	if cs, ok := r[2].([]any); ok {
@@ -486,7 +598,7 @@ func (s *streamSub) reclaim(ctx context.Context, n int) ([]*driver.Delivery, err
 			}
 		}
 	}
-	return s.deliveries(entries, counts, 2), nil
+	return s.deliveries(entries, counts, 2), next, nil
 }
 
 // claim delivers again the nacked entries whose delay is over.
@@ -721,8 +833,37 @@ func (s *streamSub) keep() {
 		if s.dest.Pattern == driver.Reply {
 			_ = s.d.rdb.PExpire(ctx, s.key, replyTTL).Err()
 		}
+		s.renew(ctx)
 		cancel()
 	}
+}
+
+// renew keeps the lease of a stream group's reader. A reader that lost it
+// (it could not renew within the ack wait) stops reading and drops what it
+// read ahead: the new reader takes those entries over.
+func (s *streamSub) renew(ctx context.Context) {
+	s.mu.Lock()
+	leader := s.leader
+	s.mu.Unlock()
+	if !leader {
+		return
+	}
+	got, err := leaseScript.Run(ctx, s.d.rdb, []string{s.lease}, s.consumer, s.ackWait.Milliseconds(), "acquire").Int()
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.d.log.Warn("redisbus: renewing the stream reader's lease failed", "destination", s.dest.Name, "err", s.d.classify(err))
+		}
+		return
+	}
+	if got != 0 {
+		return
+	}
+	s.mu.Lock()
+	s.leader = false
+	s.stash = nil
+	s.notifyLocked()
+	s.mu.Unlock()
+	s.d.log.Warn("redisbus: another member reads the stream now; messages in progress may be delivered twice", "destination", s.dest.Name, "group", s.group)
 }
 
 // Close stops the subscription and gives back at once what it holds (and
@@ -780,6 +921,9 @@ func (s *streamSub) Close(ctx context.Context) error {
 	default:
 		if len(ids) > 0 {
 			err = s.own(ctx, "release", ids)
+		}
+		if err == nil && s.lease != "" {
+			err = leaseScript.Run(ctx, s.d.rdb, []string{s.lease}, s.consumer, 0, "release").Err()
 		}
 		if err == nil {
 			err = sweepScript.Run(ctx, s.d.rdb, []string{s.key}, s.group, s.consumer, sweepIdle.Milliseconds()).Err()

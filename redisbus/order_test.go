@@ -1,0 +1,158 @@
+package redisbus_test
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/marty-msf/eventbus/driver"
+)
+
+// TestStreamOrderAcrossMembers: three members of a group compete for a
+// stream while two publishers publish six keys; the member that reads
+// closes after a third of the messages, then the next one: every key's
+// messages are handled in publish order, each once, across the changes of
+// reader.
+func TestStreamOrderAcrossMembers(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.AckWait = 3 * time.Second
+	cfg.ReclaimInterval = 100 * time.Millisecond
+	dest := driver.NewDestination(driver.Stream, "order", "")
+	opts := driver.SubscribeOptions{Group: "g"}
+	ctx := ctxFor(t, 90*time.Second)
+
+	const members, keys, perKey = 3, 6, 100
+	const total = keys * perKey
+	subs := make([]driver.Subscription, members)
+	for i := range subs {
+		sub, err := openDriver(t, cfg).Subscribe(ctx, dest, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs[i] = sub
+	}
+
+	type handled struct {
+		member   int
+		key      string
+		seq      int
+		msgID    string
+		attempts int
+	}
+	var (
+		mu      sync.Mutex
+		log     []handled
+		seen    = map[string]bool{}
+		closed  int
+		allSeen = make(chan struct{})
+	)
+	var wg sync.WaitGroup
+	for i, sub := range subs {
+		wg.Go(func() {
+			for {
+				ds, err := sub.Receive(ctx, 16)
+				if errors.Is(err, driver.ErrClosed) || ctx.Err() != nil {
+					return
+				}
+				if err != nil {
+					t.Errorf("member %d: %v", i, err)
+					return
+				}
+				mu.Lock()
+				for _, d := range ds {
+					var seq int
+					if _, err := fmt.Sscanf(string(d.Message.Data), "%d", &seq); err != nil {
+						t.Errorf("member %d: data %q: %v", i, d.Message.Data, err)
+					}
+					log = append(log, handled{i, d.Message.Key, seq, d.Message.ID, d.Attempt})
+					seen[d.Message.ID] = true
+				}
+				n := len(seen)
+				// The reader leaves after each third of the messages, at a
+				// batch boundary, having acked what it handled.
+				leave := closed < members-1 && n >= (closed+1)*total/members
+				if leave {
+					closed++
+				}
+				if n == total {
+					close(allSeen)
+				}
+				mu.Unlock()
+				if err := sub.Ack(ctx, ds); err != nil {
+					t.Errorf("member %d: ack: %v", i, err)
+				}
+				if leave {
+					if err := sub.Close(ctx); err != nil {
+						t.Errorf("member %d: close: %v", i, err)
+					}
+					return
+				}
+			}
+		})
+	}
+
+	// Two publishers, three keys each, in batches of 1 to 7.
+	pub := openDriver(t, cfg)
+	var pwg sync.WaitGroup
+	for p := range 2 {
+		pwg.Go(func() {
+			var batch []*driver.Message
+			for seq := range perKey {
+				for k := p * keys / 2; k < (p+1)*keys/2; k++ {
+					key := fmt.Sprintf("key%d", k)
+					batch = append(batch, &driver.Message{ID: fmt.Sprintf("%s-%d", key, seq), Source: "order-test",
+						Type: "order", Key: key, Data: fmt.Appendf(nil, "%d", seq)})
+					if len(batch) >= 1+(seq+k)%7 {
+						if err := pub.Publish(ctx, dest, batch); err != nil {
+							t.Error(err)
+							return
+						}
+						batch = nil
+					}
+				}
+			}
+			if len(batch) > 0 {
+				if err := pub.Publish(ctx, dest, batch); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	pwg.Wait()
+	select {
+	case <-allSeen:
+	case <-ctx.Done():
+		mu.Lock()
+		t.Errorf("%d of %d messages handled before the deadline", len(seen), total)
+		mu.Unlock()
+	}
+	for _, sub := range subs {
+		_ = sub.Close(ctx)
+	}
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	next := map[string]int{}
+	readers := map[int]int{}
+	var problems []string
+	for _, h := range log {
+		readers[h.member]++
+		if h.seq != next[h.key] {
+			problems = append(problems, fmt.Sprintf("%s #%d (member %d, attempt %d) where #%d was next", h.key, h.seq, h.member, h.attempts, next[h.key]))
+		}
+		next[h.key] = h.seq + 1
+	}
+	t.Logf("%d messages handled by %d readers in turn %v", len(log), len(readers), readers)
+	if len(problems) > 0 {
+		t.Errorf("%d messages out of their key's order, or twice: %v", len(problems), problems[:min(len(problems), 10)])
+	}
+	if len(log) != total {
+		t.Errorf("%d deliveries handled, want %d", len(log), total)
+	}
+	if len(readers) != members {
+		t.Errorf("%d members read, want each of the %d in turn", len(readers), members)
+	}
+}
