@@ -25,7 +25,9 @@
 // connection's settings; [Options] are the driver's: key prefix, stream
 // trimming (MaxLen, approximate), ack wait, reclaim interval, block time,
 // message size, pipeline workers and read-ahead. [Config.Validate] reports every
-// problem at once.
+// problem at once. The tests start their own Sentinel (a master and a
+// sentinel) and Cluster (three masters) deployments and run a round trip on
+// each.
 //
 // # Mapping
 //
