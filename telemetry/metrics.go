@@ -239,9 +239,9 @@ func errorType(err error) string {
 }
 
 // Watch adds the metrics read from bus at each collection: the consumer lag
-// of every subscription whose backend reports it (eventbus.consumer.lag,
-// JetStream today). The returned function unregisters them. Without a
-// MeterProvider Watch does nothing.
+// of every subscription whose backend reports it (eventbus.consumer.lag:
+// JetStream, Kafka and Redis Streams). The returned function unregisters
+// them. Without a MeterProvider Watch does nothing.
 func (o *Observer) Watch(bus *eventbus.Bus) (stop func() error, err error) {
 	if o.m == nil {
 		return func() error { return nil }, nil

@@ -2,6 +2,8 @@ package telemetry_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,11 +14,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kfake"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/internal/testenv"
+	"github.com/marty-msf/eventbus/kafkabus"
 	"github.com/marty-msf/eventbus/membus"
+	"github.com/marty-msf/eventbus/redisbus"
 	"github.com/marty-msf/eventbus/telemetry"
 )
 
@@ -157,6 +165,62 @@ func grepLines(text, prefix string) string {
 // blocked wait on the server and show in eventbus.consumer.lag.
 func TestConsumerLagNATS(t *testing.T) {
 	_, d := startNATS(t)
+	consumerLag(t, d)
+}
+
+// Redis Streams reports its group's lag (XINFO GROUPS).
+func TestConsumerLagRedis(t *testing.T) {
+	cfg, err := redisbus.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	cfg.KeyPrefix = "telemetry-test-" + hex.EncodeToString(b[:])
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d, err := redisbus.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The bus closes d and its client: the keys are deleted with another.
+	rdb := redis.NewClient(&redis.Options{Addr: cfg.Addrs[0], Username: cfg.Username, Password: cfg.Password, DB: cfg.DB})
+	defer rdb.Close()
+	defer func() {
+		keys, err := rdb.Keys(context.Background(), cfg.KeyPrefix+":*").Result()
+		if err == nil && len(keys) > 0 {
+			err = rdb.Del(context.Background(), keys...).Err()
+		}
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	}()
+	consumerLag(t, d)
+}
+
+// Kafka reports its group's lag (committed offsets against end offsets).
+func TestConsumerLagKafka(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.GroupMinSessionTimeout(100*time.Millisecond), kfake.DefaultNumPartitions(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d, err := kafkabus.Open(ctx, &kafkabus.Config{Brokers: cluster.ListenAddrs(), Options: kafkabus.Options{
+		Partitions: 2, FetchMaxWait: 200 * time.Millisecond, HeartbeatInterval: 100 * time.Millisecond,
+		MinSessionTimeout: time.Second, SessionTimeout: 10 * time.Second, RebalanceTimeout: 20 * time.Second,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumerLag(t, d)
+}
+
+// consumerLag checks that messages published to d while their handler is
+// blocked show in eventbus.consumer.lag, scraped from the Prometheus
+// endpoint over HTTP.
+func consumerLag(t *testing.T, d driver.Driver) {
 	mp, promHandler, err := telemetry.NewPrometheus()
 	if err != nil {
 		t.Fatal(err)
