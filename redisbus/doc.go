@@ -116,6 +116,13 @@
 // any other (with the reason, attempts and origin as ce_ extension fields),
 // then terms. The driver ignores SubscribeOptions.MaxDeliveries.
 //
+// The driver is a [driver.DeadLetterStore]: DeadLetterDestinations scans
+// for the dead-letter streams under the key prefix (SCAN TYPE stream, on
+// every master of a Cluster); ReadDeadLetters reads one with XRANGE, oldest
+// first, up to the entry that was last when it began, each with its entry
+// id as Ref; DeleteDeadLetters removes entries by id (XDEL); and
+// PurgeDeadLetters empties the stream (XTRIM MAXLEN 0), keeping its groups.
+//
 // Nack with a delay keeps the entry pending for the same consumer, fresh,
 // and delivers it again to that subscription when the delay is over (XCLAIM
 // to itself, counting a delivery): NativeDelay holds while the nacking
