@@ -44,11 +44,11 @@ func newBenchCmd(cf *connFlags, getenv func(string) string, client func(*cobra.C
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
 			case bf.messages < 1 || bf.messages > 10_000_000:
-				return usagef("--messages %d out of range: give 1 to 10000000", bf.messages)
+				return usagef("--messages %d out of range; give 1 to 10000000", bf.messages)
 			case bf.size < 0 || bf.size > 1<<20:
-				return usagef("--size %d out of range: give 0 to 1048576 bytes", bf.size)
+				return usagef("--size %d out of range; give 0 to 1048576 bytes", bf.size)
 			case bf.roundTrips < 0 || bf.roundTrips > 100_000:
-				return usagef("--round-trips %d out of range: give 0 to 100000", bf.roundTrips)
+				return usagef("--round-trips %d out of range; give 0 to 100000", bf.roundTrips)
 			}
 			return runBench(cmd.Context(), cf, bf, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},

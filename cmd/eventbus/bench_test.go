@@ -35,7 +35,7 @@ func TestBench(t *testing.T) {
 		})
 	}
 	r := execute(t, "", "bench", "--messages", "0")
-	if r.code != exitUsage || r.stderr != "error: --messages 0 out of range: give 1 to 10000000\n" {
+	if r.code != exitUsage || r.stderr != "error: --messages 0 out of range; give 1 to 10000000\n" {
 		t.Errorf("bench --messages 0: exit %d, stderr %q", r.code, r.stderr)
 	}
 }

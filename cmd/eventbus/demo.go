@@ -46,10 +46,10 @@ func newDemoCmd() *cobra.Command {
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if df.orders < 1 || df.orders > 10000 {
-				return usagef("--orders %d out of range: give 1 to 10000", df.orders)
+				return usagef("--orders %d out of range; give 1 to 10000", df.orders)
 			}
 			if df.failureRate < 0 || df.failureRate > 1 {
-				return usagef("--failure-rate %g out of range: give 0 to 1", df.failureRate)
+				return usagef("--failure-rate %g out of range; give 0 to 1", df.failureRate)
 			}
 			return runDemo(cmd.Context(), df, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
@@ -101,7 +101,10 @@ func runDemo(ctx context.Context, df *demoFlags, stdout, stderr io.Writer) (err 
 	initialStock := 3 * df.orders
 	orders := make([]shop.Order, df.orders)
 	decline := map[string]bool{}
-	run := time.Now().UTC().Format("150405")
+	// Saga ids name the run (to the millisecond), so that runs on one
+	// --data do not collide.
+	now := time.Now().UTC()
+	run := now.Format("150405") + fmt.Sprintf("%03d", now.Nanosecond()/1e6)
 	for i := range orders {
 		orders[i] = shop.Order{ID: fmt.Sprintf("order-%s-%04d", run, i+1), Customer: demoCustomer, SKU: demoSKU, Quantity: 1 + i%3}
 		orders[i].Amount = orders[i].Quantity * unitPrice

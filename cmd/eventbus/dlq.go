@@ -146,7 +146,7 @@ func (df *dlqFlags) selection(ids []string, needAll bool) (eventbus.DeadLetterFi
 	f.IDs = ids
 	if needAll && len(ids) == 0 && !df.all && f.Backend == "" && f.Origin == "" && f.Type == "" && f.Source == "" &&
 		f.Reason == "" && f.Group == "" && df.since == 0 && df.olderThan == 0 {
-		return f, usagef("no dead letters selected: give their ids, a filter such as --origin or --type, or --all for every one")
+		return f, usagef("no dead letters selected; give their ids, a filter such as --origin or --type, or --all for every one")
 	}
 	if df.since < 0 || df.olderThan < 0 || f.Limit < 0 {
 		return f, usagef("--since, --older-than and --limit must not be negative")

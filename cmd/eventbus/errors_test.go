@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +47,10 @@ func TestBadInput(t *testing.T) {
 				args = append(args, "--url", url)
 			}
 			r := execute(t, tc.stdin, args...)
-			if r.code != exitUsage || !strings.Contains(r.stderr, tc.have) || r.stdout != "" {
+			// One error line, which says what to do next.
+			if r.code != exitUsage || !strings.Contains(r.stderr, tc.have) || r.stdout != "" ||
+				!strings.HasPrefix(r.stderr, "error: ") || strings.Count(r.stderr, "\n") != 1 ||
+				!strings.Contains(r.stderr, "; ") || strings.Count(r.stderr, "eventbus: ") > 1 {
 				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", r.code, r.stdout, r.stderr, exitUsage, tc.have)
 			}
 		})
@@ -143,5 +147,45 @@ func TestHelpShowsNoSecret(t *testing.T) {
 	code := run(context.Background(), []string{"publish", "--help"}, func(k string) string { return env[k] }, strings.NewReader(""), &out, &errOut)
 	if code != 0 || !strings.Contains(out.String(), "--password") || strings.Contains(out.String()+errOut.String(), "s3cret") {
 		t.Fatalf("exit %d, help %q", code, out.String())
+	}
+}
+
+// Each part of an error message is said once, however many layers added it.
+func TestOnceEach(t *testing.T) {
+	for in, want := range map[string]string{
+		`publish event: eventbus: publish event: eventbus: message type "a..b": invalid name: empty token`: `publish event: eventbus: message type "a..b": invalid name: empty token`,
+		"cannot connect: natsbus: connect: no servers":                                                     "cannot connect: natsbus: connect: no servers",
+		"plain": "plain",
+	} {
+		if got := onceEach(in); got != want {
+			t.Errorf("onceEach(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The exit status tells a mistake in the command line (2) from a server or
+// store that cannot be reached (6) and from other failures (1); the error is
+// one line that says what to do next.
+func TestExitStatusByCause(t *testing.T) {
+	port := freePort(t)
+	down := "nats://127.0.0.1:" + strconv.Itoa(port)
+	for _, c := range []struct {
+		args []string
+		code int
+		next string
+	}{
+		{[]string{"dlq", "list", "--nope"}, exitUsage, `see "eventbus dlq list --help"`},
+		{[]string{"saga", "bogus"}, exitUsage, "--help"},
+		{[]string{"dlq", "list", "--url", down, "--connect-timeout", "500ms"}, exitUnavailable, `start one with "eventbus server"`},
+		{[]string{"bench", "--url", down, "--connect-timeout", "500ms"}, exitUnavailable, "wait longer with --connect-timeout"},
+		{[]string{"saga", "list", "--store", "postgres://127.0.0.1:" + strconv.Itoa(port) + "/db?connect_timeout=2"}, exitUnavailable, "check that the database runs"},
+		{[]string{"demo", "--data", "/proc/eventbus-demo"}, exitFailure, "give --data a directory you can write"},
+	} {
+		r := execute(t, "", c.args...)
+		// Notices such as "waiting for ..." may come first.
+		if r.code != c.code || strings.Count(r.stderr, "\nerror: ")+strings.Count("\n"+r.stderr[:min(len(r.stderr), 7)], "\nerror: ") != 1 ||
+			!strings.Contains(r.stderr, c.next) {
+			t.Errorf("%v: exit %d (want %d), stderr %q (want %q)", c.args, r.code, c.code, r.stderr, c.next)
+		}
 	}
 }

@@ -64,23 +64,44 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "error:", err)
 	var ee *exitError
 	var ue *usageError
+	code := exitFailure
 	switch {
 	case errors.As(err, &ee):
-		return ee.code
-	case errors.As(err, &ue), errors.Is(err, eventbus.ErrInvalidName):
-		return exitUsage
-	case !started:
-		return exitUsage
-	default:
-		return exitFailure
+		code = ee.code
+	case errors.As(err, &ue), errors.Is(err, eventbus.ErrInvalidName), !started:
+		code = exitUsage
 	}
+	msg := onceEach(err.Error())
+	if code == exitUsage && !strings.Contains(msg, "; ") && cmd != nil {
+		// Every error says what to do next; for a mistake in the command
+		// line, that is its help.
+		msg += fmt.Sprintf("; see %q", cmd.CommandPath()+" --help")
+	}
+	fmt.Fprintln(stderr, "error:", msg)
+	return code
+}
+
+// onceEach drops the parts of an error message (between ": ") that repeat
+// an earlier part, such as a prefix that two layers both added, so that each
+// is said once: "publish event: eventbus: publish event: eventbus: message
+// type ..." becomes "publish event: eventbus: message type ...".
+func onceEach(msg string) string {
+	parts := strings.Split(msg, ": ")
+	seen := make(map[string]bool, len(parts))
+	out := parts[:0]
+	for _, p := range parts {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, ": ")
 }
 
 // connFlags are the connection settings shared by the client commands.
@@ -143,6 +164,19 @@ func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.
 	)
 	// Cobra reports unknown commands, bad flags and wrong arguments before
 	// RunE; started tells such usage errors from failures.
+	// A group of subcommands (saga, dlq) shows its help, and names an
+	// unknown subcommand as a usage error.
+	for _, cmd := range root.Commands() {
+		if cmd.HasSubCommands() && cmd.RunE == nil {
+			cmd.Args = cobra.ArbitraryArgs
+			cmd.RunE = func(cmd *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+				}
+				return cmd.Help()
+			}
+		}
+	}
 	var mark func(*cobra.Command)
 	mark = func(parent *cobra.Command) {
 		for _, cmd := range parent.Commands() {

@@ -131,7 +131,7 @@ func storeURL(cf *connFlags, sf *sagaFlags, getenv func(string) string) (string,
 	if s := getenv("EVENTBUS_SAGA_STORE"); s != "" {
 		return s, nil
 	}
-	return "", usagef("no saga store: give --store postgres://user@host:5432/db or --store sqlite:FILE, or --config with a saga.store")
+	return "", usagef("no saga store; give --store postgres://user@host:5432/db or --store sqlite:FILE, or --config with a saga.store")
 }
 
 // withStore opens the saga store and runs fn on it. where names the store
@@ -178,7 +178,7 @@ var sagaStates = []saga.State{saga.Running, saga.Compensating, saga.Completed, s
 func sagaList(ctx context.Context, st saga.Store, sf *sagaFlags, w io.Writer) error {
 	f := saga.ListFilter{Name: sf.name, State: saga.State(strings.ToLower(sf.state)), Limit: sf.limit}
 	if f.State != "" && !containsState(f.State) {
-		return usagef("--state %q: give one of running, compensating, completed, compensated, failed", sf.state)
+		return usagef("--state %q; give one of running, compensating, completed, compensated, failed", sf.state)
 	}
 	if sf.limit < 0 {
 		return usagef("--limit must not be negative")
@@ -337,7 +337,7 @@ func sagaManage(ctx context.Context, cf *connFlags, sf *sagaFlags, st saga.Store
 	case errors.Is(err, saga.ErrNotFound):
 		err = fmt.Errorf("no saga %q in %s; list them with eventbus saga list", id, where)
 	case err != nil:
-		err = fmt.Errorf("saga %s: %w", id, err)
+		err = fmt.Errorf("%w; check that the backends and the saga store run, then try again", err)
 	}
 	if err == nil {
 		// Hand the saga to whichever orchestrator runs, at once, rather

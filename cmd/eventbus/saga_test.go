@@ -285,7 +285,7 @@ func TestSagaCommandErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"saga", "list"}, exitUsage, "error: no saga store: give --store"},
+		{[]string{"saga", "list"}, exitUsage, "error: no saga store; give --store"},
 		{[]string{"saga", "list", "--store", "mysql://db/x"}, exitUsage, `unknown URL scheme "mysql"`},
 		{[]string{"saga", "list", "--store", "sqlite:" + filepath.Join(t.TempDir(), "none.db")}, exitFailure, "check --store, or create one with eventbus demo --data DIR"},
 		{[]string{"saga", "list", "--store", "postgres://u:secret@127.0.0.1:1/db?connect_timeout=2"}, exitUnavailable, "check that the database runs"},
@@ -311,7 +311,7 @@ func TestSagaCommandErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := execute(t, "", "saga", "list", "--store", store, "--state", "gone")
-	if r.code != exitUsage || !strings.Contains(r.stderr, `--state "gone": give one of running`) {
+	if r.code != exitUsage || !strings.Contains(r.stderr, `--state "gone"; give one of running`) {
 		t.Errorf("list --state gone: exit %d, stderr %q", r.code, r.stderr)
 	}
 	r = execute(t, "", "saga", "cancel", "s-1", "--store", store, "--url", "nats://127.0.0.1:1")

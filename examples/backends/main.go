@@ -34,6 +34,7 @@ import (
 	_ "github.com/marty-msf/eventbus/awsbus"
 	"github.com/marty-msf/eventbus/driver"
 	_ "github.com/marty-msf/eventbus/kafkabus"
+	_ "github.com/marty-msf/eventbus/membus"
 	_ "github.com/marty-msf/eventbus/natsbus"
 	_ "github.com/marty-msf/eventbus/rabbitbus"
 	_ "github.com/marty-msf/eventbus/redisbus"
