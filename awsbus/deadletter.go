@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -260,7 +261,7 @@ func (d *Driver) remove(ctx context.Context, url string, hs []held) (int, error)
 	for i, h := range hs {
 		receipts[i] = h.receipt
 	}
-	removed := 0
+	var removed atomic.Int64
 	err := inTens(receipts, func(lo, hi int) ([]sqstypes.BatchResultErrorEntry, error) {
 		entries := make([]sqstypes.DeleteMessageBatchRequestEntry, hi-lo)
 		for i := lo; i < hi; i++ {
@@ -270,10 +271,10 @@ func (d *Driver) remove(ctx context.Context, url string, hs []held) (int, error)
 		if err != nil {
 			return nil, err
 		}
-		removed += len(out.Successful)
+		removed.Add(int64(len(out.Successful)))
 		return out.Failed, nil
 	})
-	return removed, err
+	return int(removed.Load()), err
 }
 
 // ReadDeadLetters implements driver.DeadLetterStore (see the comment at the

@@ -99,9 +99,10 @@
 // process lives; SubscribeOptions.AckWait (rounded up to whole
 // seconds, at least 2 s) or Config.VisibilityTimeout is how long a dead
 // process holds a message. Close gives back at once (visibility 0) every
-// delivery it holds, received or handed out; it waits for the long poll in
-// flight unless its context ends first; a poll cancelled that way may have
-// taken messages that no one sees for up to 4 s. Attempt is SQS's ApproximateReceiveCount.
+// delivery it holds, received or handed out (up to four batch calls at
+// once); it waits for the long poll in flight unless its context ends, or
+// its deadline comes within 300 ms (kept for the give-back); a poll
+// cancelled that way may have taken messages that no one sees for up to 4 s. Attempt is SQS's ApproximateReceiveCount.
 //
 // Concurrent publishers share batch calls: a Publish of fewer than a batch's
 // messages to a topic or queue joins the calls of other callers to the same

@@ -392,21 +392,44 @@ func (s *subscription) changeVisibility(ctx context.Context, receipts []string, 
 	})
 }
 
-// inTens calls batch for every ten receipt handles (SQS's batch limit) and
-// joins the errors of the calls and of their refused entries.
+// inTens calls batch for every ten receipt handles (SQS's batch limit), at
+// most four calls at once, and joins the errors of the calls and of their
+// refused entries.
 func inTens(receipts []string, batch func(lo, hi int) ([]sqstypes.BatchResultErrorEntry, error)) error {
-	var errs []error
-	for lo := 0; lo < len(receipts); lo += 10 {
+	calls := (len(receipts) + 9) / 10
+	errs := make([][]error, calls)
+	one := func(i int) {
+		lo := i * 10
 		failed, err := batch(lo, min(lo+10, len(receipts)))
 		if err != nil {
-			errs = append(errs, classify(err))
-			continue
+			errs[i] = append(errs[i], classify(err))
+			return
 		}
 		for _, f := range failed {
-			errs = append(errs, fmt.Errorf("entry %s: %s: %s", aws.ToString(f.Id), aws.ToString(f.Code), aws.ToString(f.Message)))
+			errs[i] = append(errs[i], fmt.Errorf("entry %s: %s: %s", aws.ToString(f.Id), aws.ToString(f.Code), aws.ToString(f.Message)))
 		}
 	}
-	return errors.Join(errs...)
+	if calls <= 1 {
+		if calls == 1 {
+			one(0)
+		}
+	} else {
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 4)
+		for i := range calls {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				one(i)
+			})
+		}
+		wg.Wait()
+	}
+	var all []error
+	for _, e := range errs {
+		all = append(all, e...)
+	}
+	return errors.Join(all...)
 }
 
 // Close implements driver.Subscription. It stops polling (waiting for the
@@ -423,15 +446,24 @@ func (s *subscription) Close(ctx context.Context) error {
 	close(s.done)
 	s.mu.Unlock()
 
+	// The poll in flight may end by itself (what it takes is then held, and
+	// given back below). With a deadline, it is cancelled early enough to
+	// leave giveBackReserve of it for the give-back.
 	stopped := make(chan struct{})
 	go func() { s.wg.Wait(); close(stopped) }()
+	var early <-chan time.Time
+	if deadline, ok := ctx.Deadline(); ok {
+		t := time.NewTimer(time.Until(deadline) - giveBackReserve)
+		defer t.Stop()
+		early = t.C
+	}
 	select {
 	case <-stopped:
+	case <-early:
 	case <-ctx.Done():
-		s.pollCancel()
-		<-stopped
 	}
 	s.pollCancel()
+	<-stopped
 
 	// With ctx over, the give-back still gets a moment: it saves the other
 	// members a whole visibility timeout.
@@ -468,6 +500,10 @@ func (s *subscription) Close(ctx context.Context) error {
 	}
 	return nil
 }
+
+// giveBackReserve is the part of a Close's deadline kept for giving back
+// what the subscription holds.
+const giveBackReserve = 300 * time.Millisecond
 
 // removePrivate deletes a private queue and its SNS subscription.
 func (s *subscription) removePrivate(ctx context.Context) error {
