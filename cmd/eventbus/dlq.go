@@ -33,9 +33,9 @@ func newDLQCmd(cf *connFlags, client func(*cobra.Command) *cobra.Command) *cobra
 			"handler gave up on (a permanent error, or every retry spent), with why, from where and\n" +
 			"by which group. replay publishes them again to where they came from (or --to another\n" +
 			"destination) and removes each once the backend confirmed it; purge removes them.\n" +
-			"NATS with JetStream, RabbitMQ, SNS+SQS and the in-memory backend keep browsable dead\n" +
-			"letters. replay and purge act on the dead letters given by id, or on those the filters\n" +
-			"select; with neither, --all is required.",
+			"Backends whose driver cannot browse dead letters are left out. replay and purge act on\n" +
+			"the dead letters given by id, or on those the filters select; with neither, --all is\n" +
+			"required.",
 	}
 	filters := func(c *cobra.Command) *cobra.Command {
 		f := c.Flags()
@@ -177,8 +177,8 @@ func dlqError(err error) error {
 	case errors.Is(err, eventbus.ErrDeadLetterNotFound):
 		return fmt.Errorf("%w; list them with eventbus dlq list", err)
 	case errors.Is(err, eventbus.ErrCapability):
-		return fmt.Errorf("%w; dead letters can be browsed on NATS with JetStream, RabbitMQ, SNS+SQS and the in-memory backend: "+
-			"read the others with the broker's own tools", err)
+		return fmt.Errorf("%w; this backend keeps no dead letters the tool can browse (see the backends table of the README): "+
+			"read them with the broker's own tools, or give --backend one that does", err)
 	case errors.Is(err, eventbus.ErrUnknownBackend):
 		return &usageError{fmt.Errorf("%w; --backend and --to-backend take the names of the configuration's backends", err)}
 	case errors.Is(err, eventbus.ErrInvalidName):

@@ -73,10 +73,11 @@
 //	eventbus dlq replay [ID...] [filters | --all] [--to DEST] [--to-backend B] [--altered]
 //	eventbus dlq purge [ID...] [filters | --all]
 //
-// browse the dead letters that the backends hold (NATS with JetStream,
-// RabbitMQ, SNS+SQS, in-memory): list shows id, type, origin, group,
-// attempts, time and reason; replay publishes them again to their origin
-// (or --to) and removes each once confirmed; purge removes them. The filters
+// browse the dead letters that the backends hold (those whose driver can
+// browse them: see the README's backends table): list shows id, type,
+// origin, group, attempts, time and reason; replay publishes them again to
+// their origin (or --to) and removes each once confirmed; purge removes
+// them. The filters
 // are --backend, --origin, --type, --source, --reason, --group, --since,
 // --older-than and --limit; replay and purge act on the ids given, or on
 // what the filters select, or with --all on every dead letter. A replay that

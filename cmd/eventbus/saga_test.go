@@ -321,3 +321,38 @@ func TestSagaCommandErrors(t *testing.T) {
 }
 
 func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
+
+// Without --store, the saga commands use the configuration file's store —
+// its saga.store, or the SQLite file in its data_dir — and else
+// $EVENTBUS_SAGA_STORE.
+func TestSagaStoreFromConfigAndEnv(t *testing.T) {
+	dir := t.TempDir()
+	if r := execute(t, "", "demo", "--orders", "2", "--failure-rate", "0", "--data", dir); r.code != exitOK {
+		t.Fatalf("demo: exit %d, stderr %q", r.code, r.stderr)
+	}
+	db := filepath.ToSlash(filepath.Join(dir, "saga.db"))
+	declared := filepath.Join(dir, "declared.yaml")
+	inDataDir := filepath.Join(dir, "datadir.yaml")
+	if err := os.WriteFile(declared, []byte("saga:\n  store: sqlite:"+db+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(inDataDir, []byte("data_dir: "+filepath.ToSlash(dir)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+	}{
+		{[]string{"--config", declared}, nil},
+		{[]string{"--config", inDataDir}, nil},
+		{nil, map[string]string{"EVENTBUS_CONFIG": declared}},
+		{nil, map[string]string{"EVENTBUS_SAGA_STORE": "sqlite:" + db}},
+	} {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), append([]string{"saga", "list", "--json"}, c.args...), func(k string) string { return c.env[k] },
+			strings.NewReader(""), &out, &errOut)
+		if code != exitOK || strings.Count(out.String(), `"state":"completed"`) != 2 {
+			t.Errorf("%v %v: exit %d, stdout %q, stderr %q", c.args, c.env, code, out.String(), errOut.String())
+		}
+	}
+}
