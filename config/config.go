@@ -2,8 +2,10 @@ package config
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -29,7 +31,8 @@ const DefaultBackendName = "embedded"
 
 // Config is a parsed, validated configuration. Build a bus from it with
 // NewBus. Its URLs contain the credentials they were given; never log them
-// (driver.RedactURL hides them).
+// one by one (driver.RedactURL hides them). A Config or a Backend printed
+// or logged whole, or written as JSON, shows its URLs redacted.
 type Config struct {
 	// File names the file the configuration was read from.
 	File string
@@ -61,6 +64,62 @@ type Config struct {
 type Backend struct {
 	Name string
 	URL  string
+}
+
+// String shows the backend with its URL redacted (driver.RedactURL).
+func (b Backend) String() string { return b.Name + "=" + redactedURL(b.URL) }
+
+func redactedURL(raw string) string {
+	if raw == "" {
+		return ""
+	}
+	return driver.RedactURL(raw)
+}
+
+// GoString is String, so that %#v shows no credential either.
+func (b Backend) GoString() string { return b.String() }
+
+// LogValue implements slog.LogValuer: a Backend logged with slog shows no
+// credential.
+func (b Backend) LogValue() slog.Value { return slog.StringValue(b.String()) }
+
+// MarshalJSON writes the backend with its URL redacted.
+func (b Backend) MarshalJSON() ([]byte, error) {
+	type plain Backend
+	return json.Marshal(plain{Name: b.Name, URL: redactedURL(b.URL)})
+}
+
+// String shows the configuration's settings, its URLs redacted
+// (driver.RedactURL): printed with %v, %+v or %#v, or logged with slog, a
+// Config shows no credential.
+func (c Config) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "config.Config{File:%q Source:%q Instance:%q DataDir:%q DefaultBackend:%q QueryTimeout:%v Backends:[",
+		c.File, c.Source, c.Instance, c.DataDir, c.DefaultBackend, c.QueryTimeout)
+	for i, be := range c.Backends {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(be.String())
+	}
+	fmt.Fprintf(&b, "] Routes:%d Retry:%+v SagaStore:%q Schemas:%v}", len(c.Routes), c.Retry, redactedURL(c.SagaStore), c.Schemas != nil)
+	return b.String()
+}
+
+// GoString is String, so that %#v shows no credential either.
+func (c Config) GoString() string { return c.String() }
+
+// LogValue implements slog.LogValuer: a Config logged with slog shows no
+// credential.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+// MarshalJSON writes the configuration's exported fields with its URLs
+// redacted.
+func (c Config) MarshalJSON() ([]byte, error) {
+	type plain Config
+	p := plain(c)
+	p.SagaStore = redactedURL(p.SagaStore)
+	return json.Marshal(p) // the backends redact themselves
 }
 
 // Options configures loading. nil means defaults.

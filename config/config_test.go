@@ -3,6 +3,7 @@ package config_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -342,6 +343,18 @@ saga:
 	}
 	if got := c.Redact(errors.New("x " + sentinel)).Error(); got != "x REDACTED" {
 		t.Errorf("Redact: %q", got)
+	}
+
+	// Printed, logged or written as JSON, a Config shows its URLs redacted.
+	logs.Reset()
+	slog.New(slog.NewJSONHandler(&logs, nil)).Info("c", "c", c, "backends", c.Backends)
+	js, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shown := fmt.Sprintf("%v %+v %#v %v %+v %#v %s %s", c, c, c, *c, c.Backends, c.Backends, logs.String(), js)
+	if strings.Contains(shown, sentinel) || !strings.Contains(shown, "nats://REDACTED@127.0.0.1:1") {
+		t.Errorf("a printed Config shows the secret or no URL:\n%s", shown)
 	}
 }
 

@@ -53,7 +53,7 @@ retry:
 	_ = eventbus.ErrUnknownBackend // errors.Is(err, eventbus.ErrUnknownBackend) holds
 	// Output:
 	// config: 3 problems
-	//   eventbus.yaml:4:10: backends.local.url: URL "mem://?buffer=10": parameter "buffer": unknown parameter
+	//   eventbus.yaml:4:10: backends.local.url: URL "mem://?buffer=REDACTED": parameter "buffer": unknown parameter
 	//   eventbus.yaml:7:14: routes[0].backend: unknown backend "remote" (declared: local)
 	//   eventbus.yaml:9:17: retry.max_attempts: wrong type: "three" is not an integer
 }

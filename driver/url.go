@@ -244,8 +244,11 @@ func OpenURL(ctx context.Context, rawURL string, opts *OpenOptions) (Driver, err
 
 // RedactURL returns rawURL with its user information replaced by "REDACTED"
 // (a bare user name may be a token) and the values of query parameters whose
-// names suggest a secret likewise. A string that does not parse as a URL
-// loses everything up to its last '@'.
+// names suggest a secret likewise, as well as the user information of URLs
+// in parameter values (servers=nats://u:p@h). A string that does not parse
+// as a URL loses everything up to its last '@', and so does a URL with an
+// '@' in its path, fragment or a parameter name: the sign of a password
+// with an unescaped '/', '#' or '?', whose rest would show there.
 func RedactURL(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -254,15 +257,25 @@ func RedactURL(rawURL string) string {
 		}
 		return rawURL
 	}
+	if strayAt(u) {
+		i := strings.LastIndex(rawURL, "@")
+		return RedactURL(u.Scheme + "://REDACTED@" + rawURL[i+1:])
+	}
 	if u.User != nil {
 		u.User = url.User("REDACTED")
 	}
 	if u.RawQuery != "" {
 		q := u.Query()
 		changed := false
-		for k := range q {
-			if SecretName(k) {
+		for k, vs := range q {
+			switch {
+			case SecretName(k):
 				q[k] = []string{"REDACTED"}
+				changed = true
+			case strings.Contains(strings.Join(vs, ""), "@"):
+				for i, v := range vs {
+					vs[i] = redactUserInfo(v)
+				}
 				changed = true
 			}
 		}
@@ -271,6 +284,39 @@ func RedactURL(rawURL string) string {
 		}
 	}
 	return display(u)
+}
+
+// strayAt reports an '@' where a well-formed URL has none: after its
+// authority, outside parameter values.
+func strayAt(u *url.URL) bool {
+	if strings.Contains(u.Path, "@") || strings.Contains(u.Fragment, "@") || strings.Contains(u.Opaque, "@") {
+		return true
+	}
+	if q, err := url.ParseQuery(u.RawQuery); err == nil {
+		for k := range q {
+			if strings.Contains(k, "@") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// redactUserInfo hides the user information of each URL in a
+// comma-separated parameter value.
+func redactUserInfo(v string) string {
+	parts := strings.Split(v, ",")
+	for i, p := range parts {
+		if at := strings.LastIndex(p, "@"); at >= 0 {
+			scheme, _, ok := strings.Cut(p[:at], "://")
+			if ok {
+				parts[i] = scheme + "://REDACTED@" + p[at+1:]
+			} else {
+				parts[i] = "REDACTED@" + p[at+1:]
+			}
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // URLSecrets lists the secrets rawURL carries: its password, or a bare user
@@ -529,8 +575,22 @@ func (p *Params) Err() error {
 		}
 	}
 	sort.Strings(unknown)
+	if len(unknown) == 0 {
+		return errors.Join(errs...)
+	}
+	// An unknown parameter may be a secret's misspelt name (pasword=):
+	// its value is hidden too.
+	shown := p.redact
+	if u, err := url.Parse(p.redact); err == nil {
+		q := u.Query()
+		for _, k := range unknown {
+			q[k] = []string{"REDACTED"}
+		}
+		u.RawQuery = q.Encode()
+		shown = display(u)
+	}
 	for _, k := range unknown {
-		errs = append(errs, &URLError{URL: p.redact, Param: k, Err: ErrUnknownParam})
+		errs = append(errs, &URLError{URL: shown, Param: k, Err: ErrUnknownParam})
 	}
 	return errors.Join(errs...)
 }

@@ -56,6 +56,11 @@ func TestRegistryOpensByScheme(t *testing.T) {
 			t.Errorf("error %q lacks %q", err, want)
 		}
 	}
+	// A misspelt secret parameter is unknown, and its value hidden.
+	_, err = driver.OpenURL(context.Background(), "fake-test://host?n=3&pasword=sentinel-pw-3", nil)
+	if !errors.Is(err, driver.ErrUnknownParam) || strings.Contains(err.Error(), "sentinel-pw-3") {
+		t.Errorf("unknown parameter: %v, want its value hidden", err)
+	}
 }
 
 var dupOnce sync.Once
@@ -167,6 +172,12 @@ func TestRedaction(t *testing.T) {
 		"redis://h?password=pw&db=1":              "redis://h?db=1&password=REDACTED",
 		"kafka://h?sasl_secret=x&tls_key_file=/k": "kafka://h?sasl_secret=REDACTED&tls_key_file=%2Fk",
 		"::bad@host":                              "REDACTED@host",
+		// A password with an unescaped '/', '?' or '#' would show in the
+		// path, a parameter name or the fragment.
+		"nats://svc:123/pw@h:4222?a=1&password=x": "nats://REDACTED@h:4222?a=1&password=REDACTED",
+		"nats://svc:12?pw@h:4222":                 "nats://REDACTED@h:4222",
+		"nats://svc:12#pw@h:4222":                 "nats://REDACTED@h:4222",
+		"nats://h?servers=nats://u:pw@h2,tok@h3":  "nats://h?servers=nats%3A%2F%2FREDACTED%40h2%2CREDACTED%40h3",
 	} {
 		if got := driver.RedactURL(raw); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", raw, got, want)
