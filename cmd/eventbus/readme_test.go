@@ -94,3 +94,35 @@ func runBlock(t *testing.T, dir, block string) (string, error) {
 	}
 	return out.String(), err
 }
+
+// benchFigure is a figure the README quotes: a decimal, a rate in thousands
+// or a date.
+var benchFigure = regexp.MustCompile(`\d{4}-\d{2}-\d{2}|\d+(?:\.\d+)?k\b|\d+\.\d+`)
+
+// The README's performance section quotes bench/RESULTS.md, the one source
+// of the figures: each figure it gives is there as written, so that an
+// updated result cannot leave a stale figure behind in the README.
+func TestREADMEQuotesBenchResults(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	results, err := os.ReadFile("../../bench/RESULTS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, perf, ok := strings.Cut(string(readme), "\n## Performance\n")
+	if !ok {
+		t.Fatal("the README has no Performance section")
+	}
+	perf, _, _ = strings.Cut(perf, "\n## ")
+	figures := benchFigure.FindAllString(perf, -1)
+	if len(figures) < 5 {
+		t.Fatalf("the Performance section quotes %d figures: has it changed shape?", len(figures))
+	}
+	for _, f := range figures {
+		if !strings.Contains(string(results), f) {
+			t.Errorf("the README quotes %s, which bench/RESULTS.md does not have: quote the current figure", f)
+		}
+	}
+}
