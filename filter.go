@@ -185,6 +185,45 @@ func (mt *Matcher) Match(m *Message) bool {
 // Filter returns the filter mt was compiled from.
 func (mt *Matcher) Filter() Filter { return mt.filter }
 
+// brokerSelect returns the part of the filter that a broker may apply on
+// dest before delivering: the Exact filters that the whole filter is a
+// conjunction of (a lone Exact, or the Exact members of a top-level All, of
+// an All within it, and so on), never one under Any, Not or SQL. Only
+// events and commands take one; an Exact on type is left out (the
+// destination is the type already), and so is an Exact on an empty value
+// (whether an empty attribute is carried at all differs between
+// backends). A name that occurs twice keeps its first value: the filter
+// then matches nothing, which the bus sees to. The result is implied by the
+// filter, so whatever the broker applies of it, the bus still evaluates
+// the whole filter on what arrives.
+func (mt *Matcher) brokerSelect(dest driver.Destination) []driver.AttributeMatch {
+	if mt == nil || (dest.Pattern != driver.Event && dest.Pattern != driver.Command) {
+		return nil
+	}
+	var out []driver.AttributeMatch
+	var walk func(f Filter)
+	walk = func(f Filter) {
+		switch f.op {
+		case opExact:
+			if f.attr == "type" || f.value == "" {
+				return
+			}
+			for _, m := range out {
+				if m.Name == f.attr {
+					return
+				}
+			}
+			out = append(out, driver.AttributeMatch{Name: f.attr, Value: f.value})
+		case opAll:
+			for _, s := range f.subs {
+				walk(s)
+			}
+		}
+	}
+	walk(mt.filter)
+	return out
+}
+
 type matchNode interface {
 	match(m *Message) bool
 }

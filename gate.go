@@ -16,8 +16,12 @@ import (
 // batches. Query handlers take no filter (a query filtered out would never
 // be answered).
 //
-// The bus evaluates filters after receiving, on every backend: a message
-// filtered out still travels to this process.
+// The bus evaluates the whole filter after receiving, on every backend.
+// Where the backend can select by attribute (its driver claims
+// Capabilities.AttributeSelect; the package documentation lists which),
+// the Exact filters the whole filter is a conjunction of are also applied
+// by the broker, so that a message they leave out never travels to this
+// process; everything else of the filter still does.
 func WithFilter(f Filter) SubscribeOption {
 	return func(o *subscribeOptions) { o.content.filters = append(o.content.filters, f) }
 }
@@ -42,6 +46,15 @@ type contentOptions struct {
 	// gate is what the consumer checks before the handler; nil when there
 	// is nothing to check, so that the hot path costs a nil test.
 	gate *gate
+}
+
+// brokerSelect is the part of the subscription's filter that the driver
+// may apply on the broker for dest (see Matcher.brokerSelect).
+func (co *contentOptions) brokerSelect(dest driver.Destination) []driver.AttributeMatch {
+	if co.gate == nil {
+		return nil
+	}
+	return co.gate.filter.brokerSelect(dest)
 }
 
 // gate screens deliveries before their handler.

@@ -97,6 +97,7 @@ func (r *registration) subscribeOptions() driver.SubscribeOptions {
 		StartAt:     r.opts.startAt,
 		MaxInFlight: inFlight,
 		AckWait:     r.opts.ackWait,
+		Select:      r.opts.content.brokerSelect(r.dest),
 	}
 }
 

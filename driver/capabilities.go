@@ -33,6 +33,11 @@ type Capabilities struct {
 
 	// MaxMessageSize is the largest Message.Size the driver accepts.
 	MaxMessageSize int
+
+	// AttributeSelect: the driver applies SubscribeOptions.Select on the
+	// broker (at least on some destinations, as its documentation says), so
+	// that messages it excludes never reach the process.
+	AttributeSelect bool
 }
 
 // Serves reports whether p is among c.Patterns.

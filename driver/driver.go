@@ -178,4 +178,21 @@ type SubscribeOptions struct {
 	// stop redelivering after this many attempts. The bus dead-letters by itself
 	// at its own attempt limit, so drivers may ignore it.
 	MaxDeliveries int
+
+	// Select narrows what the broker delivers: only messages for which every
+	// AttributeMatch holds. It is an optimisation that a driver may apply
+	// fully, partly (some of the matches, or some destinations) or not at all:
+	// the bus evaluates the subscription's whole filter on whatever arrives,
+	// so correctness never depends on it, and a driver must never deliver
+	// less than Select allows. A driver that applies it claims
+	// Capabilities.AttributeSelect and documents which matches it applies.
+	Select []AttributeMatch
+}
+
+// AttributeMatch holds when the message's CloudEvents attribute or
+// extension Name (the lower-case CloudEvents name, as drivers carry it on
+// the wire; partitionkey for Message.Key) equals Value exactly. A message
+// without the attribute does not match.
+type AttributeMatch struct {
+	Name, Value string
 }
