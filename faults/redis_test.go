@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/driver/drivertest"
 	"github.com/marty-msf/eventbus/faults"
 	"github.com/marty-msf/eventbus/redisbus"
 )
@@ -187,4 +188,20 @@ func TestRedisBlackhole(t *testing.T) {
 			}
 		},
 	}.run(t)
+}
+
+// TestHandlerFaultsRedis: poison messages, panicking and slow handlers, and
+// a graceful shutdown under load, on a redis-server of the test's own
+// (without persistence: no broker fails here).
+func TestHandlerFaultsRedis(t *testing.T) {
+	path, dir := requireBinary(t, "redis-server"), t.TempDir()
+	srv := startBroker(t, "redis-server", path, func(port int) []string {
+		return []string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--dir", dir,
+			"--appendonly", "no", "--save", "", "--daemonize", "no"}
+	})
+	drivertest.RunFaultTests(t, drivertest.Harness{
+		Open: func(ctx context.Context) (driver.Driver, error) {
+			return redisbus.Open(ctx, &redisbus.Config{Addrs: []string{srv.Addr()}})
+		},
+	})
 }
