@@ -28,21 +28,23 @@ import (
 // module compares the same configurations on throughput.
 func BenchmarkMembus(b *testing.B) {
 	type config struct {
-		name    string
-		metrics bool
-		ratio   float64 // tracing sample ratio; 0: no tracing
+		name     string
+		observer bool // an Observer even without providers
+		metrics  bool
+		ratio    float64 // tracing sample ratio; 0: no tracing
 	}
 	for _, c := range []config{
-		{"off", false, 0},
-		{"metrics", true, 0},
-		{"tracing-1%", false, 0.01},
-		{"tracing-100%", false, 1},
-		{"tracing-1%+metrics", true, 0.01},
-		{"tracing+metrics", true, 1},
+		{"off", false, false, 0},
+		{"no-providers", true, false, 0},
+		{"metrics", true, true, 0},
+		{"tracing-1%", true, false, 0.01},
+		{"tracing-100%", true, false, 1},
+		{"tracing-1%+metrics", true, true, 0.01},
+		{"tracing+metrics", true, true, 1},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			var obs eventbus.Observer
-			if c.metrics || c.ratio > 0 {
+			if c.observer {
 				var opts telemetry.Options
 				if c.ratio > 0 {
 					tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()),
