@@ -533,6 +533,10 @@ func TestSecretsCLI(t *testing.T) {
 		"config query":           {args: []string{"query", "svc", "secret.asked", "{}"}, env: []string{"EVENTBUS_CONFIG=" + good, "RABBIT_PASSWORD=" + secretsEnv["RABBIT_PASSWORD"]}},
 		"bad config":             {args: []string{"publish", "secret.checked", "{}", "--config", bad}, env: []string{"RABBIT_PASSWORD=" + secretsEnv["RABBIT_PASSWORD"]}},
 		"config and URL":         {args: []string{"publish", "secret.checked", "{}", "--config", bad, "--url", "nats://svc:" + sentinel + "-cli-both@" + addr}},
+		"respond unreachable":    {args: []string{"respond", "svc", "secret.asked", "--reply", "{}", "--url", "nats://svc:" + password + "@127.0.0.1:1"}},
+		"dead letters":           {args: []string{"dlq", "list", "--url", "nats://svc:" + sentinel + "-cli-dlq@" + addr}},
+		"saga store flag":        {args: []string{"saga", "list", "--store", "postgres://svc:" + sentinel + "-cli-pg@127.0.0.1:1/db?connect_timeout=1&bogus=1"}},
+		"saga store env":         {args: []string{"saga", "show", "x"}, env: []string{"EVENTBUS_SAGA_STORE=postgres://svc:" + sentinel + "-cli-pgenv@127.0.0.1:1/db?connect_timeout=1"}},
 		"right password, no one": {args: []string{"query", "svc", "secret.asked", "{}", "--url", "nats://svc:" + password + "@" + addr, "--timeout", "1s"}},
 	}
 	defer func() { t.Logf("%d runs in %v", len(runs), time.Since(start).Round(time.Millisecond)) }()
@@ -551,8 +555,8 @@ func TestSecretsCLI(t *testing.T) {
 			cmd.Stdout, cmd.Stderr = &out, &out
 			err := cmd.Run()
 			var ee *exec.ExitError
-			if !errors.As(err, &ee) {
-				t.Errorf("%s: %v, want a failure exit status\n%s", name, err, out.String())
+			if !errors.As(err, &ee) || !strings.Contains(out.String(), "error: ") {
+				t.Errorf("%s: %v, want a failure exit status and an error\n%s", name, err, out.String())
 			}
 			seen.add(name+" (exit "+strconv.Itoa(cmd.ProcessState.ExitCode())+")", out.String())
 		})
