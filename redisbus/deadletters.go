@@ -3,7 +3,9 @@ package redisbus
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -75,7 +77,9 @@ func escapeGlob(s string) string {
 
 // ReadDeadLetters reads dl's stream oldest first with XRANGE, a page at a
 // time, up to the last entry held when it started. Each entry's Ref is its
-// stream entry id. Reading takes nothing from the groups of the stream.
+// stream entry id and a tag of dl ("1732000000000-0@1a2b3c4d"): entry ids
+// are times, so two streams may hold the same one. Reading takes nothing
+// from the groups of the stream.
 func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn func(driver.DeadLetterEntry) bool) error {
 	key, err := d.deadLetterKey("read dead letters", dl)
 	if err != nil {
@@ -89,6 +93,7 @@ func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn 
 		return nil
 	}
 	end, start := last[0].ID, "-"
+	tag := refTag(dl)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -102,7 +107,7 @@ func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn 
 			// An entry that is no envelope comes with what could be read
 			// and its raw data.
 			m, _ := decode(e.fields)
-			if !fn(driver.DeadLetterEntry{Ref: e.id, Message: m}) {
+			if !fn(driver.DeadLetterEntry{Ref: e.id + "@" + tag, Message: m}) {
 				return nil
 			}
 		}
@@ -122,16 +127,18 @@ func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn 
 }
 
 // DeleteDeadLetters removes the entries named by refs from dl's stream
-// (XDEL). Refs that are no entry id, or name no entry of dl, remove nothing.
+// (XDEL). Refs of another destination, or that name no entry of dl, remove
+// nothing.
 func (d *Driver) DeleteDeadLetters(ctx context.Context, dl driver.Destination, refs []string) (int, error) {
 	key, err := d.deadLetterKey("delete dead letters", dl)
 	if err != nil {
 		return 0, err
 	}
+	tag := refTag(dl)
 	ids := make([]string, 0, len(refs))
 	for _, r := range refs {
-		if isEntryID(r) {
-			ids = append(ids, r)
+		if id, t, ok := strings.Cut(r, "@"); ok && t == tag && isEntryID(id) {
+			ids = append(ids, id)
 		}
 	}
 	removed := 0
@@ -145,6 +152,13 @@ func (d *Driver) DeleteDeadLetters(ctx context.Context, dl driver.Destination, r
 		ids = ids[n:]
 	}
 	return removed, nil
+}
+
+// refTag names dl in its entries' Refs: a hash of its name.
+func refTag(dl driver.Destination) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(dl.Name))
+	return strconv.FormatUint(uint64(h.Sum32()), 16)
 }
 
 // isEntryID reports whether s is a stream entry id (ms-seq).

@@ -120,7 +120,7 @@
 // for the dead-letter streams under the key prefix (SCAN TYPE stream, on
 // every master of a Cluster); ReadDeadLetters reads one with XRANGE, oldest
 // first, up to the entry that was last when it began, each with its entry
-// id as Ref; DeleteDeadLetters removes entries by id (XDEL); and
+// id and a tag of the destination as Ref; DeleteDeadLetters removes entries by id (XDEL); and
 // PurgeDeadLetters empties the stream (XTRIM MAXLEN 0), keeping its groups.
 //
 // Nack with a delay keeps the entry pending for the same consumer, fresh,
