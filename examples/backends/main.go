@@ -20,6 +20,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -141,6 +142,15 @@ func run(ctx context.Context, rawURL, prefix string, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "  driver %s: %s\n", caps.Name, describe(caps))
+	// Dead letters: browsable (eventbus dlq, Bus.DeadLetters) where the
+	// driver implements driver.DeadLetterStore.
+	if _, err := bus.DeadLetters().List(ctx, eventbus.DeadLetterFilter{Limit: 1}); errors.Is(err, eventbus.ErrCapability) {
+		fmt.Fprintln(out, "  dead letters: kept, not browsable through the bus")
+	} else if err != nil {
+		return err
+	} else {
+		fmt.Fprintln(out, "  dead letters: browsable (Bus.DeadLetters, eventbus dlq)")
+	}
 
 	want := 9
 	for i := 1; i <= 3; i++ {

@@ -44,7 +44,7 @@ func TestEveryBackend(t *testing.T) {
 				t.Fatalf("%v\n%s", err, out.String())
 			}
 			got := out.String()
-			for _, want := range []string{"received: command 1, command 2, command 3, event 1, event 2, event 3, stream user-7/1, stream user-7/2, stream user-7/3\n"} {
+			for _, want := range []string{"dead letters: browsable", "received: command 1, command 2, command 3, event 1, event 2, event 3, stream user-7/1, stream user-7/2, stream user-7/3\n"} {
 				if !strings.Contains(got, want) {
 					t.Errorf("output lacks %q:\n%s", want, got)
 				}
