@@ -102,26 +102,42 @@
 // *FilterError then); a message filtered out is acked, counted in
 // Stats.Filtered and never dead-lettered.
 //
-// Which part of a filter runs where: the broker selects by destination, the
-// bus does the rest. Every destination but a stream carries one message
-// type (events.<type>, commands.<service>.<type>, broadcast.<type>), and
-// every driver maps it onto a broker resource of its own: a NATS subject
-// (the JetStream consumer's filter subject), a Kafka topic, a RabbitMQ
-// routing key bound to the subscription's queue, an SNS topic or SQS queue,
-// a Redis stream key, a membus queue. So the subscription's types are in
-// effect a filter on type served by the broker: a message of another type
-// never reaches the process. Every other part of a filter — other
-// attributes, extensions, CESQL, DATA — runs in the bus after receiving, on
-// every backend: a message it leaves out has still travelled to the
-// process. Exact("type", t) on a subscription to t alone is redundant: it
-// adds a string comparison per message, no allocation and nothing on the
-// wire (bench/RESULTS.md, "Filtering"); to select types, subscribe to them.
-// On a stream, whose messages have many types, a filter on type runs in the
-// bus like any other. Not built yet: RabbitMQ headers
-// bindings and SNS subscription filter policies on message attributes
-// could serve Exact (and on SNS Prefix, Suffix, Any) over other attributes
-// on the broker; NATS, Kafka and Redis Streams cannot filter on anything
-// but the destination.
+// Which part of a filter runs where: the broker selects by destination,
+// and where it can also by attribute; the bus evaluates the whole filter on
+// whatever arrives, on every backend. Every destination but a stream
+// carries one message type (events.<type>, commands.<service>.<type>,
+// broadcast.<type>), and every driver maps it onto a broker resource of its
+// own: a NATS subject (the JetStream consumer's filter subject), a Kafka
+// topic, a RabbitMQ routing key bound to the subscription's queue, an SNS
+// topic or SQS queue, a Redis stream key, a membus queue. So the
+// subscription's types are in effect a filter on type served by the broker:
+// a message of another type never reaches the process. Exact("type", t) on
+// a subscription to t alone is redundant: it adds a string comparison per
+// message, no allocation and nothing on the wire (bench/RESULTS.md,
+// "Filtering"); to select types, subscribe to them. On a stream, whose
+// messages have many types, a filter on type runs in the bus like any
+// other.
+//
+// Beyond the type, the bus hands the driver the Exact filters that the
+// whole filter is a conjunction of (a lone Exact, the Exact members of a
+// top-level All, and several WithFilter options, which are an All) on
+// events and commands, as driver.SubscribeOptions.Select; never anything
+// under Any, Not or SQL, nor an Exact on an empty value. A driver that
+// claims driver.Capabilities.AttributeSelect applies it on the broker, so
+// that a message it excludes never travels to the process. Per backend:
+//
+//   - NATS, Kafka, Redis Streams, membus: the destination only; every other
+//     part of a filter runs in the bus after receiving.
+//   - RabbitMQ: the destination, and on events the selected Exact
+//     attributes, through a headers exchange binding of the group's queue
+//     (rabbitbus documents it). Commands are not narrowed: a command that
+//     no queue accepts comes back unroutable to its sender.
+//   - SNS/SQS: the destination only, for now; SNS subscription filter
+//     policies on message attributes could serve Exact (and Prefix, Suffix
+//     and Any) there.
+//
+// Prefix, Suffix, Any, Not, CESQL and DATA always run in the bus: a message
+// they leave out has still travelled to the process.
 //
 // A [Route] with a Filter sends the messages it matches to its backend
 // (high-value orders to a durable backend) and the others to the next route

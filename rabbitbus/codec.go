@@ -74,12 +74,14 @@ func encode(m *driver.Message, persistent bool) amqp.Publishing {
 		h[k] = arr
 	}
 	if m.Mode == driver.Structured {
+		// The attributes travel as application properties too (the binding
+		// allows it; the body wins on receipt), so that headers bindings
+		// select structured messages as they do binary ones.
 		p.ContentType = structuredCT
 		p.Body = driver.EncodeStructured(m)
-		p.Headers = h
-		return p
+	} else {
+		p.ContentType = m.DataContentType
 	}
-	p.ContentType = m.DataContentType
 	if m.Key != "" {
 		h[cePrefix+driver.ExtPartitionKey] = m.Key
 	}

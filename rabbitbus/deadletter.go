@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -94,15 +95,7 @@ func (d *Driver) DeadLetterDestinations(context.Context) ([]driver.Destination, 
 		out = append(out, v.(driver.Destination))
 		return true
 	})
-	slices.SortFunc(out, func(a, b driver.Destination) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b driver.Destination) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 

@@ -43,6 +43,9 @@
 //	PREFIX.wait        headers delayed redelivery (below)
 //	PREFIX.requeue     direct  back from the wait queues, by queue name
 //
+// and, per queue whose subscription selects attributes, PREFIX.select.<queue>
+// (headers; see Attribute selection).
+//
 // The routing key is the logical destination name. A consumer group is a
 // queue PREFIX.<destination>.<group> bound to its pattern's exchange by
 // the destination: one queue per event type and group (every group gets
@@ -56,6 +59,49 @@
 // and bindings without consuming. Declaring a queue that exists with other
 // arguments (say quorum over classic) fails with a [*ConflictError] whose
 // Reason is the broker's account of the difference.
+//
+// # Attribute selection
+//
+// The driver claims driver.Capabilities.AttributeSelect: a subscription to
+// an event destination with SubscribeOptions.Select (the bus passes the
+// Exact filters of a subscription's filter there) receives from the broker
+// only the events whose attributes hold every selected value. Its queue is
+// bound not to PREFIX.events by the routing key but to a headers exchange
+// of its own, PREFIX.select.<queue> (auto-deleted with the queue), which
+// PREFIX.events feeds by the routing key; the queue's bindings to it match
+// the application properties cloudEvents:<name> (and, for other
+// producers, cloudEvents_<name>) with x-match all. The bus still evaluates
+// the whole filter on what arrives.
+//
+// What is selected: events only (a command that no queue accepts would
+// come back unroutable to its sender, so commands are not narrowed), on
+// every attribute and extension but datacontenttype (the content-type
+// property) and time (other producers may send it as an AMQP timestamp).
+// Structured-mode messages of this driver carry their attributes as
+// application properties too, so they are selected like binary ones. A
+// message of another producer is selected only by application properties
+// whose values are the strings compared: a structured-mode message without
+// properties, or an extension sent as a native AMQP number, does not reach
+// a subscription whose selection names it. For such producers, write the
+// condition in SQL (eventbus.SQL("tenant = 'acme'")), which is never pushed
+// down.
+//
+// A group has one selection, its queue's. Each subscription declares the
+// bindings of its own: a new selection replaces the bindings of the old
+// one, and none restores the routing-key binding, so the queue's bindings
+// follow the latest subscription of the group (including a member's
+// re-subscription after a reconnection). Members of one group with
+// different filters therefore all receive what the latest member selected;
+// the bus still filters each member by its own filter, but events only the
+// others' filters match may not arrive at all: give members of a group one
+// filter. While the bindings change, the routing-key binding stays until
+// the new selection is bound, so the queue never goes without a route (it
+// may receive more for a moment, which the bus filters). Changes to one
+// queue's bindings take turns across the group's members, in this process
+// (a mutex) and in others (an exclusive queue PREFIX.select-lock.<queue>
+// held while they change). [Driver.DeclareGroup] only adds the
+// routing-key binding: it widens a group's queue until its next
+// subscription.
 //
 // # Delivery semantics per pattern
 //
@@ -159,7 +205,9 @@
 // Free headers are headers of their own, an array of strings when
 // multi-valued. The message-id property is the event id. A message whose
 // Mode is driver.Structured is sent in structured mode: the JSON event
-// format as body, content-type application/cloudevents+json.
+// format as body, content-type application/cloudevents+json, with the
+// attributes also as application properties (for headers bindings; on
+// receipt the body wins).
 //
 // On receipt both modes are read, whatever the sender: structured when
 // content-type is application/cloudevents (any suffix), binary when a

@@ -35,6 +35,8 @@ type Driver struct {
 	mandatory []*pubChannel // for messages that must reach a queue (commands)
 	next      atomic.Uint32
 
+	selectMu chan struct{} // held while a queue's attribute selection changes
+
 	topoMu  sync.Mutex
 	topo    *amqp.Channel
 	keepers sync.Map   // dead-letter queue name → its driver.Destination, declared by this driver
@@ -74,6 +76,7 @@ func Open(ctx context.Context, cfg *Config) (*Driver, error) {
 		closing:   make(chan struct{}),
 		connReady: make(chan struct{}),
 		refs:      newRefSource(),
+		selectMu:  make(chan struct{}, 1),
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -91,6 +94,7 @@ func Open(ctx context.Context, cfg *Config) (*Driver, error) {
 		NativeRequestReply: true,
 		Patterns:           append(driver.Patterns(), driver.Reply, driver.DeadLetter),
 		MaxMessageSize:     d.opts.MaxMessageSize,
+		AttributeSelect:    true,
 	}
 	conn, err := d.dial(ctx)
 	if err != nil {

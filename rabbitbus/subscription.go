@@ -164,7 +164,7 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 	if prefetch <= 0 {
 		prefetch = d.opts.Prefetch
 	}
-	s := &subscription{d: d, dest: dest, spec: spec, prefetch: min(prefetch, 65535),
+	s := &subscription{d: d, dest: dest, spec: spec, sel: selection(dest, opts.Select), prefetch: min(prefetch, 65535),
 		receiving: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := s.open(ctx, nil); err != nil {
 		return nil, err
@@ -184,6 +184,7 @@ type subscription struct {
 	d        *Driver
 	dest     driver.Destination
 	spec     queueSpec
+	sel      []driver.AttributeMatch // the attributes the broker selects on
 	prefetch int
 
 	mu         sync.Mutex
@@ -230,6 +231,11 @@ func (s *subscription) open(ctx context.Context, old *amqp.Channel) error {
 	queue, err := s.d.declareQueueNamed(ch, s.dest, s.spec)
 	if err != nil {
 		return fail(err)
+	}
+	if s.dest.Pattern == driver.Event {
+		if err := s.d.applySelection(ctx, conn, ch, s.dest, queue, s.spec, s.sel); err != nil {
+			return fail(err)
+		}
 	}
 	if err := ch.Qos(s.prefetch, 0, false); err != nil {
 		return fail(classify(err))
