@@ -183,13 +183,22 @@ func recordSize(r *kgo.Record) int {
 // and an error matching driver.ErrMalformed for a record that is not a valid
 // event; the message then holds what could be read and the raw value.
 func decode(r *kgo.Record) (*driver.Message, int, error) {
-	return decodeInto(new(driver.Message), r)
+	return decodeInto(new(driver.Message), r, new(strings.Builder))
 }
 
-// decodeInto is decode into m, a zero Message. The header values of a
-// binary-mode record become substrings of one string: one allocation for
-// all of them.
-func decodeInto(m *driver.Message, r *kgo.Record) (*driver.Message, int, error) {
+// headerBytes is how many bytes the key and header values of r take.
+func headerBytes(r *kgo.Record) int {
+	n := len(r.Key)
+	for _, h := range r.Headers {
+		n += len(h.Value)
+	}
+	return n
+}
+
+// decodeInto is decode into m, a zero Message. The key and header values of
+// a binary-mode record are written to sb and become substrings of it:
+// records decoded through one builder share one allocation.
+func decodeInto(m *driver.Message, r *kgo.Record, sb *strings.Builder) (*driver.Message, int, error) {
 	var (
 		ct, hasCT  = -1, false
 		structured bool
@@ -216,13 +225,13 @@ func decodeInto(m *driver.Message, r *kgo.Record) (*driver.Message, int, error) 
 		}
 		return sm, attempts, err
 	}
-	var sb strings.Builder
+	from := sb.Len()
 	sb.Grow(size)
 	sb.Write(r.Key)
 	for _, h := range r.Headers {
 		sb.Write(h.Value)
 	}
-	all := sb.String()
+	all := sb.String()[from:]
 	m.Data, m.Key = r.Value, all[:len(r.Key)]
 	at := len(r.Key)
 	var (

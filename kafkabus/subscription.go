@@ -317,10 +317,14 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 		msgs  = make([]driver.Message, n)
 		dels  = make([]driver.Delivery, n)
 		taken = 0
+		text  strings.Builder // the keys and header values of the poll
+		size  = 0
 	)
+	fs.EachRecord(func(r *kgo.Record) { size += headerBytes(r) })
+	text.Grow(size)
 	s.mu.Lock()
 	fs.EachRecord(func(r *kgo.Record) {
-		if e := s.handOut(r, &slab[taken], &msgs[taken]); e != nil {
+		if e := s.handOut(r, &slab[taken], &msgs[taken], &text); e != nil {
 			dels[taken] = driver.Delivery{Message: e.msg, Attempt: e.attempts, Err: e.err, Handle: e}
 			ds = append(ds, &dels[taken])
 			taken++
@@ -348,10 +352,10 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 	return nil, nil
 }
 
-// handOut registers r as handed out in e, decoding it into m, and returns
-// e, or nil when r belongs to a partition this member is giving up. s.mu is
-// held.
-func (s *subscription) handOut(r *kgo.Record, e *entry, m *driver.Message) *entry {
+// handOut registers r as handed out in e, decoding it into m (its strings
+// into text), and returns e, or nil when r belongs to a partition this
+// member is giving up. s.mu is held.
+func (s *subscription) handOut(r *kgo.Record, e *entry, m *driver.Message, text *strings.Builder) *entry {
 	tp := topicPartition{r.Topic, r.Partition}
 	st := s.parts[tp]
 	if st == nil {
@@ -365,7 +369,7 @@ func (s *subscription) handOut(r *kgo.Record, e *entry, m *driver.Message) *entr
 		return nil
 	}
 	st.next = r.Offset + 1
-	msg, prior, err := decodeInto(m, r)
+	msg, prior, err := decodeInto(m, r, text)
 	if s.groupID != "" {
 		prior = max(prior, st.inherited.prior(st.inheritAt, r.Offset))
 		if st.commit < 0 {
