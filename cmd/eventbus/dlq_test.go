@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -11,34 +13,49 @@ import (
 	"time"
 
 	"github.com/marty-msf/eventbus"
-	"github.com/marty-msf/eventbus/natsbus"
+	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/internal/testenv"
 )
 
 // A command that its handler refuses is dead-lettered; dlq list and show
-// find it, dlq replay puts it back and it is processed, dlq purge empties.
+// find it, dlq replay puts it back and it is processed, dlq purge empties;
+// on the embedded server and on Redis.
 func TestDLQ(t *testing.T) {
+	t.Run("nats", func(t *testing.T) {
+		// A short de-duplication window, so that a replay of a message
+		// stored a moment ago is accepted within the test.
+		testDLQ(t, startServer(t).ClientURL()+"?stream_duplicates=1s", "billing", true)
+	})
+	t.Run("redis", func(t *testing.T) {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		testDLQ(t, testenv.RedisURL(t), "billing-"+hex.EncodeToString(b[:]), false)
+	})
+}
+
+// testDLQ runs the dlq commands on the backend of url, where service is the
+// test's own; own tells that nobody else uses the backend, so that the
+// commands may act on every dead letter.
+func testDLQ(t *testing.T, url, service string, own bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv := startServer(t)
-	// A short de-duplication window, so that a replay of a message stored a
-	// moment ago is accepted within the test.
-	url := srv.ClientURL() + "?stream_duplicates=1s"
 	cfg := filepath.Join(t.TempDir(), "eventbus.yaml")
-	if err := os.WriteFile(cfg, []byte("backends:\n  nats:\n    url: "+url+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte("backends:\n  main:\n    url: "+url+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d, err := natsbus.Open(ctx, &natsbus.Config{Servers: []string{srv.ClientURL()}, Options: natsbus.Options{Streams: natsbus.StreamConfig{Duplicates: time.Second}}})
+	d, err := driver.OpenURL(ctx, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	bus := eventbus.New(&eventbus.Options{Source: "test"})
-	if err := bus.Register("nats", d); err != nil {
+	if err := bus.Register("main", d); err != nil {
 		t.Fatal(err)
 	}
+	origin := "commands." + service + ".charge"
 	var broken atomic.Bool
 	broken.Store(true)
 	processed := make(chan string, 10)
-	if _, err := bus.HandleCommand(ctx, "billing", "charge", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
+	if _, err := bus.HandleCommand(ctx, service, "charge", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
 		if broken.Load() {
 			return eventbus.Permanent(errors.New("invalid merchant"))
 		}
@@ -53,7 +70,7 @@ func TestDLQ(t *testing.T) {
 	defer bus.Close(context.Background())
 	send := func() string {
 		m := newMessage("charge", []byte(`{"amount":1200}`))
-		if err := bus.SendCommand(ctx, "billing", m); err != nil {
+		if err := bus.SendCommand(ctx, service, m); err != nil {
 			t.Fatal(err)
 		}
 		return m.ID
@@ -61,11 +78,13 @@ func TestDLQ(t *testing.T) {
 	dlq := func(args ...string) result {
 		return execute(t, "", append(append([]string{"dlq"}, args...), "--config", cfg)...)
 	}
+	// Only this test's dead letters, unless the backend is its own.
+	mine := []string{"--origin", origin}
 	waitList := func(n int) []map[string]any {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			r := dlq("list", "--json")
+			r := dlq(append([]string{"list", "--json"}, mine...)...)
 			if r.code != exitOK {
 				t.Fatalf("dlq list: exit %d, stderr %q", r.code, r.stderr)
 			}
@@ -82,12 +101,12 @@ func TestDLQ(t *testing.T) {
 
 	id := send()
 	got := waitList(1)[0]
-	if got["id"] != id || got["type"] != "charge" || got["origin"] != "commands.billing.charge" || got["backend"] != "nats" ||
+	if got["id"] != id || got["type"] != "charge" || got["origin"] != origin || got["backend"] != "main" ||
 		!strings.Contains(got["reason"].(string), "invalid merchant") || got["data"].(map[string]any)["amount"] != 1200.0 {
 		t.Errorf("dlq list: %v", got)
 	}
-	r := dlq("list")
-	if r.code != exitOK || !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, "commands.billing.charge") {
+	r := dlq(append([]string{"list"}, mine...)...)
+	if r.code != exitOK || !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, origin) {
 		t.Errorf("dlq list: exit %d, stdout %q", r.code, r.stdout)
 	}
 	r = dlq("show", id)
@@ -113,7 +132,7 @@ func TestDLQ(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if !strings.Contains(r.stdout, "replayed "+id+" to commands.billing.charge\nreplayed 1 of 1 dead letters\n") {
+	if !strings.Contains(r.stdout, "replayed "+id+" to "+origin+"\nreplayed 1 of 1 dead letters\n") {
 		t.Errorf("dlq replay: stdout %q", r.stdout)
 	}
 	select {
@@ -124,7 +143,7 @@ func TestDLQ(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the replayed command was not processed")
 	}
-	if r = dlq("list"); r.code != exitOK || r.stdout != "no dead letters\n" {
+	if r = dlq(append([]string{"list"}, mine...)...); r.code != exitOK || r.stdout != "no dead letters\n" {
 		t.Errorf("dlq list after the replay: exit %d, stdout %q", r.code, r.stdout)
 	}
 	if r = dlq("show", id); r.code != exitFailure || !strings.Contains(r.stderr, "list them with eventbus dlq list") {
@@ -135,10 +154,14 @@ func TestDLQ(t *testing.T) {
 	send()
 	send()
 	waitList(2)
-	if r = dlq("purge", "--all"); r.code != exitOK || r.stdout != "purged 2 dead letters\n" {
+	purge := append([]string{"purge"}, mine...)
+	if own {
+		purge = []string{"purge", "--all"}
+	}
+	if r = dlq(purge...); r.code != exitOK || r.stdout != "purged 2 dead letters\n" {
 		t.Errorf("dlq purge: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	if r = dlq("list"); r.code != exitOK || r.stdout != "no dead letters\n" {
+	if r = dlq(append([]string{"list"}, mine...)...); r.code != exitOK || r.stdout != "no dead letters\n" {
 		t.Errorf("dlq list after the purge: exit %d, stdout %q", r.code, r.stdout)
 	}
 }
