@@ -76,15 +76,22 @@ func TestParallelGroupFailure(t *testing.T) {
 		// is refunded. "inflight": the shipment is refused while the
 		// charge still runs; the charge is interrupted, and refunded once
 		// it finished (the refund waits for it at the participant).
-		var charged atomic.Bool
+		// The shipment of "inflight" is refused only once the charge runs:
+		// on a loaded machine the charge's command may otherwise reach the
+		// participant after the refund, which then bars it instead.
+		var charged, charging atomic.Bool
 		w.hooks.set("shipping.ship", func(req *saga.Request) error {
 			if req.SagaID == "done" && !gateUntil(charged.Load) {
 				return errors.New("charge not done yet")
+			}
+			if req.SagaID == "inflight" && !gateUntil(charging.Load) {
+				return errors.New("charge not running yet")
 			}
 			return saga.Fail(errors.New("address refused"))
 		})
 		w.hooks.set("payment.charge", func(req *saga.Request) error {
 			if req.SagaID == "inflight" {
+				charging.Store(true)
 				gateUntil(func() bool {
 					in, err := w.orc.Get(context.Background(), "inflight")
 					return err == nil && in.State != saga.Running
