@@ -173,16 +173,17 @@ func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []
 	want, _ := strconv.Atoi(attrs.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessages)])
 	var out []held
 	seen := map[string]bool{}
-	for waited := false; ; {
+	for longPolled := false; ; {
 		// Short polls while the count SQS gave says more are there; one
 		// long poll (which asks every SQS server) before concluding that
-		// the queue is empty.
+		// the queue is empty, once: messages that keep arriving do not
+		// keep the read going.
 		wait := int32(0)
 		if len(out) >= want {
-			if waited {
+			if longPolled {
 				break
 			}
-			wait, waited = 1, true
+			wait, longPolled = 1, true
 		}
 		res, err := d.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
 			QueueUrl:              aws.String(url),
@@ -202,7 +203,7 @@ func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []
 			if wait > 0 {
 				break
 			}
-			want = len(out) // the count was stale: confirm with a long poll
+			want = len(out) // the count was stale (or a short poll missed some)
 			continue
 		}
 		for i := range res.Messages {
@@ -216,7 +217,10 @@ func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []
 			h.sent, _ = strconv.ParseInt(m.Attributes[string(sqstypes.MessageSystemAttributeNameSentTimestamp)], 10, 64)
 			out = append(out, h)
 		}
-		waited = false
+		if wait > 0 {
+			// The count was stale: read on until a short poll is empty.
+			want = max(want, len(out)+1)
+		}
 	}
 	slices.SortStableFunc(out, func(a, b held) int {
 		if a.seq != b.seq { // decimal numbers of up to 128 bits

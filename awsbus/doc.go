@@ -96,7 +96,10 @@
 // (so that a poll cancelled in flight hides its messages no longer), and
 // every held delivery — prefetched or running in a handler — has it renewed
 // to the full timeout before it runs out, so it never times out while the
-// process lives; SubscribeOptions.AckWait (rounded up to whole
+// process lives (should it run out all the same, under a stalled process
+// or network, and the subscription receive the message again while it
+// holds it, the delivery it holds goes on with the new receipt handle and
+// no second one is made); SubscribeOptions.AckWait (rounded up to whole
 // seconds, at least 2 s) or Config.VisibilityTimeout is how long a dead
 // process holds a message. Close gives back at once (visibility 0) every
 // delivery it holds, received or handed out (up to four batch calls at

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -40,12 +41,15 @@ type subscription struct {
 	closed  bool
 	buf     []*driver.Delivery   // received, not handed out
 	held    map[string]time.Time // receipt handle of every unsettled delivery → its visibility deadline
+	byID    map[string]*handle   // SQS message id of every unsettled delivery → its handle
 	changed chan struct{}        // closed and replaced on every change of buf or held
 }
 
-// handle is a Delivery's Handle: the receipt handle of its receive.
+// handle is a Delivery's Handle: the receipt handle of its latest receive
+// (sub.mu) and the SQS message id.
 type handle struct {
 	sub     *subscription
+	id      string
 	receipt string
 }
 
@@ -73,6 +77,7 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 		maxInFlight: d.cfg.maxInFlight(),
 		done:        make(chan struct{}),
 		held:        make(map[string]time.Time),
+		byID:        make(map[string]*handle),
 		changed:     make(chan struct{}),
 	}
 	if opts.AckWait > 0 {
@@ -200,9 +205,24 @@ func (s *subscription) poll() {
 		}
 		s.mu.Lock()
 		for i := range out.Messages {
-			dl := s.delivery(&out.Messages[i])
+			m := &out.Messages[i]
+			receipt := aws.ToString(m.ReceiptHandle)
+			if h := s.byID[aws.ToString(m.MessageId)]; h != nil {
+				// Received again while held: its visibility ran out before
+				// the extender renewed it (a stalled process or network).
+				// SQS honours the latest receipt handle only; the delivery
+				// already held goes on with it, and no second one is made.
+				delete(s.held, h.receipt)
+				h.receipt = receipt
+				s.held[receipt] = asked.Add(first)
+				continue
+			}
+			dl := s.delivery(m)
+			if h := dl.Handle.(*handle); h.id != "" {
+				s.byID[h.id] = h
+			}
 			s.buf = append(s.buf, dl)
-			s.held[dl.Handle.(*handle).receipt] = asked.Add(first)
+			s.held[receipt] = asked.Add(first)
 		}
 		s.notify()
 		s.mu.Unlock()
@@ -222,7 +242,7 @@ func (s *subscription) delivery(m *sqstypes.Message) *driver.Delivery {
 		Message: msg,
 		Attempt: max(attempt, 1),
 		Err:     err,
-		Handle:  &handle{sub: s, receipt: aws.ToString(m.ReceiptHandle)},
+		Handle:  &handle{sub: s, id: aws.ToString(m.MessageId), receipt: aws.ToString(m.ReceiptHandle)},
 	}
 }
 
@@ -264,7 +284,7 @@ func (s *subscription) extend() {
 			continue
 		}
 		// A delivery settled meanwhile makes its entry fail, harmlessly.
-		if err := s.changeVisibility(s.pollCtx, receipts, s.visibility); err != nil && s.pollCtx.Err() == nil {
+		if err := s.changeVisibility(s.pollCtx, receipts, s.visibility, true); err != nil && s.pollCtx.Err() == nil {
 			s.d.log.Warn("awsbus: extend visibility", "queue", s.queueURL, "err", err)
 		}
 	}
@@ -315,6 +335,9 @@ func (s *subscription) take(ds []*driver.Delivery) ([]string, error) {
 		}
 		receipts = append(receipts, h.receipt)
 		delete(s.held, h.receipt)
+		if s.byID[h.id] == h {
+			delete(s.byID, h.id)
+		}
 	}
 	s.notify()
 	return receipts, nil
@@ -356,7 +379,7 @@ func (s *subscription) Nack(ctx context.Context, ds []*driver.Delivery, delay ti
 	} else {
 		delay = 0
 	}
-	if err := s.changeVisibility(ctx, receipts, delay); err != nil {
+	if err := s.changeVisibility(ctx, receipts, delay, false); err != nil {
 		return fmt.Errorf("awsbus: nack on %q: %w", s.dest.Name, err)
 	}
 	return nil
@@ -376,7 +399,10 @@ func (s *subscription) delete(ctx context.Context, receipts []string) error {
 	})
 }
 
-func (s *subscription) changeVisibility(ctx context.Context, receipts []string, timeout time.Duration) error {
+// changeVisibility sets the visibility timeout of receipts. With
+// gone, an entry refused for a receipt handle SQS no longer honours (the
+// message was settled, or received again) is no error.
+func (s *subscription) changeVisibility(ctx context.Context, receipts []string, timeout time.Duration, gone bool) error {
 	return inTens(receipts, func(lo, hi int) ([]sqstypes.BatchResultErrorEntry, error) {
 		entries := make([]sqstypes.ChangeMessageVisibilityBatchRequestEntry, hi-lo)
 		for i := lo; i < hi; i++ {
@@ -387,6 +413,11 @@ func (s *subscription) changeVisibility(ctx context.Context, receipts []string, 
 		out, err := s.d.sqs.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: aws.String(s.queueURL), Entries: entries})
 		if err != nil {
 			return nil, err
+		}
+		if gone {
+			return slices.DeleteFunc(out.Failed, func(f sqstypes.BatchResultErrorEntry) bool {
+				return aws.ToString(f.Code) == "ReceiptHandleIsInvalid" || aws.ToString(f.Code) == "InvalidParameterValue"
+			}), nil
 		}
 		return out.Failed, nil
 	})
@@ -478,12 +509,12 @@ func (s *subscription) Close(ctx context.Context) error {
 	for r := range s.held {
 		receipts = append(receipts, r)
 	}
-	s.held, s.buf = nil, nil
+	s.held, s.buf, s.byID = nil, nil, nil
 	s.mu.Unlock()
 
 	var errs []error
 	if len(receipts) > 0 && !s.private {
-		if err := s.changeVisibility(work, receipts, 0); err != nil {
+		if err := s.changeVisibility(work, receipts, 0, true); err != nil {
 			errs = append(errs, fmt.Errorf("give back %d deliveries: %w", len(receipts), err))
 		}
 	}
