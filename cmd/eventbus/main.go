@@ -21,9 +21,9 @@
 // or a message on stream NAME. The payload is the JSON argument, the file F,
 // or standard input; it must be valid JSON. Once the server confirmed the
 // message, its id is printed. With --lines every line of the input is one
-// message: all lines are checked first, up to N publishes await their
-// confirmation at once, progress shows on standard error and the ids are
-// printed in the input's order.
+// message: all lines are checked first, then handed to the pipelined
+// Publisher with up to N awaiting their confirmation at once; progress shows
+// on standard error and the ids are printed in the input's order.
 //
 //	eventbus listen|tail TYPE... [--group G] [--from-start] [--broadcast] [--count N] [--format json|text]
 //

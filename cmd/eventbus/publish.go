@@ -47,6 +47,19 @@ func (pt publishTarget) send(ctx context.Context, bus *eventbus.Bus, m *eventbus
 	return bus.PublishEvent(ctx, m)
 }
 
+// publish hands m to the pipelined Publisher p, to where pt says.
+func (pt publishTarget) publish(ctx context.Context, p *eventbus.Publisher, m *eventbus.Message) *eventbus.PublishResult {
+	switch {
+	case pt.service != "":
+		return p.SendCommand(ctx, pt.service, m)
+	case pt.broadcast:
+		return p.Broadcast(ctx, m)
+	case pt.stream != "":
+		return p.PublishStream(ctx, pt.stream, m)
+	}
+	return p.PublishEvent(ctx, m)
+}
+
 func newPublishCmd(cf *connFlags, stdin io.Reader) *cobra.Command {
 	var pt publishTarget
 	var key, subject, source, file string
@@ -60,10 +73,11 @@ func newPublishCmd(cf *connFlags, stdin io.Reader) *cobra.Command {
 			"The payload is the JSON argument, the file of --file, or standard input when\n" +
 			"both are absent or the argument is \"-\". Prints the message id once the server\n" +
 			"confirmed it.\n\n" +
-			"With --lines, every line of the input is a payload of its own; up to --window\n" +
-			"publishes are in flight at once (1 keeps the input's order), progress is shown\n" +
-			"on standard error, and the ids are printed in the input's order. A line whose\n" +
-			"publish failed prints no id; the exit status is then 1.",
+			"With --lines, every line of the input is a payload of its own, handed to the\n" +
+			"pipelined Publisher: up to --window messages await their confirmation at once\n" +
+			"(1 keeps the input's order), progress is shown on standard error, and the ids\n" +
+			"are printed in the input's order. A line whose publish failed prints no id; the\n" +
+			"exit status is then 1.",
 		Example: "  eventbus publish order.placed '{\"order_id\":\"o-1\"}'\n" +
 			"  eventbus publish inventory.reserve '{\"sku\":\"s-1\"}' --command inventory\n" +
 			"  eventbus publish page.viewed --lines --file views.jsonl --stream clicks",
@@ -123,7 +137,7 @@ func newPublishCmd(cf *connFlags, stdin io.Reader) *cobra.Command {
 	f.StringVar(&source, "source", "eventbus-cli", "CloudEvents source attribute")
 	f.StringVar(&file, "file", "", "read the payload (or, with --lines, the payloads) from this file")
 	f.BoolVar(&jsonLines, "lines", false, "publish one message per line of JSON")
-	f.IntVar(&window, "window", 64, "with --lines, how many publishes may await their confirmation at once")
+	f.IntVar(&window, "window", 64, "with --lines, how many messages may await their confirmation at once")
 	cmd.MarkFlagsMutuallyExclusive("command", "broadcast", "stream")
 	return cmd
 }
@@ -158,28 +172,25 @@ func publishLines(ctx context.Context, cf *connFlags, source string, pt publishT
 	if err != nil {
 		return err
 	}
+	// The pipelined Publisher: up to window messages await their
+	// confirmation at once, sent to the backend in batches.
 	bar := newProgress(stderr, len(msgs), "published")
-	errs := make([]error, len(msgs))
-	sem := make(chan struct{}, window)
-	var wg sync.WaitGroup
-	for i, m := range msgs {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			errs[i] = ctx.Err()
-			continue
+	pub := bus.NewPublisher(&eventbus.PublisherOptions{Window: window, OnResult: func(_ *eventbus.Message, err error) {
+		if err == nil {
+			bar.add(1)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if errs[i] = pt.send(ctx, bus, m); errs[i] == nil {
-				bar.add(1)
-			}
-		}()
+	}})
+	results := make([]*eventbus.PublishResult, len(msgs))
+	for i, m := range msgs {
+		results[i] = pt.publish(ctx, pub, m)
 	}
-	wg.Wait()
+	// Close waits for every outcome; the results report each failure.
+	_ = pub.Close(ctx)
 	bar.done()
+	errs := make([]error, len(msgs))
+	for i, r := range results {
+		errs[i] = r.Err()
+	}
 	failed := 0
 	var first error
 	for i, m := range msgs {
