@@ -4,6 +4,7 @@ import (
 	"context"
 	"reflect"
 	"strings"
+	"sync"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -14,8 +15,8 @@ import (
 //
 // The bus calls an Observer on the goroutines that publish and handle, so an
 // implementation must be safe for concurrent use and quick. It must not keep
-// the messages it is given, nor modify them beyond what a method's
-// documentation allows.
+// the messages it is given, nor the slices they come in, nor modify them
+// beyond what a method's documentation allows.
 type Observer interface {
 	// Publish is called just before msgs (one message, a stream batch, or a
 	// query's request) are handed to their backend, with their ID, Source
@@ -177,14 +178,25 @@ func (c *consumer) observe(kind OperationKind, m *Message, batch []*Message, fn 
 	if obs == nil {
 		return safely(func() error { return fn(c.handlerCx) })
 	}
+	var one *[1]*Message
 	if m != nil {
-		batch = []*Message{m}
+		one = oneMessage.Get().(*[1]*Message)
+		one[0] = m
+		batch = one[:]
 	}
 	ctx, done := obs.Handle(c.handlerCx, c.operation(kind), batch)
 	err := safely(func() error { return fn(ctx) })
 	done(err)
+	if one != nil {
+		one[0] = nil
+		oneMessage.Put(one)
+	}
 	return err
 }
+
+// oneMessage pools the slices that hand a single message to
+// Observer.Handle, which must not keep them.
+var oneMessage = sync.Pool{New: func() any { return new([1]*Message) }}
 
 // settled tells the Observer, if any, what became of ds.
 func (c *consumer) settled(ds []*driver.Delivery, s Settlement) {
