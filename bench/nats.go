@@ -675,7 +675,7 @@ func runRequestRaw(ctx context.Context, cfg Config, clients int) (Result, error)
 		return Result{}, err
 	}
 	data := payload(cfg)
-	return latencyClients(ctx, cfg, clients, func(ctx context.Context) error {
+	return latency(ctx, cfg, clients, func(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		m, err := client.RequestWithContext(rctx, "bench.echo", data)
@@ -713,7 +713,7 @@ func runRequestBus(ctx context.Context, cfg Config, clients int) (Result, error)
 	}
 	defer client.Close(context.WithoutCancel(ctx))
 	data := payload(cfg)
-	return latencyClients(ctx, cfg, clients, func(ctx context.Context) error {
+	return latency(ctx, cfg, clients, func(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		r, err := client.Query(rctx, "bench", &eventbus.Message{Type: "echo", Data: data})

@@ -381,16 +381,11 @@ func backlog(ctx context.Context, cfg Config, fill func(ctx context.Context, n i
 	return res, nil
 }
 
-// latency runs one client doing roundTrip back to back for cfg.Duration (or
-// cfg.Messages times), after a short warm-up, and records each round trip.
-func latency(ctx context.Context, cfg Config, roundTrip func(ctx context.Context) error) (Result, error) {
-	return latencyClients(ctx, cfg, 1, roundTrip)
-}
-
-// latencyClients is latency with clients goroutines doing round trips at
-// the same time (roundTrip must be safe for concurrent use); every round
-// trip of every client is recorded, cfg.Messages counting them all.
-func latencyClients(ctx context.Context, cfg Config, clients int, roundTrip func(ctx context.Context) error) (Result, error) {
+// latency runs clients goroutines doing roundTrip back to back (it must be
+// safe for concurrent use) for cfg.Duration, after a short warm-up of each,
+// and records every round trip of every client; cfg.Messages, when set,
+// counts them all.
+func latency(ctx context.Context, cfg Config, clients int, roundTrip func(ctx context.Context) error) (Result, error) {
 	clients = max(clients, 1)
 	warm := func() error {
 		for range 200 {
