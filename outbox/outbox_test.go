@@ -372,3 +372,90 @@ func TestRefusedMessageIsSetAside(t *testing.T) {
 		}
 	})
 }
+
+// TestRelayRemovesThroughABusyDatabase: the database refuses the removal
+// of a published row for a while (SQLite's one writer busy elsewhere, as
+// under load): the relay keeps trying while its lease lasts instead of
+// leaving the row to be published again when the lease ends.
+func TestRelayRemovesThroughABusyDatabase(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "o.db")
+	db, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	o, err := New(ctx, db, SQLite, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The relay's own handle gives up on a busy database after 20 ms.
+	relayDB, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(20)&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relayDB.Close()
+	ro, err := New(ctx, relayDB, SQLite, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Close()
+
+	const lease = 20 * time.Second
+	pub := newChecker(0)
+	r := ro.Relay(pub, &RelayOptions{Lease: lease, PollInterval: 5 * time.Millisecond})
+	var blocked atomic.Bool
+	held := make(chan struct{})
+	r.afterPublish = func(*eventbus.Message) {
+		if !blocked.CompareAndSwap(false, true) {
+			return
+		}
+		// Take the write lock before the relay removes the row, and keep it
+		// for longer than the relay's busy timeout.
+		tx, err := blocker.BeginTx(ctx, nil)
+		if err != nil {
+			t.Error(err)
+			close(held)
+			return
+		}
+		if _, err := tx.Exec(`DELETE FROM outbox_messages WHERE seq < 0`); err != nil {
+			t.Error(err)
+		}
+		go func() {
+			defer close(held)
+			time.Sleep(500 * time.Millisecond)
+			_ = tx.Rollback()
+		}()
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = r.Run(ctx) })
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.PublishEvent(ctx, tx, &eventbus.Message{ID: "o-0000", Type: "order.placed", Data: []byte("0")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitFor(t, "the row removed", func() bool { st, _ := o.Stats(ctx); return st.Pending == 0 })
+	took := time.Since(start)
+	cancel()
+	wg.Wait()
+	<-held
+	if !blocked.Load() {
+		t.Fatal("the database was never made busy")
+	}
+	t.Logf("removed %v after the publish, through a busy database", took.Round(time.Millisecond))
+	if took >= lease {
+		t.Errorf("the row was removed only after its lease (%v)", took)
+	}
+	pub.report(t, 1, false)
+}

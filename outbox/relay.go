@@ -153,7 +153,7 @@ func (r *Relay) RunOnce(ctx context.Context) (int, error) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := r.publishGroup(pctx, groups[k]); err != nil {
+			if err := r.publishGroup(pctx, start.Add(r.opts.Lease), groups[k]); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -217,10 +217,12 @@ func refused(err error) bool {
 // removed once published, set aside when refused for good; on the first
 // other failure the rest of the group waits a backoff, and on the end of
 // ctx it is given back.
-func (r *Relay) publishGroup(ctx context.Context, rows []claimed) error {
+func (r *Relay) publishGroup(ctx context.Context, leaseEnd time.Time, rows []claimed) error {
 	// Settling outlives ctx: a row published and not removed is published
-	// again after its lease (a duplicate, never a loss), so try to remove it.
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	// again after its lease (a duplicate, never a loss), so keep trying to
+	// remove it while the lease lasts — a busy database (SQLite's one
+	// writer, under load) is no reason to publish a message twice.
+	sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), leaseEnd)
 	defer cancel()
 	for i, c := range rows {
 		err := c.bad
@@ -238,12 +240,12 @@ func (r *Relay) publishGroup(ctx context.Context, rows []claimed) error {
 			if r.afterPublish != nil {
 				r.afterPublish(c.rec.Message)
 			}
-			if _, err := r.o.db.ExecContext(sctx, r.o.q.remove, r.owner, c.seq); err != nil {
+			if err := r.exec(sctx, r.o.q.remove, r.owner, c.seq); err != nil {
 				return fmt.Errorf("outbox: remove %d (it will be published again): %w", c.seq, err)
 			}
 		case refused(err):
 			r.log.Error("outbox: message set aside: the bus refuses it", "id", c.rec.Message.ID, "seq", c.seq, "error", err)
-			if _, err2 := r.o.db.ExecContext(sctx, r.o.q.dead, err.Error(), r.owner, c.seq); err2 != nil {
+			if err2 := r.exec(sctx, r.o.q.dead, err.Error(), r.owner, c.seq); err2 != nil {
 				return fmt.Errorf("outbox: set aside %d: %w", c.seq, err2)
 			}
 		case ctx.Err() != nil:
@@ -261,9 +263,46 @@ func (r *Relay) publishGroup(ctx context.Context, rows []claimed) error {
 	return nil
 }
 
+// exec runs a settling statement, trying again after a failure (with a
+// backoff of up to a second) until it succeeds or ctx ends: the row stays
+// this relay's until its lease ends, so settling it late is still right.
+func (r *Relay) exec(ctx context.Context, stmt string, args ...any) error {
+	for attempt := 1; ; attempt++ {
+		_, err := r.o.db.ExecContext(ctx, stmt, args...)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		r.log.Warn("outbox: settling a row failed; trying again", "attempt", attempt, "error", err)
+		t := time.NewTimer(backoff(attempt, time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
 // settle runs stmt (with args, then owner and seq) on each row, in one
-// transaction.
+// transaction, trying again as exec does.
 func (r *Relay) settle(ctx context.Context, rows []claimed, stmt string, args []any) error {
+	for attempt := 1; ; attempt++ {
+		err := r.settleOnce(ctx, rows, stmt, args)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		r.log.Warn("outbox: settling rows failed; trying again", "attempt", attempt, "error", err)
+		t := time.NewTimer(backoff(attempt, time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Relay) settleOnce(ctx context.Context, rows []claimed, stmt string, args []any) error {
 	tx, err := r.o.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("outbox: settle: %w", err)
