@@ -245,11 +245,14 @@ func OpenURL(ctx context.Context, rawURL string, opts *OpenOptions) (Driver, err
 // RedactURL returns rawURL with its user information replaced by "REDACTED"
 // (a bare user name may be a token) and the values of query parameters whose
 // names suggest a secret likewise, as well as the user information of URLs
-// in parameter values (servers=nats://u:p@h). A string that does not parse
-// as a URL loses everything up to its last '@', and so does a URL with an
-// '@' in its path, fragment or a parameter name: the sign of a password
-// with an unescaped '/', '#' or '?', whose rest would show there.
-func RedactURL(rawURL string) string {
+// in parameter values (servers=nats://u:p@h); a query that does not parse
+// is hidden whole. A string that does not parse as a URL loses everything
+// up to its last '@', and so does a URL with an '@' in its path, fragment
+// or a parameter name: the sign of a password with an unescaped '/', '#'
+// or '?', whose rest would show there.
+func RedactURL(rawURL string) string { return redactURL(rawURL, true) }
+
+func redactURL(rawURL string, checkStray bool) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		if i := strings.LastIndex(rawURL, "@"); i >= 0 {
@@ -257,15 +260,21 @@ func RedactURL(rawURL string) string {
 		}
 		return rawURL
 	}
-	if strayAt(u) {
-		i := strings.LastIndex(rawURL, "@")
-		return RedactURL(u.Scheme + "://REDACTED@" + rawURL[i+1:])
+	// An '@' decoded from %40 is no sign of a mistyped password: only a
+	// literal one is.
+	if i := strings.LastIndex(rawURL, "@"); i >= 0 && checkStray && strayAt(u) {
+		return redactURL(u.Scheme+"://REDACTED@"+rawURL[i+1:], false)
 	}
 	if u.User != nil {
 		u.User = url.User("REDACTED")
 	}
 	if u.RawQuery != "" {
-		q := u.Query()
+		q, err := url.ParseQuery(u.RawQuery)
+		if err != nil {
+			// The parts that do not parse would show as written.
+			u.RawQuery = "REDACTED"
+			return display(u)
+		}
 		changed := false
 		for k, vs := range q {
 			switch {
@@ -292,11 +301,9 @@ func strayAt(u *url.URL) bool {
 	if strings.Contains(u.Path, "@") || strings.Contains(u.Fragment, "@") || strings.Contains(u.Opaque, "@") {
 		return true
 	}
-	if q, err := url.ParseQuery(u.RawQuery); err == nil {
-		for k := range q {
-			if strings.Contains(k, "@") {
-				return true
-			}
+	for _, pair := range strings.Split(u.RawQuery, "&") {
+		if k, _, _ := strings.Cut(pair, "="); strings.Contains(k, "@") {
+			return true
 		}
 	}
 	return false

@@ -207,3 +207,25 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// RedactURL ends on any input, and a password typed between "svc:" and the
+// last '@' never shows, however it breaks the URL.
+func FuzzRedactURL(f *testing.F) {
+	for _, seed := range []string{
+		"nats://svc:123/pw@h:4222", "nats://svc:12?pw@h", "nats://svc:1#pw@h", "nats://h/%40x",
+		"nats://svc:1/%40@h/%40", "embedded:dir@x", "nats://h?a%40b=1", "redis://h?addrs=u:p@h2,h3",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		_ = driver.RedactURL(s)
+		const pw = "Zq7Secret"
+		if strings.ContainsAny(s, "@%") {
+			return
+		}
+		raw := "nats://svc:" + s + pw + "@h:4222"
+		if got := driver.RedactURL(raw); strings.Contains(got, pw) {
+			t.Errorf("RedactURL(%q) = %q", raw, got)
+		}
+	})
+}
