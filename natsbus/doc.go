@@ -161,7 +161,11 @@
 // [Driver.DeclareGroup] ([driver.GroupDeclarer]) creates a durable group's
 // consumer without consuming, so that it keeps what is published before its
 // first member starts; on a core NATS destination it fails with
-// [driver.ErrUnsupported]. [Driver.Conn],
+// [driver.ErrUnsupported]. The driver is a [driver.DeadLetterStore] over the
+// DEADLETTER stream: it reads dead letters with direct message gets (no
+// consumer is created or moved), deletes them by stream sequence and purges
+// a destination by subject; the bus's dead-letter API and the CLI's dlq
+// commands use it. [Driver.Conn],
 // [Driver.JetStream] and [Driver.StreamName] expose the connection, the
 // JetStream context and the stream names; [Server.NATSServer] the embedded
 // nats-server.
