@@ -161,6 +161,7 @@ func TestSecretsNATS(t *testing.T) {
 		"unescaped slash":         "nats://svc:123/" + sentinel + "-slash@" + addr,
 		"unescaped hash":          "nats://svc:" + sentinel + "#hash@" + addr,
 		"bad escape":              "nats://svc:" + sentinel + "%zz@" + addr,
+		"malformed query":         "nats://" + addr + "?password=" + sentinel + ";semicolon&connect_timeout=300ms",
 		"servers parameter":       "nats://" + addr + "?servers=nats://svc:" + sentinel + "-second@127.0.0.1:1&connect_timeout=300ms",
 		"wrong scheme":            "tcp://svc:" + password + "@" + addr,
 		"tls to a plain listener": "tls://svc:" + password + "@" + addr + "?connect_timeout=1s",
