@@ -156,3 +156,101 @@ func TestStreamOrderAcrossMembers(t *testing.T) {
 		t.Errorf("%d members read, want each of the %d in turn", len(readers), members)
 	}
 }
+
+// TestStreamOrderAfterReaderDies: the reader of a stream's group dies
+// (its connection closed under it) holding a batch it did not ack and what
+// it read ahead; the member standing by takes over once the lease expires
+// and handles every message the reader did not ack, each key in publish
+// order, the unacked batch first (Attempt 2).
+func TestStreamOrderAfterReaderDies(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.AckWait = 2 * time.Second
+	cfg.ReclaimInterval = 100 * time.Millisecond
+	dest := driver.NewDestination(driver.Stream, "order", "crash")
+	opts := driver.SubscribeOptions{Group: "g", StartAt: driver.StartFirst}
+	ctx := ctxFor(t, 90*time.Second)
+
+	const keys, perKey = 3, 100
+	pub := openDriver(t, cfg)
+	var msgs []*driver.Message
+	for seq := range perKey {
+		for k := range keys {
+			key := fmt.Sprintf("key%d", k)
+			msgs = append(msgs, &driver.Message{ID: fmt.Sprintf("%s-%d", key, seq), Source: "order-test",
+				Type: "order", Key: key, Data: fmt.Appendf(nil, "%d", seq)})
+		}
+	}
+	if err := pub.Publish(ctx, dest, msgs); err != nil {
+		t.Fatal(err)
+	}
+
+	next := map[string]int{}
+	check := func(who string, ds []*driver.Delivery) {
+		for _, d := range ds {
+			var seq int
+			if _, err := fmt.Sscanf(string(d.Message.Data), "%d", &seq); err != nil {
+				t.Fatalf("%s: data %q: %v", who, d.Message.Data, err)
+			}
+			if seq != next[d.Message.Key] {
+				t.Errorf("%s: %s #%d (attempt %d) where #%d was next", who, d.Message.Key, seq, d.Attempt, next[d.Message.Key])
+			}
+			next[d.Message.Key] = seq + 1
+		}
+	}
+	victim := openDriver(t, cfg)
+	vsub, err := victim.Subscribe(ctx, dest, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := 0
+	for handled < 100 {
+		ds, err := vsub.Receive(ctx, 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("reader", ds)
+		handled += len(ds)
+		if err := vsub.Ack(ctx, ds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	survivor := openDriver(t, cfg)
+	ssub, err := survivor.Subscribe(ctx, dest, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reader takes one more batch and dies before it handles it.
+	lost, err := vsub.Receive(ctx, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := victim.Client().Close(); err != nil {
+		t.Fatal(err)
+	}
+	died := time.Now()
+	redelivered, first := 0, time.Duration(0)
+	for handled < keys*perKey {
+		ds, err := ssub.Receive(ctx, 50)
+		if err != nil {
+			t.Fatalf("after %d of %d: %v", handled, keys*perKey, err)
+		}
+		if first == 0 {
+			first = time.Since(died)
+		}
+		for _, d := range ds {
+			if d.Attempt > 1 {
+				redelivered++
+			}
+		}
+		check("survivor", ds)
+		handled += len(ds)
+		if err := ssub.Ack(ctx, ds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("the survivor read first %s after the reader died; %d redelivered (the reader held %d unacked)",
+		first.Round(time.Millisecond), redelivered, len(lost))
+	if redelivered < len(lost) {
+		t.Errorf("%d redelivered, want at least the %d the reader held", redelivered, len(lost))
+	}
+}
