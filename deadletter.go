@@ -310,11 +310,10 @@ type ReplayResult struct {
 //
 // A replay goes to the destination, not to the group that gave the message
 // up: every group subscribed there receives it again; consumers that
-// de-duplicate by (source, id) drop it. A backend that de-duplicates
-// (JetStream within its duplicate window, two minutes by default) refuses a
-// replay to the destination it stored the same message on a moment ago: that
-// replay fails with ErrDuplicate and the dead letter stays; replay it once
-// the window has passed, or to another destination.
+// de-duplicate by (source, id) drop it. The replayed message carries the
+// extension "replayed" (the time of the replay), which a broker's own
+// de-duplication counts: JetStream accepts a replay to the destination it
+// stored the original on a moment ago, within its duplicate window.
 //
 // Replay reports on every selected dead letter, in the order of List; a
 // dead letter it did not replay has Err set. The error is for the call as a
@@ -419,6 +418,10 @@ func (d *DeadLetters) publish(ctx context.Context, be *backend, dest driver.Dest
 		driver.ExtDeadLetterGroup, driver.ExtDeadLetterTime} {
 		delete(m.Extensions, k)
 	}
+	if m.Extensions == nil {
+		m.Extensions = make(map[string]string, 1)
+	}
+	m.Extensions[driver.ExtReplayed] = time.Now().UTC().Format(time.RFC3339Nano)
 	one := [1]*Message{m}
 	return d.b.send(ctx, be, dest, one[:])
 }

@@ -276,7 +276,7 @@ func (s *dlScenario) checkReplayAndPurge(t *testing.T) {
 	// o2 to another destination: the auditor gets it, billing does not.
 	s.replay(t, eventbus.DeadLetterFilter{IDs: []string{"o2"}}, &eventbus.ReplayOptions{To: "events." + s.auditType})
 	eventually(t, "o2 audited", func() bool { return s.audit.count("o2") > 0 })
-	if m := s.audit.get("o2"); string(m.Data) != `{"order":"o2"}` || m.Type != s.orderType || len(m.Extensions) != 1 {
+	if m := s.audit.get("o2"); string(m.Data) != `{"order":"o2"}` || m.Type != s.orderType || len(m.Extensions) != 2 || m.Extensions[driver.ExtReplayed] == "" {
 		t.Errorf("o2 replayed to the auditor arrived as %+v", m)
 	}
 	if got := s.list(t, eventbus.DeadLetterFilter{}); !slices.Equal(got, []string{"o3", "r1"}) {
@@ -331,8 +331,10 @@ func TestDeadLettersOnNATS(t *testing.T) {
 	newDLScenario(t, open("main"), open("second")).run(t)
 }
 
-// Within JetStream's duplicate window, a replay to the origin is refused as a
-// duplicate of the original publish, and the dead letter stays.
+// Within JetStream's duplicate window (the default two minutes), a replay
+// to the origin is not a repeat of the original publish: it is stored,
+// handled once by the fixed handler, carries the replayed extension, and
+// the dead letter is gone.
 func TestDeadLetterReplayWithinDuplicateWindow(t *testing.T) {
 	srv, err := natsbus.StartServer(dlCtx(t), &natsbus.EmbeddedOptions{Port: -1, DataDir: t.TempDir()})
 	must(t, err)
@@ -344,15 +346,23 @@ func TestDeadLetterReplayWithinDuplicateWindow(t *testing.T) {
 	s.fixed.Store(true)
 	rs, err := s.bus.DeadLetters().Replay(dlCtx(t), eventbus.DeadLetterFilter{IDs: []string{"o1"}}, nil)
 	must(t, err)
-	if len(rs) != 1 || rs[0].Replayed || rs[0].Removed || !errors.Is(rs[0].Err, eventbus.ErrDuplicate) {
-		t.Fatalf("replay within the duplicate window: %+v, want ErrDuplicate and the dead letter kept", rs)
+	if len(rs) != 1 || !rs[0].Replayed || !rs[0].Removed || rs[0].Err != nil {
+		t.Fatalf("replay within the duplicate window: %+v, want replayed and removed", rs)
 	}
-	if got := s.list(t, eventbus.DeadLetterFilter{IDs: []string{"o1"}}); !slices.Equal(got, []string{"o1"}) {
-		t.Fatalf("after a refused replay: %v", got)
+	eventually(t, "o1 handled", func() bool { return s.billing.count("o1") == 1 })
+	if m := s.billing.get("o1"); m.Extensions[driver.ExtReplayed] == "" || m.Extensions[driver.ExtDeadLetterReason] != "" {
+		t.Errorf("replayed message's extensions: %v, want replayed and no dead-letter reason", m.Extensions)
 	}
-	// To another destination it goes at once.
-	s.replay(t, eventbus.DeadLetterFilter{IDs: []string{"o1"}}, &eventbus.ReplayOptions{To: "events." + s.auditType})
-	eventually(t, "o1 audited", func() bool { return s.audit.count("o1") == 1 })
+	if got := s.list(t, eventbus.DeadLetterFilter{IDs: []string{"o1"}}); len(got) != 0 {
+		t.Fatalf("after the replay: %v still held", got)
+	}
+	// A second replay of the same message finds nothing to replay.
+	if _, err := s.bus.DeadLetters().Replay(dlCtx(t), eventbus.DeadLetterFilter{IDs: []string{"o1"}}, nil); !errors.Is(err, eventbus.ErrDeadLetterNotFound) {
+		t.Fatalf("second replay: %v, want ErrDeadLetterNotFound", err)
+	}
+	if n := s.billing.count("o1"); n != 1 {
+		t.Fatalf("o1 handled %d times, want 1", n)
+	}
 }
 
 // A backend whose driver cannot browse dead letters is left out of a listing

@@ -75,9 +75,9 @@
 // letter only once its replay is confirmed, reporting on each; Purge
 // removes them. A replay reaches every group subscribed to its destination,
 // with the message's own id, so consumers that de-duplicate by (source, id)
-// drop it; a backend that de-duplicates refuses, with ErrDuplicate, a
-// replay to the destination it stored the same message on within its
-// window, and the dead letter stays.
+// drop it. It carries the extension "replayed" (the time of the replay),
+// which brokers' own de-duplication counts, so a replay to the destination
+// the message was first stored on is not dropped as a repeat.
 //
 // # Subscriptions
 //

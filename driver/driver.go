@@ -17,9 +17,11 @@
 //     refused with a [*TooLargeError] before anything is written to the wire,
 //     and so is one that [CheckEnvelope] refuses, with its [*InvalidError]:
 //     every driver accepts and refuses the same envelopes.
-//   - A broker that de-duplicates does so by (source, id, destination), never
-//     by id alone: the same id from two sources or to two destinations is two
-//     messages. When the broker drops a publish as a duplicate, Publish
+//   - A broker that de-duplicates does so by (source, id, destination) and
+//     the [ExtReplayed] extension when the message has it, never by id
+//     alone: the same id from two sources or to two destinations is two
+//     messages, and a replay of a dead letter is not a repeat of the
+//     original publish. When the broker drops a publish as a duplicate, Publish
 //     returns an error matching [ErrDuplicate] (after storing the rest of the
 //     batch).
 //   - Receive blocks until at least one delivery is available, the context is

@@ -88,6 +88,11 @@ const (
 	// ExtDeadLetterTime is when the message was dead-lettered, RFC 3339 in
 	// UTC with nanoseconds.
 	ExtDeadLetterTime = "deadlettertime"
+	// ExtReplayed marks a message the bus published again from a dead
+	// letter: the time of the replay, RFC 3339 in UTC with nanoseconds. A
+	// broker's de-duplication counts it (see the Driver contract), so a
+	// replay is not dropped as a repeat of the original publish.
+	ExtReplayed = "replayed"
 	// ExtError carries a responder's error message on a reply.
 	ExtError = "error"
 	// ExtErrorCode carries a responder's error code on a reply.

@@ -134,7 +134,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	if got := nm.Header.Get("ce-partitionkey"); got != "key%201" {
 		t.Errorf("ce-partitionkey = %q", got)
 	}
-	if got, want := nm.Header.Get(msgIDHeader), dedupID(in.Source, in.ID, "events.t.created"); got != want || len(got) != 32 {
+	if got, want := nm.Header.Get(msgIDHeader), dedupID(in.Source, in.ID, "events.t.created", ""); got != want || len(got) != 32 {
 		t.Errorf("Nats-Msg-Id = %q, want %q (32 hex digits)", got, want)
 	}
 	for k, vs := range nm.Header {
@@ -363,7 +363,7 @@ func TestExtensionNeverReplacesAttribute(t *testing.T) {
 
 func BenchmarkDedupID(b *testing.B) {
 	for b.Loop() {
-		_ = dedupID("/orders/eu-west", "0195f3a2-7c1e-7d3b-9a4f-2b8c1d0e5f6a", "events.order.created")
+		_ = dedupID("/orders/eu-west", "0195f3a2-7c1e-7d3b-9a4f-2b8c1d0e5f6a", "events.order.created", "")
 	}
 }
 
