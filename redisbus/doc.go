@@ -24,8 +24,8 @@
 // client certificate and key, server name) and the pool size are the
 // connection's settings; [Options] are the driver's: key prefix, stream
 // trimming (MaxLen, approximate), ack wait, reclaim interval, block time,
-// message size, pipeline workers and read-ahead. [Config.Validate] reports every
-// problem at once. The tests start their own Sentinel (a master and a
+// message size, pipeline workers and read-ahead. [Config.Validate] reports
+// every problem at once. The tests start their own Sentinel (a master and a
 // sentinel) and Cluster (three masters) deployments and run a round trip on
 // each.
 //
@@ -116,19 +116,20 @@
 // any other (with the reason, attempts and origin as ce_ extension fields),
 // then terms. The driver ignores SubscribeOptions.MaxDeliveries.
 //
-// The driver is a [driver.DeadLetterStore]: DeadLetterDestinations scans
-// for the dead-letter streams under the key prefix (SCAN TYPE stream, on
-// every master of a Cluster); ReadDeadLetters reads one with XRANGE, oldest
-// first, up to the entry that was last when it began, each with its entry
-// id and a tag of the destination as Ref; DeleteDeadLetters removes entries by id (XDEL); and
-// PurgeDeadLetters empties the stream (XTRIM MAXLEN 0), keeping its groups.
-//
 // Nack with a delay keeps the entry pending for the same consumer, fresh,
 // and delivers it again to that subscription when the delay is over (XCLAIM
 // to itself, counting a delivery): NativeDelay holds while the nacking
 // subscription lives. If it closes or its process dies first, another
 // member reclaims the entry after the ack wait, which may be sooner than a
 // delay longer than the ack wait.
+//
+// The driver is a [driver.DeadLetterStore]: DeadLetterDestinations scans
+// for the dead-letter streams under the key prefix (SCAN TYPE stream, on
+// every master of a Cluster); ReadDeadLetters reads one with XRANGE, oldest
+// first, up to the entry that was last when it began, each with its entry
+// id and a tag of the destination as Ref; DeleteDeadLetters removes entries
+// by id (XDEL); and PurgeDeadLetters empties the stream (XTRIM MAXLEN 0),
+// keeping its groups.
 //
 // # Reclaim
 //
@@ -144,9 +145,9 @@
 // subscription holds, handed out or read ahead, by setting those entries'
 // idle time to the maximum: the next reclaim of any other member takes them
 // at once, within the reclaim interval. A member that dies holds what it
-// read ahead too, until the ack wait. Consumers that hold
-// nothing are removed from their group when they close, and others idle for
-// ten minutes with nothing pending with them.
+// read ahead too, until the ack wait. Consumers that hold nothing are
+// removed from their group when they close, and others idle for ten minutes
+// with nothing pending with them.
 //
 // # Escape hatches
 //
