@@ -432,3 +432,30 @@ func (c *Config) connect(ctx context.Context, log *slog.Logger, extra ...nats.Op
 	}
 	return nc, nil
 }
+
+// String shows c without its credentials: Password and Token as REDACTED
+// when set, and the servers' URLs without their user information.
+func (c Config) String() string {
+	type plain Config // without the methods, so that formatting does not recurse
+	r := plain(c)
+	if r.Password != "" {
+		r.Password = "REDACTED"
+	}
+	if r.Token != "" {
+		r.Token = "REDACTED"
+	}
+	if len(c.Servers) > 0 {
+		r.Servers = make([]string, len(c.Servers))
+		for i, s := range c.Servers {
+			r.Servers[i] = driver.RedactURL(s)
+		}
+	}
+	return fmt.Sprintf("natsbus.Config%+v", r)
+}
+
+// GoString is String, so that %#v shows no credentials either.
+func (c Config) GoString() string { return c.String() }
+
+// LogValue implements slog.LogValuer: a Config logged with slog shows no
+// credentials.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }

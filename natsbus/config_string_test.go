@@ -1,0 +1,33 @@
+package natsbus_test
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/marty-msf/eventbus/natsbus"
+)
+
+// A Config printed in every way, or logged, shows no credentials.
+func TestConfigPrintsNoCredentials(t *testing.T) {
+	const secret = "S3NTINEL-config"
+	c := natsbus.Config{
+		Servers:  []string{"nats://svc:" + secret + "@127.0.0.1:4222", "nats://svc:" + secret + "/x@127.0.0.1:4223"},
+		User:     "svc",
+		Password: secret,
+		Token:    secret,
+	}
+	var logged bytes.Buffer
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("config", "config", c, "pointer", &c)
+	slog.New(slog.NewJSONHandler(&logged, nil)).Info("config", "config", c)
+	for _, out := range []string{fmt.Sprint(c), fmt.Sprintf("%v", &c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), c.String(), logged.String()} {
+		if strings.Contains(out, secret) {
+			t.Errorf("shows the secret: %s", out)
+		}
+		if !strings.Contains(out, "svc") {
+			t.Errorf("shows too little: %s", out)
+		}
+	}
+}
