@@ -98,4 +98,9 @@ func TestGroupAndDedupIDs(t *testing.T) {
 	if len(dedupID(m)) > 128 {
 		t.Error("de-duplication id longer than 128")
 	}
+	replay := m.Clone()
+	replay.Extensions = map[string]string{driver.ExtReplayed: "2026-11-27T15:00:00Z"}
+	if dedupID(replay) == dedupID(m) {
+		t.Error("a dead letter's replay has the de-duplication id of the original publish")
+	}
 }
