@@ -219,3 +219,20 @@ func tlsConfig(t *TLSConfig, host string) (*tls.Config, error) {
 	}
 	return tc, nil
 }
+
+// String shows c without credentials: the URL without its password.
+func (c Config) String() string {
+	type plain Config // without the methods, so that formatting does not recurse
+	r := plain(c)
+	if r.URL != "" {
+		r.URL = driver.RedactURL(r.URL)
+	}
+	return fmt.Sprintf("rabbitbus.Config%+v", r)
+}
+
+// GoString is String, so that %#v shows no credentials either.
+func (c Config) GoString() string { return c.String() }
+
+// LogValue implements slog.LogValuer: a Config logged with slog shows no
+// credentials.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
