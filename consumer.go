@@ -471,11 +471,17 @@ func (c *consumer) deadLetter(ds []*driver.Delivery, reason error) {
 		m := deadLetterMessage(c, d, reason, nil)
 		one := [1]*driver.Message{m}
 		err := c.be.drv.Publish(c.work, dl, one[:])
+		if errors.Is(err, driver.ErrDuplicate) {
+			err = nil // the broker holds this dead letter already (a retried publish)
+		}
 		if err != nil && refused(err) {
 			// Cut what the backend cannot carry and say so in the reason.
 			m = deadLetterMessage(c, d, reason, func(m *driver.Message) []string { return reduce(m, limit) })
 			one[0] = m
 			err = c.be.drv.Publish(c.work, dl, one[:])
+			if errors.Is(err, driver.ErrDuplicate) {
+				err = nil
+			}
 		}
 		switch {
 		case err == nil:

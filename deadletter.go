@@ -399,7 +399,9 @@ func (d *DeadLetters) Replay(ctx context.Context, f DeadLetterFilter, opts *Repl
 			r.Err = fmt.Errorf("eventbus: dead letter %q replayed, but not removed from %s: %w", m.ID, h.dl.Destination, err)
 			continue
 		}
-		r.Removed = n == 1
+		if r.Removed = n == 1; !r.Removed {
+			r.Err = fmt.Errorf("eventbus: dead letter %q replayed, but not found on %s to remove (removed already, or held by another reader at the moment); it may be replayed again", m.ID, h.dl.Destination)
+		}
 	}
 	return results, nil
 }

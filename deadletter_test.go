@@ -488,3 +488,44 @@ func TestDeadLetterAlteredReplay(t *testing.T) {
 		t.Fatalf("List after Close: %v, want ErrClosed", err)
 	}
 }
+
+// Two groups that give up the same message each leave a dead letter, on
+// JetStream with its default duplicate window: the broker's de-duplication
+// counts the dead letter's group and time.
+func TestDeadLettersOfTwoGroupsOnNATS(t *testing.T) {
+	srv, err := natsbus.StartServer(dlCtx(t), &natsbus.EmbeddedOptions{Port: -1, DataDir: t.TempDir()})
+	must(t, err)
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	d, err := natsbus.Open(dlCtx(t), &natsbus.Config{Servers: []string{srv.ClientURL()}})
+	must(t, err)
+	bus := eventbus.New(&eventbus.Options{Source: "shop", Retry: eventbus.RetryPolicy{MaxAttempts: 1}})
+	t.Cleanup(func() { _ = bus.Close(context.Background()) })
+	must(t, bus.Register("nats", d))
+	for _, g := range []string{"billing", "shipping"} {
+		_, err := bus.SubscribeEvents(dlCtx(t), []string{"dlapi.twogroups"}, g, eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
+			return eventbus.Permanent(errors.New(g + " refuses"))
+		}))
+		must(t, err)
+	}
+	must(t, bus.Start(dlCtx(t)))
+	must(t, bus.PublishEvent(dlCtx(t), &eventbus.Message{ID: "tg1", Type: "dlapi.twogroups", Data: []byte("{}")}))
+	var groups []string
+	eventually(t, "a dead letter from each group", func() bool {
+		dls, err := bus.DeadLetters().Get(dlCtx(t), "tg1")
+		if err != nil && !errors.Is(err, eventbus.ErrDeadLetterNotFound) {
+			t.Fatal(err)
+		}
+		groups = groups[:0]
+		for _, dl := range dls {
+			groups = append(groups, dl.Group)
+		}
+		slices.Sort(groups)
+		return len(groups) >= 2
+	})
+	if !slices.Equal(groups, []string{"billing", "shipping"}) {
+		t.Fatalf("dead letters of groups %v, want billing and shipping", groups)
+	}
+	if st := bus.Stats(); st.DeadLettered != 2 || st.Dropped != 0 {
+		t.Fatalf("stats %+v, want 2 dead-lettered and none dropped", st)
+	}
+}

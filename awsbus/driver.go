@@ -288,13 +288,13 @@ func groupID(m *driver.Message, byID bool) string {
 }
 
 // dedupID is the FIFO de-duplication id of m: a digest of (source, id), so
-// that the same id from two sources is two messages, and of the replayed
-// extension of a dead letter's replay, so that a replay is not a repeat of
-// the original publish. The destination is implied: every destination has
-// its own topic or queue.
+// that the same id from two sources is two messages, and of
+// [driver.Message.DedupParts], so that two groups' dead letters of one
+// message are two and a replay is not a repeat of the original publish. The
+// destination is implied: every destination has its own topic or queue.
 func dedupID(m *driver.Message) string {
-	if r := m.Extensions[driver.ExtReplayed]; r != "" {
-		return hashID(m.Source + "\x00" + m.ID + "\x00" + r)
+	if x := m.DedupParts(); x != "" {
+		return hashID(m.Source + "\x00" + m.ID + "\x00" + x)
 	}
 	return hashID(m.Source + "\x00" + m.ID)
 }

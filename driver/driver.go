@@ -18,10 +18,11 @@
 //     and so is one that [CheckEnvelope] refuses, with its [*InvalidError]:
 //     every driver accepts and refuses the same envelopes.
 //   - A broker that de-duplicates does so by (source, id, destination) and
-//     the [ExtReplayed] extension when the message has it, never by id
-//     alone: the same id from two sources or to two destinations is two
-//     messages, and a replay of a dead letter is not a repeat of the
-//     original publish. When the broker drops a publish as a duplicate, Publish
+//     [Message.DedupParts] (a dead letter's group and time, a replay's
+//     time), never by id alone: the same id from two sources or to two
+//     destinations is two messages, the dead letters of one message given up
+//     by two groups are two, and a replay of a dead letter is not a repeat
+//     of the original publish. When the broker drops a publish as a duplicate, Publish
 //     returns an error matching [ErrDuplicate] (after storing the rest of the
 //     batch).
 //   - Receive blocks until at least one delivery is available, the context is

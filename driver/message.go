@@ -99,6 +99,19 @@ const (
 	ExtErrorCode = "errorcode"
 )
 
+// DedupParts returns what a de-duplicating driver adds to (source, id,
+// destination) to key m, as the Driver contract asks: the replay time of a
+// dead letter's replay, and the group and time of a dead letter, so that
+// neither a replay nor the dead letters of one message given up by several
+// groups count as repeats. Empty for any other message.
+func (m *Message) DedupParts() string {
+	r, g, t := m.Extensions[ExtReplayed], m.Extensions[ExtDeadLetterGroup], m.Extensions[ExtDeadLetterTime]
+	if r == "" && g == "" && t == "" {
+		return ""
+	}
+	return r + "\x00" + g + "\x00" + t
+}
+
 // Size is the number of bytes the message occupies, counted the same way for
 // every driver: the data plus every attribute, extension and header name and
 // value. Capabilities.MaxMessageSize is compared against it.

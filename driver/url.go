@@ -247,7 +247,8 @@ func OpenURL(ctx context.Context, rawURL string, opts *OpenOptions) (Driver, err
 // names suggest a secret likewise, as well as the user information of URLs
 // in parameter values (servers=nats://u:p@h); a query that does not parse
 // is hidden whole. A string that does not parse as a URL loses everything
-// up to its last '@', and so does a URL with an '@' in its path, fragment
+// up to its last '@' and everything after its first '?' or '#', and a URL
+// loses everything up to its last '@' when it has one in its path, fragment
 // or a parameter name: the sign of a password with an unescaped '/', '#'
 // or '?', whose rest would show there.
 func RedactURL(rawURL string) string { return redactURL(rawURL, true) }
@@ -255,10 +256,16 @@ func RedactURL(rawURL string) string { return redactURL(rawURL, true) }
 func redactURL(rawURL string, checkStray bool) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		if i := strings.LastIndex(rawURL, "@"); i >= 0 {
-			return "REDACTED@" + rawURL[i+1:]
+		s := rawURL
+		if i := strings.LastIndex(s, "@"); i >= 0 {
+			s = "REDACTED@" + s[i+1:]
 		}
-		return rawURL
+		// The query and fragment of a URL that does not parse may hold
+		// secrets (?password=...): hide them whole.
+		if i := strings.IndexAny(s, "?#"); i >= 0 {
+			s = s[:i+1] + "REDACTED"
+		}
+		return s
 	}
 	// An '@' decoded from %40 is no sign of a mistyped password: only a
 	// literal one is.

@@ -178,6 +178,11 @@ func TestRedaction(t *testing.T) {
 		"nats://svc:12?pw@h:4222":                 "nats://REDACTED@h:4222",
 		"nats://svc:12#pw@h:4222":                 "nats://REDACTED@h:4222",
 		"nats://h?servers=nats://u:pw@h2,tok@h3":  "nats://h?servers=nats%3A%2F%2FREDACTED%40h2%2CREDACTED%40h3",
+		// A URL that does not parse hides its query and fragment whole.
+		"nats://host:42a22?token=s3cret":            "nats://host:42a22?REDACTED",
+		"redis://h:6379 /0?password=s3cret":         "redis://h:6379 /0?REDACTED",
+		"amqp://h:5672/%zz?password=s3cret":         "amqp://h:5672/%zz?REDACTED",
+		"kafka://bro ker:9092#sasl_password=s3cret": "kafka://bro ker:9092#REDACTED",
 	} {
 		if got := driver.RedactURL(raw); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", raw, got, want)
@@ -214,6 +219,7 @@ func FuzzRedactURL(f *testing.F) {
 	for _, seed := range []string{
 		"nats://svc:123/pw@h:4222", "nats://svc:12?pw@h", "nats://svc:1#pw@h", "nats://h/%40x",
 		"nats://svc:1/%40@h/%40", "embedded:dir@x", "nats://h?a%40b=1", "redis://h?addrs=u:p@h2,h3",
+		"nats://host:42a22?token=x", "redis://h:6379 /0?password=x",
 	} {
 		f.Add(seed)
 	}

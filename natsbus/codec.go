@@ -126,7 +126,7 @@ func encode(subject string, m *driver.Message, stored bool) *nats.Msg {
 	data := m.Data
 	if stored {
 		if m.ID != "" {
-			e.set(msgIDHeader, dedupID(m.Source, m.ID, subject, m.Extensions[driver.ExtReplayed]))
+			e.set(msgIDHeader, dedupID(m.Source, m.ID, subject, m.DedupParts()))
 		}
 		data = slices.Clone(data)
 	}
@@ -154,23 +154,24 @@ func (e *headerWriter) opt(name, value string) {
 }
 
 // dedupID is the Nats-Msg-Id of a stored message: a digest of (source, id,
-// subject) and, for a dead letter's replay, the replay's time, so that the
-// server's de-duplication, which keys on this header alone within a whole
-// stream, treats the same id from two sources or to two destinations as two
-// messages, and a replay as a new publish. 128 bits of SHA-256, in hex:
+// subject) and [driver.Message.DedupParts], so that the server's
+// de-duplication, which keys on this header alone within a whole stream,
+// treats the same id from two sources or to two destinations as two
+// messages, two groups' dead letters of one message as two, and a replay as
+// a new publish. 128 bits of SHA-256, in hex:
 // fixed length whatever the attributes' length, and no accidental
 // collisions. The NUL separators cannot occur in the parts (CheckEnvelope
 // refuses control characters, and subjects have none).
-func dedupID(source, id, subject, replayed string) string {
+func dedupID(source, id, subject, extra string) string {
 	var buf [192]byte
 	b := append(buf[:0], source...)
 	b = append(b, 0)
 	b = append(b, id...)
 	b = append(b, 0)
 	b = append(b, subject...)
-	if replayed != "" {
+	if extra != "" {
 		b = append(b, 0)
-		b = append(b, replayed...)
+		b = append(b, extra...)
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])

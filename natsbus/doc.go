@@ -62,9 +62,9 @@
 //
 // # De-duplication
 //
-// Stored messages carry Nats-Msg-Id, a digest of (source, id, subject) — and
-// of the replayed extension of a dead letter's replay — : 32 hex digits of
-// SHA-256. The server drops a message whose digest it stored
+// Stored messages carry Nats-Msg-Id, a digest of (source, id, subject) — and,
+// for a dead letter, of its group and time, for a replay of its time — : 32
+// hex digits of SHA-256. The server drops a message whose digest it stored
 // within Streams.Duplicates (2 minutes by default), so the same id from two
 // sources or to two destinations is two messages, and only a true repeat is
 // dropped. Publish then returns an error matching [driver.ErrDuplicate],

@@ -37,7 +37,7 @@ func encodeStructured(subject string, m *driver.Message, stored bool) *nats.Msg 
 	}
 	h[contentType] = []string{driver.StructuredContentType}
 	if stored && m.ID != "" {
-		h[msgIDHeader] = []string{dedupID(m.Source, m.ID, subject, m.Extensions[driver.ExtReplayed])}
+		h[msgIDHeader] = []string{dedupID(m.Source, m.ID, subject, m.DedupParts())}
 	}
 	return &nats.Msg{Subject: subject, Header: h, Data: driver.EncodeStructured(m)}
 }
