@@ -459,3 +459,78 @@ func TestRelayRemovesThroughABusyDatabase(t *testing.T) {
 	}
 	pub.report(t, 1, false)
 }
+
+// TestRelayStopsWhileTheDatabaseRefuses: a relay being stopped while the
+// database refuses to settle a published row tries for a few seconds, not
+// for the rest of its lease; the row is published again after the lease (a
+// duplicate, never a loss).
+func TestRelayStopsWhileTheDatabaseRefuses(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "o.db")
+	db, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	o, err := New(ctx, db, SQLite, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayDB, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(20)&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relayDB.Close()
+	ro, err := New(ctx, relayDB, SQLite, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Close()
+
+	const lease = time.Minute
+	r := ro.Relay(newChecker(0), &RelayOptions{Lease: lease, PollInterval: 5 * time.Millisecond})
+	var held *sql.Tx
+	published := make(chan struct{})
+	r.afterPublish = func(*eventbus.Message) {
+		// Hold the write lock from now on: the removal cannot succeed.
+		if held, err = blocker.BeginTx(context.Background(), nil); err == nil {
+			_, err = held.Exec(`DELETE FROM outbox_messages WHERE seq < 0`)
+		}
+		close(published)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(runCtx) }()
+	tx, err2 := db.BeginTx(ctx, nil)
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	if err := o.PublishEvent(ctx, tx, &eventbus.Message{ID: "o-0000", Type: "order.placed", Data: []byte("0")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-published:
+	case <-time.After(60 * time.Second):
+		t.Fatal("never published")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Rollback()
+	start := time.Now()
+	stop()
+	select {
+	case <-done:
+	case <-time.After(lease / 2):
+		t.Fatalf("Run still settling %v after it was stopped (lease %v)", lease/2, lease)
+	}
+	t.Logf("Run returned %v after it was stopped, with the database refusing", time.Since(start).Round(time.Millisecond))
+}

@@ -153,7 +153,7 @@ func (r *Relay) RunOnce(ctx context.Context) (int, error) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := r.publishGroup(pctx, start.Add(r.opts.Lease), groups[k]); err != nil {
+			if err := r.publishGroup(pctx, ctx.Done(), start.Add(r.opts.Lease), groups[k]); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -217,7 +217,7 @@ func refused(err error) bool {
 // removed once published, set aside when refused for good; on the first
 // other failure the rest of the group waits a backoff, and on the end of
 // ctx it is given back.
-func (r *Relay) publishGroup(ctx context.Context, leaseEnd time.Time, rows []claimed) error {
+func (r *Relay) publishGroup(ctx context.Context, stop <-chan struct{}, leaseEnd time.Time, rows []claimed) error {
 	// Settling outlives ctx: a row published and not removed is published
 	// again after its lease (a duplicate, never a loss), so keep trying to
 	// remove it while the lease lasts — a busy database (SQLite's one
@@ -228,7 +228,7 @@ func (r *Relay) publishGroup(ctx context.Context, leaseEnd time.Time, rows []cla
 		err := c.bad
 		if err == nil {
 			if ctx.Err() != nil {
-				return r.settle(sctx, rows[i:], r.o.q.release, nil)
+				return r.settle(sctx, stop, rows[i:], r.o.q.release, nil)
 			}
 			err = r.publish(ctx, c.rec)
 			if errors.Is(err, eventbus.ErrDuplicate) {
@@ -240,21 +240,21 @@ func (r *Relay) publishGroup(ctx context.Context, leaseEnd time.Time, rows []cla
 			if r.afterPublish != nil {
 				r.afterPublish(c.rec.Message)
 			}
-			if err := r.exec(sctx, r.o.q.remove, r.owner, c.seq); err != nil {
+			if err := r.exec(sctx, stop, r.o.q.remove, r.owner, c.seq); err != nil {
 				return fmt.Errorf("outbox: remove %d (it will be published again): %w", c.seq, err)
 			}
 		case refused(err):
 			r.log.Error("outbox: message set aside: the bus refuses it", "id", c.rec.Message.ID, "seq", c.seq, "error", err)
-			if err2 := r.exec(sctx, r.o.q.dead, err.Error(), r.owner, c.seq); err2 != nil {
+			if err2 := r.exec(sctx, stop, r.o.q.dead, err.Error(), r.owner, c.seq); err2 != nil {
 				return fmt.Errorf("outbox: set aside %d: %w", c.seq, err2)
 			}
 		case ctx.Err() != nil:
-			return r.settle(sctx, rows[i:], r.o.q.release, nil)
+			return r.settle(sctx, stop, rows[i:], r.o.q.release, nil)
 		default:
 			wait := backoff(c.attempts, r.opts.MaxBackoff)
 			r.log.Warn("outbox: publish failed; the message and those after it wait", "id", c.rec.Message.ID, "seq", c.seq, "attempt", c.attempts, "wait", wait, "error", err)
 			until := time.Now().Add(wait).UnixNano()
-			if serr := r.settle(sctx, rows[i:], r.o.q.backoff, []any{until, err.Error()}); serr != nil {
+			if serr := r.settle(sctx, stop, rows[i:], r.o.q.backoff, []any{until, err.Error()}); serr != nil {
 				return serr
 			}
 			return fmt.Errorf("outbox: publish %s: %w", c.rec.Message.ID, err)
@@ -263,35 +263,46 @@ func (r *Relay) publishGroup(ctx context.Context, leaseEnd time.Time, rows []cla
 	return nil
 }
 
-// exec runs a settling statement, trying again after a failure (with a
-// backoff of up to a second) until it succeeds or ctx ends: the row stays
-// this relay's until its lease ends, so settling it late is still right.
-func (r *Relay) exec(ctx context.Context, stmt string, args ...any) error {
-	for attempt := 1; ; attempt++ {
+// settleAfterStop bounds how long a relay that is being stopped keeps
+// trying to settle rows the database refuses: the rest is left to the lease.
+const settleAfterStop = 3 * time.Second
+
+// exec runs a settling statement, trying again as retry says.
+func (r *Relay) exec(ctx context.Context, stop <-chan struct{}, stmt string, args ...any) error {
+	return r.retry(ctx, stop, func() error {
 		_, err := r.o.db.ExecContext(ctx, stmt, args...)
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		r.log.Warn("outbox: settling a row failed; trying again", "attempt", attempt, "error", err)
-		t := time.NewTimer(backoff(attempt, time.Second))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
-		}
-	}
+		return err
+	})
 }
 
 // settle runs stmt (with args, then owner and seq) on each row, in one
-// transaction, trying again as exec does.
-func (r *Relay) settle(ctx context.Context, rows []claimed, stmt string, args []any) error {
+// transaction, trying again as retry says.
+func (r *Relay) settle(ctx context.Context, stop <-chan struct{}, rows []claimed, stmt string, args []any) error {
+	return r.retry(ctx, stop, func() error { return r.settleOnce(ctx, rows, stmt, args) })
+}
+
+// retry runs a settling operation until it succeeds or ctx ends (the
+// claim's lease: the rows stay this relay's until then, so settling them
+// late is still right), with a backoff of up to a second between tries.
+// Once stop is closed (the relay is being stopped) it tries for at most
+// settleAfterStop more, so that stopping does not wait for the lease.
+func (r *Relay) retry(ctx context.Context, stop <-chan struct{}, op func() error) error {
+	var stopped time.Time
 	for attempt := 1; ; attempt++ {
-		err := r.settleOnce(ctx, rows, stmt, args)
+		err := op()
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
-		r.log.Warn("outbox: settling rows failed; trying again", "attempt", attempt, "error", err)
+		select {
+		case <-stop:
+			if stopped.IsZero() {
+				stopped = time.Now()
+			} else if time.Since(stopped) > settleAfterStop {
+				return err
+			}
+		default:
+		}
+		r.log.Warn("outbox: settling failed; trying again", "attempt", attempt, "error", err)
 		t := time.NewTimer(backoff(attempt, time.Second))
 		select {
 		case <-ctx.Done():
