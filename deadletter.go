@@ -315,8 +315,14 @@ type ReplayResult struct {
 // de-duplication counts: JetStream accepts a replay to the destination it
 // stored the original on a moment ago, within its duplicate window.
 //
+// Dead letters are removed per dead-letter destination, up to 256 at once,
+// after the publishes of all of them were confirmed: a Replay that stops
+// half-way (a crash, a cancelled context) leaves at most that many replayed
+// and still held, to be replayed again.
+//
 // Replay reports on every selected dead letter, in the order of List; a
-// dead letter it did not replay has Err set. The error is for the call as a
+// dead letter it did not replay, or replayed and did not remove, has Err
+// set. The error is for the call as a
 // whole: an unknown backend, an invalid destination, a backend that cannot
 // browse dead letters, and ErrDeadLetterNotFound when f.IDs names ids of
 // which no dead letter is held (then nothing is replayed).
@@ -363,6 +369,11 @@ func (d *DeadLetters) Replay(ctx context.Context, f DeadLetterFilter, opts *Repl
 	// again.
 	type key struct{ backend, dest, source, id string }
 	published := make(map[key]error)
+	// Replayed dead letters are removed together, per dead-letter
+	// destination, in chunks: on brokers that read a queue to remove from
+	// it (SQS, RabbitMQ) one removal per dead letter would read the queue
+	// once per dead letter.
+	pending := make(map[heldOn][]int)
 	for i, h := range sel {
 		r := &results[i]
 		r.DeadLetter = h.dl
@@ -394,16 +405,70 @@ func (d *DeadLetters) Replay(ctx context.Context, f DeadLetterFilter, opts *Repl
 			continue
 		}
 		r.Replayed = true
-		n, err := h.s.st.DeleteDeadLetters(ctx, driver.Destination{Pattern: driver.DeadLetter, Name: h.dl.Destination}, []string{h.dl.Ref})
-		if err != nil {
-			r.Err = fmt.Errorf("eventbus: dead letter %q replayed, but not removed from %s: %w", m.ID, h.dl.Destination, err)
-			continue
-		}
-		if r.Removed = n == 1; !r.Removed {
-			r.Err = fmt.Errorf("eventbus: dead letter %q replayed, but not found on %s to remove (removed already, or held by another reader at the moment); it may be replayed again", m.ID, h.dl.Destination)
+		on := heldOn{h.s, h.dl.Destination}
+		if pending[on] = append(pending[on], i); len(pending[on]) == removeChunk {
+			d.remove(ctx, on, pending[on], results)
+			delete(pending, on)
 		}
 	}
+	for on, idx := range pending {
+		d.remove(ctx, on, idx, results)
+	}
 	return results, nil
+}
+
+// heldOn is a dead-letter destination of a backend.
+type heldOn struct {
+	s    store
+	dest string
+}
+
+// removeChunk bounds the dead letters removed in one call, so that a
+// replay that stops half-way has removed what it replayed up to its last
+// chunk.
+const removeChunk = 256
+
+// remove removes the replayed dead letters results[idx] from on and sets
+// their Removed, or Err. When the backend removed fewer than asked, or
+// failed, it reads the destination again to tell which are still held.
+func (d *DeadLetters) remove(ctx context.Context, on heldOn, idx []int, results []ReplayResult) {
+	dst := driver.Destination{Pattern: driver.DeadLetter, Name: on.dest}
+	refs := make([]string, len(idx))
+	for j, i := range idx {
+		refs[j] = results[i].DeadLetter.Ref
+	}
+	n, err := on.s.st.DeleteDeadLetters(ctx, dst, refs)
+	if err == nil && n == len(refs) {
+		for _, i := range idx {
+			results[i].Removed = true
+		}
+		return
+	}
+	want := make(map[string]bool, len(refs))
+	for _, ref := range refs {
+		want[ref] = true
+	}
+	still := make(map[string]bool)
+	rerr := on.s.st.ReadDeadLetters(ctx, dst, func(e driver.DeadLetterEntry) bool {
+		if want[e.Ref] {
+			still[e.Ref] = true
+		}
+		return true
+	})
+	for _, i := range idx {
+		r := &results[i]
+		id := r.DeadLetter.Message.ID
+		switch {
+		case rerr != nil:
+			r.Err = fmt.Errorf("eventbus: dead letter %q replayed, but whether it was removed from %s is unknown: %w", id, on.dest, errors.Join(err, rerr))
+		case !still[r.DeadLetter.Ref]:
+			r.Removed = true
+		case err != nil:
+			r.Err = fmt.Errorf("eventbus: dead letter %q replayed, but not removed from %s: %w", id, on.dest, err)
+		default:
+			r.Err = fmt.Errorf("eventbus: dead letter %q replayed, but not removed from %s (held by another reader at the moment); it may be replayed again", id, on.dest)
+		}
+	}
 }
 
 // publish sends a copy of m without its dead-letter extensions to dest on

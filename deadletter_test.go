@@ -529,3 +529,65 @@ func TestDeadLettersOfTwoGroupsOnNATS(t *testing.T) {
 		t.Fatalf("stats %+v, want 2 dead-lettered and none dropped", st)
 	}
 }
+
+// halfRemover is a membus driver whose dead-letter store removes only the
+// first of the dead letters it is asked to remove, as a broker does when
+// another reader holds the rest at the moment.
+type halfRemover struct{ driver.Driver }
+
+func (h halfRemover) store() driver.DeadLetterStore { return h.Driver.(driver.DeadLetterStore) }
+
+func (h halfRemover) DeadLetterDestinations(ctx context.Context) ([]driver.Destination, error) {
+	return h.store().DeadLetterDestinations(ctx)
+}
+
+func (h halfRemover) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn func(driver.DeadLetterEntry) bool) error {
+	return h.store().ReadDeadLetters(ctx, dl, fn)
+}
+
+func (h halfRemover) DeleteDeadLetters(ctx context.Context, dl driver.Destination, refs []string) (int, error) {
+	return h.store().DeleteDeadLetters(ctx, dl, refs[:min(len(refs), 1)])
+}
+
+func (h halfRemover) PurgeDeadLetters(ctx context.Context, dl driver.Destination) (int, error) {
+	return h.store().PurgeDeadLetters(ctx, dl)
+}
+
+// A replay whose removal the backend performs only in part reports, for
+// each dead letter, whether it was removed: the one still held has Err set
+// and stays listed.
+func TestDeadLetterReplayReportsWhatWasNotRemoved(t *testing.T) {
+	s := newDLScenario(t, halfRemover{membus.New(nil)}, membus.New(nil))
+	must(t, errOnly(s.bus.SubscribeEvents(dlCtx(t), []string{s.orderType}, "shipping", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
+		if !s.fixed.Load() {
+			return eventbus.Permanent(errors.New("no address"))
+		}
+		return nil
+	}))))
+	must(t, s.bus.PublishEvent(dlCtx(t), &eventbus.Message{ID: "o8", Type: s.orderType}))
+	eventually(t, "o8 dead-lettered by both groups", func() bool {
+		return len(s.list(t, eventbus.DeadLetterFilter{IDs: []string{"o8"}})) == 2
+	})
+	s.fixed.Store(true)
+	rs, err := s.bus.DeadLetters().Replay(dlCtx(t), eventbus.DeadLetterFilter{IDs: []string{"o8"}}, nil)
+	must(t, err)
+	var removed, kept int
+	for _, r := range rs {
+		switch {
+		case !r.Replayed:
+			t.Errorf("%+v not replayed", r)
+		case r.Removed && r.Err == nil:
+			removed++
+		case !r.Removed && r.Err != nil && strings.Contains(r.Err.Error(), "not removed"):
+			kept++
+		default:
+			t.Errorf("result %+v: want removed, or not removed with an error saying so", r)
+		}
+	}
+	if removed != 1 || kept != 1 {
+		t.Fatalf("%d removed and %d kept, want 1 and 1", removed, kept)
+	}
+	if got := s.list(t, eventbus.DeadLetterFilter{IDs: []string{"o8"}}); len(got) != 1 {
+		t.Fatalf("held after the replay: %v, want the one not removed", got)
+	}
+}
