@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -92,7 +93,11 @@ func (d *Driver) checkDeadLetter(op string, dl driver.Destination) error {
 // ReadDeadLetters reads dl's topic from each partition's log start to the
 // high watermark it had when the read began, with a client of its own that
 // joins no group and commits nothing. Entries come oldest first per
-// partition; Ref is "<topic>/<partition>/<offset>".
+// partition; Ref is "<topic>/<partition>/<offset>". A partition is done at
+// its last offset, or at the first one past it, or when its log start moves
+// past it (records removed since the read began): offsets that never come
+// as records (transaction markers, compacted or removed records) do not
+// keep the read waiting.
 func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn func(driver.DeadLetterEntry) bool) error {
 	if err := d.checkDeadLetter("read dead letters", dl); err != nil {
 		return err
@@ -113,21 +118,30 @@ func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn 
 	if len(from) == 0 {
 		return nil
 	}
+	// Control records (transaction markers) are kept so that an offset
+	// they hold counts as read: the last offset of a partition may be one.
 	opts := append(append(d.baseOpts[:len(d.baseOpts):len(d.baseOpts)], d.cfg.consumerOpts()...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}))
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}), kgo.KeepControlRecords())
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return fmt.Errorf("kafkabus: read dead letters of %s: %w", dl, err)
 	}
 	defer cl.Close()
 	for len(left) > 0 {
-		fs := cl.PollFetches(ctx)
+		// A poll that brings nothing for a while makes the read look at
+		// the log starts again: a partition whose records up to its last
+		// offset were removed meanwhile fetches nothing (kgo passes on no
+		// empty partition) and is done.
+		pctx, cancel := context.WithTimeout(ctx, deadLetterIdlePoll)
+		fs := cl.PollFetches(pctx)
+		idle := pctx.Err() != nil
+		cancel()
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		var ferr error
 		fs.EachError(func(_ string, _ int32, err error) {
-			if ferr == nil {
+			if ferr == nil && !(idle && errors.Is(err, context.DeadlineExceeded)) {
 				ferr = err
 			}
 		})
@@ -135,24 +149,60 @@ func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn 
 			return fmt.Errorf("kafkabus: read dead letters of %s: %w", dl, classify(ferr))
 		}
 		stop := false
-		fs.EachRecord(func(r *kgo.Record) {
-			last, ok := left[r.Partition]
-			if stop || !ok || r.Offset > last {
-				return
+		fs.EachPartition(func(p kgo.FetchTopicPartition) {
+			for _, r := range p.Records {
+				last, ok := left[r.Partition]
+				if stop || !ok {
+					return
+				}
+				if r.Offset >= last {
+					// An offset past last, or last itself: the offsets up to
+					// it that did not come are gone (compacted, removed).
+					delete(left, r.Partition)
+				}
+				if r.Offset > last || r.Attrs.IsControl() {
+					continue
+				}
+				m, _, _ := decode(r)
+				if !fn(driver.DeadLetterEntry{Ref: deadLetterRef(topic, r.Partition, r.Offset), Message: m}) {
+					stop = true
+				}
 			}
-			if r.Offset == last {
-				delete(left, r.Partition)
-			}
-			m, _, _ := decode(r)
-			if !fn(driver.DeadLetterEntry{Ref: deadLetterRef(topic, r.Partition, r.Offset), Message: m}) {
-				stop = true
+			if last, ok := left[p.Partition]; ok && nothingLeft(p.FetchPartition, last) {
+				delete(left, p.Partition)
 			}
 		})
 		if stop {
 			return nil
 		}
+		if idle && len(left) > 0 {
+			starts, err := d.admin.ListStartOffsets(ctx, topic)
+			if err == nil {
+				err = starts.Error()
+			}
+			if err != nil {
+				return fmt.Errorf("kafkabus: read dead letters of %s: list offsets: %w", dl, classify(err))
+			}
+			starts.Each(func(o kadm.ListedOffset) {
+				if last, ok := left[o.Partition]; ok && o.Offset > last {
+					delete(left, o.Partition)
+				}
+			})
+		}
 	}
 	return nil
+}
+
+// deadLetterIdlePoll is how long a dead-letter read polls without a record
+// before it checks whether what it waits for was removed.
+const deadLetterIdlePoll = 2 * time.Second
+
+// nothingLeft reports whether a fetch's partition shows that no record up
+// to last remains to be read: its log start moved past last (DeleteRecords
+// or retention since the read took its bounds). Without this, a read would
+// wait for an offset that will never come.
+func nothingLeft(p kgo.FetchPartition, last int64) bool {
+	return p.LogStartOffset > last
 }
 
 func deadLetterRef(topic string, partition int32, offset int64) string {

@@ -134,7 +134,9 @@
 //
 // The Driver is a driver.DeadLetterStore. ReadDeadLetters reads a
 // dead-letter topic with a client of its own, in no group, from each
-// partition's log start to the high watermark it had when the read began;
+// partition's log start to the high watermark it had when the read began
+// (offsets that never come as records — transaction markers, records
+// compacted or removed meanwhile — do not keep it waiting);
 // a Ref is "<topic>/<partition>/<offset>". A Kafka log loses records only
 // from its head: DeleteDeadLetters advances a partition's log start
 // (DeleteRecords) past the refs that form an unbroken run from it, keeps
