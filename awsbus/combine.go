@@ -85,14 +85,19 @@ func (c *combiner) publish(ctx context.Context, msgs []*driver.Message, wire []*
 		default:
 		}
 		if !r.taken && (c.inflight < eagerCalls || c.inflight < maxCombinedCalls && c.entries >= c.limit) {
+			// The call runs on a goroutine of its own, which ends when it
+			// returns, so that this caller waits for it as the others do
+			// and returns at once when its context ends.
 			batch := c.take()
 			c.inflight++
-			c.mu.Unlock()
-			c.run(batch)
-			c.mu.Lock()
-			c.inflight--
-			close(c.changed)
-			c.changed = make(chan struct{})
+			go func() {
+				c.run(batch)
+				c.mu.Lock()
+				c.inflight--
+				close(c.changed)
+				c.changed = make(chan struct{})
+				c.mu.Unlock()
+			}()
 			continue
 		}
 		changed := c.changed
