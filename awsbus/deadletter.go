@@ -35,7 +35,8 @@ var _ driver.DeadLetterStore = (*Driver)(nil)
 // it received is hidden from every other reader of the keeper queue (a
 // second console reading at the same time sees only what the first has not
 // taken yet), and a process that dies in the middle of a read hides them
-// until deadLetterHold passes. Every read adds one to the messages'
+// until deadLetterHold passes (a read that lasts longer than half of it
+// renews its hold). Every read adds one to the messages'
 // ApproximateReceiveCount. A Ref is the SQS message id, which stays the same
 // across receives (and across a redrive from the origin's queue).
 
@@ -172,8 +173,17 @@ func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []
 	}
 	want, _ := strconv.Atoi(attrs.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessages)])
 	var out []held
-	seen := map[string]bool{}
+	seen := map[string]int{} // message id → index in out
+	renewed := time.Now()
 	for longPolled := false; ; {
+		if time.Since(renewed) > deadLetterHold/2 {
+			// A long read renews what it holds, so that nothing it has
+			// read becomes visible (and is read twice) before it ends.
+			if err := d.setVisibility(ctx, url, out, deadLetterHold); err != nil {
+				d.log.Warn("awsbus: extend the visibility of dead letters", "queue", url, "err", err)
+			}
+			renewed = time.Now()
+		}
 		// Short polls while the count SQS gave says more are there; one
 		// long poll (which asks every SQS server) before concluding that
 		// the queue is empty, once: messages that keep arriving do not
@@ -209,10 +219,14 @@ func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []
 		for i := range res.Messages {
 			m := &res.Messages[i]
 			h := held{id: aws.ToString(m.MessageId), receipt: aws.ToString(m.ReceiptHandle), msg: m}
-			if seen[h.id] {
-				continue // SQS's at-least-once receive: the same message twice
+			if at, ok := seen[h.id]; ok {
+				// The same message again (SQS's at-least-once receive, or
+				// its visibility ran out): SQS honours the latest receipt
+				// handle only, for deletion as for visibility.
+				out[at].receipt = h.receipt
+				continue
 			}
-			seen[h.id] = true
+			seen[h.id] = len(out)
 			h.seq = m.Attributes[string(sqstypes.MessageSystemAttributeNameSequenceNumber)]
 			h.sent, _ = strconv.ParseInt(m.Attributes[string(sqstypes.MessageSystemAttributeNameSentTimestamp)], 10, 64)
 			out = append(out, h)
@@ -237,11 +251,16 @@ func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []
 // giveBack makes hs visible again at once, on a context of its own (a read
 // cancelled by its caller must still give back what it took).
 func (d *Driver) giveBack(url string, hs []held) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return d.setVisibility(ctx, url, hs, 0)
+}
+
+// setVisibility sets the visibility timeout of hs.
+func (d *Driver) setVisibility(ctx context.Context, url string, hs []held, timeout time.Duration) error {
 	if len(hs) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	receipts := make([]string, len(hs))
 	for i, h := range hs {
 		receipts[i] = h.receipt
@@ -249,7 +268,9 @@ func (d *Driver) giveBack(url string, hs []held) error {
 	return inTens(receipts, func(lo, hi int) ([]sqstypes.BatchResultErrorEntry, error) {
 		entries := make([]sqstypes.ChangeMessageVisibilityBatchRequestEntry, hi-lo)
 		for i := lo; i < hi; i++ {
-			entries[i-lo] = sqstypes.ChangeMessageVisibilityBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: aws.String(receipts[i])}
+			entries[i-lo] = sqstypes.ChangeMessageVisibilityBatchRequestEntry{
+				Id: aws.String(strconv.Itoa(i)), ReceiptHandle: aws.String(receipts[i]), VisibilityTimeout: int32(timeout / time.Second),
+			}
 		}
 		out, err := d.sqs.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: aws.String(url), Entries: entries})
 		if err != nil {

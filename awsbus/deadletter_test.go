@@ -1,10 +1,22 @@
 package awsbus_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -102,5 +114,124 @@ func TestDeadLetterErrors(t *testing.T) {
 	}
 	if _, err := d.DeleteDeadLetters(ctx, ev, []string{"x"}); !errors.Is(err, driver.ErrUnsupported) {
 		t.Errorf("DeleteDeadLetters of an event destination: %v", err)
+	}
+}
+
+// redeliverTransport, once armed, makes the messages of the next
+// ReceiveMessage answer that brings some visible again before it hands
+// the answer on, as a visibility timeout that ran out would: the reader
+// receives them a second time, under new receipt handles.
+type redeliverTransport struct {
+	base  http.RoundTripper
+	raw   *rawClients
+	armed atomic.Bool
+	fired atomic.Int64 // messages made visible again
+}
+
+func (rt *redeliverTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !strings.HasSuffix(r.Header.Get("X-Amz-Target"), ".ReceiveMessage") || !rt.armed.Load() {
+		return rt.base.RoundTrip(r)
+	}
+	reqBody, err := io.ReadAll(r.Body)
+	r.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	r.Body = io.NopCloser(bytes.NewReader(reqBody))
+	resp, err := rt.base.RoundTrip(r)
+	if err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	var req struct{ QueueUrl string }
+	var got struct {
+		Messages []struct{ ReceiptHandle string }
+	}
+	if json.Unmarshal(reqBody, &req) != nil || json.Unmarshal(body, &got) != nil || len(got.Messages) == 0 || !rt.armed.CompareAndSwap(true, false) {
+		return resp, nil
+	}
+	for _, m := range got.Messages {
+		if _, err := rt.raw.sqs.ChangeMessageVisibility(r.Context(), &sqs.ChangeMessageVisibilityInput{
+			QueueUrl: aws.String(req.QueueUrl), ReceiptHandle: aws.String(m.ReceiptHandle), VisibilityTimeout: 0,
+		}); err != nil {
+			return nil, err
+		}
+		rt.fired.Add(1)
+	}
+	return resp, nil
+}
+
+// TestDeadLetterReceivedTwiceInOneRead: a dead letter that a read receives
+// a second time (its visibility ran out) is given back and deleted with its
+// latest receipt handle, the only one SQS honours: a read gives it back at
+// once (the next read sees it), and a purge removes it (the queue is empty
+// afterwards, not holding it hidden).
+func TestDeadLetterReceivedTwiceInOneRead(t *testing.T) {
+	cfg := testConfig(t)
+	rt := &redeliverTransport{base: http.DefaultTransport.(*http.Transport).Clone(), raw: newRawClients(t, cfg.Endpoint)}
+	t.Cleanup(rt.base.(*http.Transport).CloseIdleConnections)
+	cfg.AWSConfig = &aws.Config{
+		Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("test", "test", ""),
+		HTTPClient: &http.Client{Transport: rt}, BaseEndpoint: aws.String(cfg.Endpoint),
+	}
+	d := openDriver(t, cfg)
+	ctx := ctxFor(t, 90*time.Second)
+	dl := driver.DeadLetterOf(driver.NewDestination(driver.Event, "twice", "event"))
+	want := []string{"dl-1", "dl-2"}
+	for _, id := range want {
+		if err := d.Publish(ctx, dl, []*driver.Message{{ID: id, Source: "/twice", Type: "twice.test", Data: []byte(id)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() []string {
+		t.Helper()
+		var got []string
+		if err := d.ReadDeadLetters(ctx, dl, func(e driver.DeadLetterEntry) bool {
+			got = append(got, e.Message.ID)
+			return true
+		}); err != nil {
+			t.Fatalf("ReadDeadLetters: %v", err)
+		}
+		slices.Sort(got)
+		return got
+	}
+	for got := read(); !slices.Equal(got, want); got = read() {
+		if ctx.Err() != nil {
+			t.Fatalf("dead letters %q, want %q", got, want)
+		}
+	}
+	rt.armed.Store(true)
+	if got := read(); !slices.Equal(got, want) || rt.fired.Load() == 0 {
+		t.Fatalf("a read that received some twice (%d) passed %q, want %q", rt.fired.Load(), got, want)
+	}
+	if got := read(); !slices.Equal(got, want) {
+		t.Fatalf("the next read passed %q, want %q: not given back", got, want)
+	}
+	rt.armed.Store(true)
+	if n, err := d.PurgeDeadLetters(ctx, dl); n != len(want) || err != nil || rt.fired.Load() < 2 {
+		t.Fatalf("PurgeDeadLetters: %d, %v (received twice: %d)", n, err, rt.fired.Load())
+	}
+	url, err := d.DeadLetterQueueURL(ctx, dl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs, err := rt.raw.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl: aws.String(url),
+		AttributeNames: []sqstypes.QueueAttributeName{
+			sqstypes.QueueAttributeNameApproximateNumberOfMessages, sqstypes.QueueAttributeNameApproximateNumberOfMessagesNotVisible,
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameApproximateNumberOfMessages, sqstypes.QueueAttributeNameApproximateNumberOfMessagesNotVisible} {
+		if n := attrs.Attributes[string(a)]; n != "0" {
+			t.Errorf("after the purge, %s = %s, want 0", a, n)
+		}
 	}
 }

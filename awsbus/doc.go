@@ -184,7 +184,10 @@
 //   - While a read runs, its messages are hidden from other readers of the
 //     keeper queue (two consoles reading at once each see a part); consumers
 //     of the destination are not affected (they have queues of their own).
-//     A process that dies during a read hides them for up to 60 s.
+//     A process that dies during a read hides them for up to 60 s; a read
+//     that lasts longer than 30 s renews the hold of what it has. A message
+//     received twice in one read is passed on once, and given back or
+//     deleted with its latest receipt handle (the only one SQS honours).
 //   - Every read adds one to the messages' ApproximateReceiveCount, and
 //     holds the whole queue in memory (fn stopping early saves the calls to
 //     fn, not the receives).
