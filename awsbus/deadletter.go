@@ -144,35 +144,53 @@ type held struct {
 	msg     *sqstypes.Message
 }
 
+// HiddenDeadLettersError reports that a read of a FIFO keeper queue did not
+// receive all of its messages: messages that SQS's redrive policy moved
+// there from a FIFO queue keep their message group, and SQS returns none of
+// a group's later messages while its first ones are held by the read.
+// ReadDeadLetters returns it after passing on what it read;
+// PurgeDeadLetters and DeleteDeadLetters read the queue again after each
+// deletion (which uncovers the next messages of the groups) and return it
+// only for named messages that stayed out of reach.
+type HiddenDeadLettersError struct {
+	Destination string // the dead-letter destination's name
+	Read        int    // messages read
+	Hidden      int    // messages SQS counted as left (ApproximateNumberOfMessages)
+}
+
+func (e *HiddenDeadLettersError) Error() string {
+	return fmt.Sprintf("awsbus: dead letters of %q: read %d, about %d more are hidden behind the first messages of their FIFO message groups "+
+		"(redriven by SQS with their group); PurgeDeadLetters removes them all, or move them with the queue's URL (DeadLetterQueueURL)",
+		e.Destination, e.Read, e.Hidden)
+}
+
 // holdAll receives every message of the keeper queue of dl with the
 // visibility timeout deadLetterHold and returns them oldest first (by FIFO
 // sequence number, then by the time SQS stored them, then in the order
 // received), with the queue's URL. The caller gives them back or deletes
-// them. A queue that does not exist holds nothing.
-func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []held, error) {
+// them. A queue that does not exist holds nothing. On a FIFO keeper queue,
+// hidden is what SQS still counts as visible while the read holds what it
+// received: the later messages of the message groups it holds (see
+// HiddenDeadLettersError), and any stored during the read.
+func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (url string, out []held, hidden int, err error) {
 	if d.isClosed() {
-		return "", nil, errClosed
+		return "", nil, 0, errClosed
 	}
 	if err := checkDeadLetter(dl); err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	got, err := d.sqs.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(d.cfg.keeperName(dl))})
 	if err != nil {
 		if isMissingQueue(err) {
-			return "", nil, nil
+			return "", nil, 0, nil
 		}
-		return "", nil, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
+		return "", nil, 0, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
 	}
-	url := aws.ToString(got.QueueUrl)
-	attrs, err := d.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
-		QueueUrl:       aws.String(url),
-		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameApproximateNumberOfMessages},
-	})
+	url = aws.ToString(got.QueueUrl)
+	want, err := d.visibleCount(ctx, url)
 	if err != nil {
-		return "", nil, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
+		return "", nil, 0, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
 	}
-	want, _ := strconv.Atoi(attrs.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessages)])
-	var out []held
 	seen := map[string]int{} // message id → index in out
 	renewed := time.Now()
 	for longPolled := false; ; {
@@ -207,7 +225,7 @@ func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []
 		})
 		if err != nil {
 			d.giveBack(url, out)
-			return "", nil, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
+			return "", nil, 0, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
 		}
 		if len(res.Messages) == 0 {
 			if wait > 0 {
@@ -245,7 +263,26 @@ func (d *Driver) holdAll(ctx context.Context, dl driver.Destination) (string, []
 		}
 		return cmp.Compare(a.sent, b.sent)
 	})
-	return url, out, nil
+	if d.cfg.isFIFO(dl) && len(out) > 0 {
+		if hidden, err = d.visibleCount(ctx, url); err != nil {
+			d.giveBack(url, out)
+			return "", nil, 0, fmt.Errorf("awsbus: dead letters of %q: %w", dl.Name, classify(err))
+		}
+	}
+	return url, out, hidden, nil
+}
+
+// visibleCount is SQS's ApproximateNumberOfMessages of the queue at url.
+func (d *Driver) visibleCount(ctx context.Context, url string) (int, error) {
+	attrs, err := d.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl:       aws.String(url),
+		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameApproximateNumberOfMessages},
+	})
+	if err != nil {
+		return 0, err
+	}
+	n, _ := strconv.Atoi(attrs.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessages)])
+	return n, nil
 }
 
 // giveBack makes hs visible again at once, on a context of its own (a read
@@ -303,9 +340,11 @@ func (d *Driver) remove(ctx context.Context, url string, hs []held) (int, error)
 }
 
 // ReadDeadLetters implements driver.DeadLetterStore (see the comment at the
-// top of this file for how SQS is browsed).
+// top of this file for how SQS is browsed). On a FIFO keeper queue whose
+// reading left messages out of reach, it returns a *HiddenDeadLettersError
+// after passing on what it read.
 func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn func(driver.DeadLetterEntry) bool) error {
-	url, hs, err := d.holdAll(ctx, dl)
+	url, hs, hidden, err := d.holdAll(ctx, dl)
 	if err != nil {
 		return err
 	}
@@ -329,11 +368,17 @@ func (d *Driver) ReadDeadLetters(ctx context.Context, dl driver.Destination, fn 
 			return nil
 		}
 	}
+	if hidden > 0 {
+		return &HiddenDeadLettersError{Destination: dl.Name, Read: len(hs), Hidden: hidden}
+	}
 	return nil
 }
 
 // DeleteDeadLetters implements driver.DeadLetterStore: it receives the
-// queue's messages, deletes those named by refs and gives back the others.
+// queue's messages, deletes those named by refs and gives back the others;
+// on a FIFO keeper queue that hides messages behind the first of their
+// groups, it reads again while deleting uncovers more, and returns a
+// *HiddenDeadLettersError when refs it did not find may be hidden.
 func (d *Driver) DeleteDeadLetters(ctx context.Context, dl driver.Destination, refs []string) (int, error) {
 	if len(refs) == 0 {
 		if err := checkDeadLetter(dl); err != nil {
@@ -341,45 +386,63 @@ func (d *Driver) DeleteDeadLetters(ctx context.Context, dl driver.Destination, r
 		}
 		return 0, nil
 	}
-	url, hs, err := d.holdAll(ctx, dl)
-	if err != nil {
-		return 0, err
-	}
 	want := make(map[string]bool, len(refs))
 	for _, r := range refs {
 		want[r] = true
 	}
-	var gone, kept []held
-	for _, h := range hs {
-		if want[h.id] {
-			gone = append(gone, h)
-		} else {
-			kept = append(kept, h)
+	total := 0
+	for {
+		url, hs, hidden, err := d.holdAll(ctx, dl)
+		if err != nil {
+			return total, err
+		}
+		var gone, kept []held
+		for _, h := range hs {
+			if want[h.id] {
+				gone = append(gone, h)
+				delete(want, h.id)
+			} else {
+				kept = append(kept, h)
+			}
+		}
+		n, err := d.remove(ctx, url, gone)
+		total += n
+		if gerr := d.giveBack(url, kept); gerr != nil {
+			err = errors.Join(err, fmt.Errorf("give back: %w", gerr))
+		}
+		if err != nil {
+			return total, fmt.Errorf("awsbus: delete dead letters of %q: %w", dl.Name, err)
+		}
+		if len(want) == 0 || hidden == 0 {
+			return total, nil
+		}
+		if len(gone) == 0 {
+			return total, &HiddenDeadLettersError{Destination: dl.Name, Read: len(hs), Hidden: hidden}
 		}
 	}
-	n, err := d.remove(ctx, url, gone)
-	if gerr := d.giveBack(url, kept); gerr != nil {
-		err = errors.Join(err, fmt.Errorf("give back: %w", gerr))
-	}
-	if err != nil {
-		return n, fmt.Errorf("awsbus: delete dead letters of %q: %w", dl.Name, err)
-	}
-	return n, nil
 }
 
 // PurgeDeadLetters implements driver.DeadLetterStore: it receives and
 // deletes every message of the queue, to count them (SQS's PurgeQueue
-// counts nothing, may take a minute, and runs once a minute at most).
+// counts nothing, may take a minute, and runs once a minute at most); on a
+// FIFO keeper queue, again while deleting uncovers the later messages of
+// their groups.
 func (d *Driver) PurgeDeadLetters(ctx context.Context, dl driver.Destination) (int, error) {
-	url, hs, err := d.holdAll(ctx, dl)
-	if err != nil {
-		return 0, err
+	total := 0
+	for {
+		url, hs, hidden, err := d.holdAll(ctx, dl)
+		if err != nil {
+			return total, err
+		}
+		n, err := d.remove(ctx, url, hs)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("awsbus: purge dead letters of %q: %w", dl.Name, err)
+		}
+		if hidden == 0 || n == 0 {
+			return total, nil
+		}
 	}
-	n, err := d.remove(ctx, url, hs)
-	if err != nil {
-		return n, fmt.Errorf("awsbus: purge dead letters of %q: %w", dl.Name, err)
-	}
-	return n, nil
 }
 
 func isMissingQueue(err error) bool {

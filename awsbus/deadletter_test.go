@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
+	"github.com/marty-msf/eventbus/awsbus"
 	"github.com/marty-msf/eventbus/driver"
 )
 
@@ -233,5 +235,66 @@ func TestDeadLetterReceivedTwiceInOneRead(t *testing.T) {
 		if n := attrs.Attributes[string(a)]; n != "0" {
 			t.Errorf("after the purge, %s = %s, want 0", a, n)
 		}
+	}
+}
+
+// TestFIFOKeeperGroups: messages that SQS's redrive policy moved from a FIFO
+// queue keep their message group in the keeper queue, and SQS returns none
+// of a group's later messages while its first is held. A read passes on
+// what it reached and returns a *HiddenDeadLettersError counting the rest;
+// DeleteDeadLetters removes a group's first message; PurgeDeadLetters reads
+// again after each deletion and removes them all. fauxqs returns one
+// message per group per receive (AWS up to ten), so a read here reaches
+// the first message of each group only.
+func TestFIFOKeeperGroups(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.FIFO = true
+	d := openDriver(t, cfg)
+	ctx := ctxFor(t, 90*time.Second)
+	dl := driver.DeadLetterOf(driver.NewDestination(driver.Command, "fifokeeper", "command"))
+	url, err := d.DeadLetterQueueURL(ctx, dl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := newRawClients(t, cfg.Endpoint)
+	// As SQS's redrive leaves them: three of group k, one of group solo.
+	for _, m := range [][2]string{{"k", "k1"}, {"k", "k2"}, {"k", "k3"}, {"solo", "s1"}} {
+		if _, err := raw.sqs.SendMessage(ctx, &sqs.SendMessageInput{
+			QueueUrl: aws.String(url), MessageBody: aws.String(m[1]), MessageGroupId: aws.String(m[0]), MessageDeduplicationId: aws.String(m[1]),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() (map[string]string, error) {
+		t.Helper()
+		got := map[string]string{} // data → ref
+		err := d.ReadDeadLetters(ctx, dl, func(e driver.DeadLetterEntry) bool {
+			got[string(e.Message.Data)] = e.Ref
+			return true
+		})
+		return got, err
+	}
+	checkHidden := func(got map[string]string, err error, want []string, hidden int) {
+		t.Helper()
+		var he *awsbus.HiddenDeadLettersError
+		if !errors.As(err, &he) || he.Hidden != hidden || he.Read != len(want) {
+			t.Fatalf("ReadDeadLetters: %v, want a HiddenDeadLettersError with %d read, %d hidden", err, len(want), hidden)
+		}
+		if keys := slices.Sorted(maps.Keys(got)); !slices.Equal(keys, want) {
+			t.Fatalf("read %q, want %q", keys, want)
+		}
+	}
+	got, err := read()
+	checkHidden(got, err, []string{"k1", "s1"}, 2)
+	if n, err := d.DeleteDeadLetters(ctx, dl, []string{got["k1"]}); n != 1 || err != nil {
+		t.Fatalf("DeleteDeadLetters(k1): %d, %v", n, err)
+	}
+	got, err = read()
+	checkHidden(got, err, []string{"k2", "s1"}, 1)
+	if n, err := d.PurgeDeadLetters(ctx, dl); n != 3 || err != nil {
+		t.Fatalf("PurgeDeadLetters: %d, %v; want 3 (k2, k3, s1)", n, err)
+	}
+	if got, err := read(); len(got) != 0 || err != nil {
+		t.Fatalf("after the purge, read %v, %v", got, err)
 	}
 }

@@ -203,8 +203,18 @@
 //   - On FIFO, the driver publishes every dead letter as a message group of
 //     its own (a FIFO queue hides a group's later messages while one is
 //     received, which would hide them from a read). Messages that SQS
-//     redrove from a FIFO queue keep their group: a read sees the first ten
-//     of each group at most on AWS, the first one on fauxqs.
+//     redrove from a FIFO queue keep their group (the key): a read reaches
+//     the first ten of each group at most on AWS, the first one on fauxqs.
+//     It compares what it read with what SQS still counts as visible while
+//     it holds them (ApproximateNumberOfMessages), and when some were out
+//     of reach, ReadDeadLetters returns a *HiddenDeadLettersError after
+//     passing on the others. PurgeDeadLetters reads again after each
+//     deletion (which uncovers the next messages of the groups) until it
+//     has removed them all; DeleteDeadLetters does the same while refs are
+//     left and returns a *HiddenDeadLettersError for refs it could not
+//     reach. To read such a queue whole, move its messages elsewhere with
+//     SQS's own tools (DeadLetterQueueURL). On a FIFO keeper queue, a
+//     message stored at the very end of a read may be counted as hidden.
 //
 // [Driver.DeadLetterQueueURL] returns a keeper queue's URL, for SQS's own
 // tools (StartMessageMoveTask, the console's redrive).
