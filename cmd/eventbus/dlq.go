@@ -223,7 +223,9 @@ func printDeadLetters(w io.Writer, dls []*eventbus.DeadLetter, asJSON bool) erro
 		return nil
 	}
 	if len(dls) == 0 {
-		fmt.Fprintln(w, "no dead letters")
+		// AMQP cannot list queues: a RabbitMQ backend lists only the
+		// dead-letter destinations this process declared, none here.
+		fmt.Fprintln(w, "no dead letters (on RabbitMQ, which cannot list its queues, name the origin with --origin)")
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -143,7 +143,7 @@ func testDLQ(t *testing.T, url, service string, own bool) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the replayed command was not processed")
 	}
-	if r = dlq(append([]string{"list"}, mine...)...); r.code != exitOK || r.stdout != "no dead letters\n" {
+	if r = dlq(append([]string{"list"}, mine...)...); r.code != exitOK || !strings.HasPrefix(r.stdout, "no dead letters") {
 		t.Errorf("dlq list after the replay: exit %d, stdout %q", r.code, r.stdout)
 	}
 	if r = dlq("show", id); r.code != exitFailure || !strings.Contains(r.stderr, "list them with eventbus dlq list") {
@@ -161,7 +161,7 @@ func testDLQ(t *testing.T, url, service string, own bool) {
 	if r = dlq(purge...); r.code != exitOK || r.stdout != "purged 2 dead letters\n" {
 		t.Errorf("dlq purge: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	if r = dlq(append([]string{"list"}, mine...)...); r.code != exitOK || r.stdout != "no dead letters\n" {
+	if r = dlq(append([]string{"list"}, mine...)...); r.code != exitOK || !strings.HasPrefix(r.stdout, "no dead letters") {
 		t.Errorf("dlq list after the purge: exit %d, stdout %q", r.code, r.stdout)
 	}
 }

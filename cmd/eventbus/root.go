@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"strings"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 
 	"github.com/marty-msf/eventbus"
 	"github.com/marty-msf/eventbus/config"
+	"github.com/marty-msf/eventbus/driver"
 	"github.com/marty-msf/eventbus/natsbus"
 )
 
@@ -260,26 +260,9 @@ func (cf *connFlags) servers() string {
 	}
 	var out []string
 	for _, s := range cf.config().Servers {
-		out = append(out, redactURL(s))
+		out = append(out, driver.RedactURL(s))
 	}
 	return strings.Join(out, ",")
-}
-
-// redactURL removes user information, which for NATS may be a bare token as
-// well as user:password.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		if i := strings.LastIndex(s, "@"); i >= 0 {
-			return "***@" + s[i+1:]
-		}
-		return s
-	}
-	if u.User == nil {
-		return s
-	}
-	u.User = nil
-	return strings.Replace(u.String(), "//", "//***@", 1)
 }
 
 // openBus starts a bus, on the backends of the configuration file or on the
