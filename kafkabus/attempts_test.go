@@ -2,10 +2,15 @@ package kafkabus_test
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+
 	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/kafkabus"
 )
 
 // TestAttemptsSurviveMembers: a message whose every receiver dies holding
@@ -54,9 +59,38 @@ func TestAttemptsSurviveMembers(t *testing.T) {
 			break
 		}
 		next, nextSub := member()
+		// The member dies once its delivered mark reached the broker: a
+		// member that dies within markDelay and a round trip of the
+		// hand-out leaves the count one short (documented).
+		awaitMark(t, ctx, pub, pub.GroupID(dst, opts.Group), want)
 		if err := crash(d); err != nil {
 			t.Fatal(err)
 		}
 		d, sub = next, nextSub
+	}
+}
+
+// awaitMark waits until the group's committed offsets carry a delivered
+// mark with the given attempt count (the metadata ends in " <attempts>").
+func awaitMark(t *testing.T, ctx context.Context, d *kafkabus.Driver, group string, attempts int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := d.Admin().FetchOffsets(ctx, group)
+		if err == nil {
+			found := false
+			resp.Each(func(o kadm.OffsetResponse) {
+				if strings.HasSuffix(o.Metadata, " "+strconv.Itoa(attempts)) {
+					found = true
+				}
+			})
+			if found {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no delivered mark with %d attempts committed for group %s (last error %v)", attempts, group, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
