@@ -19,7 +19,6 @@ import (
 	"github.com/marty-msf/eventbus"
 	"github.com/marty-msf/eventbus/driver"
 	"github.com/marty-msf/eventbus/faults"
-	"github.com/marty-msf/eventbus/internal/testenv"
 )
 
 // binDir holds the broker programs built from testdata, once per test
@@ -75,20 +74,6 @@ func program(t *testing.T, name string) string {
 		t.Fatalf("build the broker programs: %v", buildErr)
 	}
 	return filepath.Join(binDir, name)
-}
-
-// requireBinary returns the path of an installed program: without it the
-// test is skipped, or fails in CI.
-func requireBinary(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if testenv.InCI() {
-			t.Fatalf("%s is not installed: %v (CI is set, so a missing service fails the test)", name, err)
-		}
-		t.Skipf("%s is not installed: %v (set CI=1 to fail instead of skip)", name, err)
-	}
-	return path
 }
 
 // startBroker starts a broker process on a free port and kills it when the

@@ -12,6 +12,7 @@ import (
 	"github.com/marty-msf/eventbus/driver"
 	"github.com/marty-msf/eventbus/driver/drivertest"
 	"github.com/marty-msf/eventbus/faults"
+	"github.com/marty-msf/eventbus/internal/testenv"
 	"github.com/marty-msf/eventbus/redisbus"
 )
 
@@ -20,7 +21,7 @@ import (
 // it acknowledged survives SIGKILL. (With the default appendfsync everysec
 // a killed server may lose up to a second of acknowledged writes.)
 func startRedis(t *testing.T) *faults.Process {
-	path, dir := requireBinary(t, "redis-server"), t.TempDir()
+	path, dir := testenv.Program(t, "redis-server"), t.TempDir()
 	return startBroker(t, "redis-server", path, func(port int) []string {
 		return []string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--dir", dir,
 			"--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"}
@@ -194,7 +195,7 @@ func TestRedisBlackhole(t *testing.T) {
 // a graceful shutdown under load, on a redis-server of the test's own
 // (without persistence: no broker fails here).
 func TestHandlerFaultsRedis(t *testing.T) {
-	path, dir := requireBinary(t, "redis-server"), t.TempDir()
+	path, dir := testenv.Program(t, "redis-server"), t.TempDir()
 	srv := startBroker(t, "redis-server", path, func(port int) []string {
 		return []string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--dir", dir,
 			"--appendonly", "no", "--save", "", "--daemonize", "no"}

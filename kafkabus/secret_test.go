@@ -1,51 +1,23 @@
 package kafkabus_test
 
 import (
-	"bytes"
 	"context"
-	"fmt"
-	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/internal/testenv"
 	"github.com/marty-msf/eventbus/kafkabus"
 )
 
 // secretOutput gathers everything a test could leak a password through:
 // the driver's log (franz-go's included) at every level and the text of
 // every error.
-type secretOutput struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *secretOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
-
-func (o *secretOutput) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(o, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func (o *secretOutput) err(what string, err error) {
-	if err != nil {
-		fmt.Fprintf(o, "%s: %v | %+v | %#v\n", what, err, err, err)
-	}
-}
-
-func (o *secretOutput) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
-}
+type secretOutput struct{ testenv.Output }
 
 // TestCredentialsNeverLeak runs a broker that authenticates with SASL and
 // puts a sentinel in every password: a wrong password (SCRAM and PLAIN),
@@ -79,7 +51,7 @@ func TestCredentialsNeverLeak(t *testing.T) {
 		cfg := testConfig()
 		cfg.Brokers = []string{brokerAddr}
 		cfg.SASL = &kafkabus.SASLConfig{Mechanism: mechanism, User: user, Password: password, AllowPlaintext: true}
-		cfg.Logger = out.logger()
+		cfg.Logger = out.Logger()
 		return cfg
 	}
 	fails := func(what string, cfg *kafkabus.Config) {
@@ -92,7 +64,7 @@ func TestCredentialsNeverLeak(t *testing.T) {
 			t.Errorf("%s: Open succeeded", what)
 			return
 		}
-		out.err(what, err)
+		out.Err(what, err)
 	}
 	fails("wrong SCRAM password", config(broker, kafkabus.MechanismScramSHA256, "svc", sentinel+"-wrong"))
 	fails("wrong PLAIN password", config(broker, kafkabus.MechanismPlain, "plain", sentinel+"-wrong"))
@@ -117,16 +89,16 @@ func TestCredentialsNeverLeak(t *testing.T) {
 		"kafka://svc:" + sentinel + "-right@[::1/",
 	} {
 		_, err := kafkabus.ParseURL(raw)
-		out.err("ParseURL", err)
+		out.Err("ParseURL", err)
 		octx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		d, err := driver.OpenURL(octx, raw, &driver.OpenOptions{Logger: out.logger()})
+		d, err := driver.OpenURL(octx, raw, &driver.OpenOptions{Logger: out.Logger()})
 		cancel()
 		if err == nil {
 			_ = d.Close(ctx)
 			t.Errorf("driver.OpenURL(%s) succeeded", driver.RedactURL(raw))
 			continue
 		}
-		out.err("driver.OpenURL", err)
+		out.Err("driver.OpenURL", err)
 	}
 
 	// A whole session as the user whose password it is.
@@ -150,10 +122,10 @@ func TestCredentialsNeverLeak(t *testing.T) {
 	if got := ds[0].Message; got.ID != "s-1" || string(got.Data) != "hello" {
 		t.Errorf("received %+v", got)
 	}
-	out.err("Ack", sub.Ack(ctx, ds))
-	out.err("Subscription.Close", sub.Close(ctx))
-	out.err("Driver.Close", d.Close(ctx))
-	out.err("Publish after Close", d.Publish(ctx, dst, []*driver.Message{m}))
+	out.Err("Ack", sub.Ack(ctx, ds))
+	out.Err("Subscription.Close", sub.Close(ctx))
+	out.Err("Driver.Close", d.Close(ctx))
+	out.Err("Publish after Close", d.Publish(ctx, dst, []*driver.Message{m}))
 
 	text := out.String()
 	if strings.Contains(text, sentinel) {

@@ -1,11 +1,8 @@
 package rabbitbus_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"log/slog"
 	"net"
 	"net/url"
 	"os/exec"
@@ -23,32 +20,7 @@ import (
 
 // secretOutput gathers everything a test could leak a password through:
 // the driver's log at every level and the text of every error.
-type secretOutput struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *secretOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
-
-func (o *secretOutput) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(o, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func (o *secretOutput) err(what string, err error) {
-	if err != nil {
-		fmt.Fprintf(o, "%s: %v | %+v | %#v\n", what, err, err, err)
-	}
-}
-
-func (o *secretOutput) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
-}
+type secretOutput struct{ testenv.Output }
 
 // TestCredentialsNeverLeak puts a sentinel password in the URL and checks
 // that no log line and no error carries it: a wrong password, an
@@ -81,7 +53,7 @@ func TestCredentialsNeverLeak(t *testing.T) {
 	}()
 	fails := func(what string, cfg *rabbitbus.Config) {
 		t.Helper()
-		cfg.Logger = out.logger()
+		cfg.Logger = out.Logger()
 		octx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
 		d, err := rabbitbus.Open(octx, cfg)
@@ -90,7 +62,7 @@ func TestCredentialsNeverLeak(t *testing.T) {
 			t.Errorf("%s: Open succeeded", what)
 			return
 		}
-		out.err(what, err)
+		out.Err(what, err)
 	}
 	fails("wrong password", &rabbitbus.Config{URL: withPassword(base.Host, "guest")})
 	fails("unreachable host", &rabbitbus.Config{URL: withPassword(unreachable, "guest")})
@@ -106,25 +78,25 @@ func TestCredentialsNeverLeak(t *testing.T) {
 		"amqps://guest:" + sentinel + "@" + base.Host + "/?tls_ca_file=/nonexistent/ca.pem",
 	} {
 		_, err := rabbitbus.ParseURL(raw)
-		out.err("ParseURL", err)
+		out.Err("ParseURL", err)
 		octx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		d, err := driver.OpenURL(octx, raw, &driver.OpenOptions{Logger: out.logger()})
+		d, err := driver.OpenURL(octx, raw, &driver.OpenOptions{Logger: out.Logger()})
 		cancel()
 		if err == nil {
 			_ = d.Close(ctx)
 			t.Errorf("driver.OpenURL(%s) succeeded", driver.RedactURL(raw))
 			continue
 		}
-		out.err("driver.OpenURL", err)
+		out.Err("driver.OpenURL", err)
 	}
 	octx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	d, err := driver.OpenURL(octx, withPassword(unreachable, "guest"), &driver.OpenOptions{Logger: out.logger()})
+	d, err := driver.OpenURL(octx, withPassword(unreachable, "guest"), &driver.OpenOptions{Logger: out.Logger()})
 	cancel()
 	if err == nil {
 		_ = d.Close(ctx)
 		t.Error("driver.Open of an unreachable host succeeded")
 	}
-	out.err("driver.OpenURL unreachable", err)
+	out.Err("driver.OpenURL unreachable", err)
 
 	user := "eventbus-secret-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if err := rabbitmqctl(ctx, "add_user", user, sentinel); err != nil {
@@ -165,7 +137,7 @@ func session(t *testing.T, ctx context.Context, out *secretOutput, rawURL string
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Logger = out.logger()
+	cfg.Logger = out.Logger()
 	var (
 		mu   sync.Mutex
 		conn net.Conn
@@ -195,7 +167,7 @@ func session(t *testing.T, ctx context.Context, out *secretOutput, rawURL string
 	if err := b.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { out.err("close", b.Close(context.WithoutCancel(ctx))) }()
+	defer func() { out.Err("close", b.Close(context.WithoutCancel(ctx))) }()
 	roundTrip := func(data string) {
 		t.Helper()
 		if err := b.PublishEvent(ctx, &eventbus.Message{Type: "secret.ping", Data: []byte(data)}); err != nil {
@@ -222,7 +194,7 @@ func session(t *testing.T, ctx context.Context, out *secretOutput, rawURL string
 		}
 	}
 	roundTrip("after")
-	out.err("publish to a bad destination", d.Publish(ctx, driver.Destination{Pattern: driver.Event, Name: "nope"}, nil))
+	out.Err("publish to a bad destination", d.Publish(ctx, driver.Destination{Pattern: driver.Event, Name: "nope"}, nil))
 }
 
 func vhost(u *url.URL) string {

@@ -1,14 +1,11 @@
 package redisbus_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,42 +14,18 @@ import (
 	"github.com/marty-msf/eventbus"
 	"github.com/marty-msf/eventbus/driver"
 	"github.com/marty-msf/eventbus/faults"
+	"github.com/marty-msf/eventbus/internal/testenv"
 	"github.com/marty-msf/eventbus/redisbus"
 )
 
 // secretOutput gathers everything a test could leak a password through:
 // the driver's and the bus's logs at every level, go-redis's own log, and
 // the text of every error.
-type secretOutput struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *secretOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
+type secretOutput struct{ testenv.Output }
 
 // Printf is go-redis's logging interface.
 func (o *secretOutput) Printf(_ context.Context, format string, v ...any) {
 	fmt.Fprintf(o, "go-redis: "+format+"\n", v...)
-}
-
-func (o *secretOutput) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(o, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func (o *secretOutput) err(what string, err error) {
-	if err != nil {
-		fmt.Fprintf(o, "%s: %v | %+v | %#v\n", what, err, err, err)
-	}
-}
-
-func (o *secretOutput) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
 }
 
 // stderrLogger is go-redis's log on stderr, put back when the test ends.
@@ -71,7 +44,7 @@ func (stderrLogger) Printf(_ context.Context, format string, v ...any) {
 // may carry the sentinel.
 func TestCredentialsNeverLeak(t *testing.T) {
 	const sentinel = "S3NTINEL-pw-7c2d"
-	serverPath := requireRedis(t, "redis-server")
+	serverPath := testenv.Program(t, "redis-server")
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "redis.conf")
 	text := "requirepass " + sentinel + "-default\nuser svc on >" + sentinel + "-svc ~* &* +@all\n"
@@ -94,7 +67,7 @@ func TestCredentialsNeverLeak(t *testing.T) {
 	config := func(addr, user, password string) *redisbus.Config {
 		cfg := &redisbus.Config{Addrs: []string{addr}, Username: user, Password: password, DialTimeout: time.Second}
 		cfg.KeyPrefix = "secrets"
-		cfg.Logger = out.logger()
+		cfg.Logger = out.Logger()
 		return cfg
 	}
 	fails := func(what string, cfg *redisbus.Config) {
@@ -107,7 +80,7 @@ func TestCredentialsNeverLeak(t *testing.T) {
 			t.Errorf("%s: Open succeeded", what)
 			return
 		}
-		out.err(what, err)
+		out.Err(what, err)
 	}
 	fails("wrong ACL password", config(server.Addr(), "svc", sentinel+"-wrong"))
 	fails("wrong requirepass password", config(server.Addr(), "", sentinel+"-wrong"))
@@ -136,11 +109,11 @@ func TestCredentialsNeverLeak(t *testing.T) {
 		"redis://svc@" + unreachable + "?master_name=primary&sentinel_password=" + sentinel + "-sentinel&dial_timeout=1s",
 	} {
 		_, err := redisbus.ParseURL(raw)
-		out.err("ParseURL", err)
+		out.Err("ParseURL", err)
 		octx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		d, err := driver.OpenURL(octx, raw, &driver.OpenOptions{Logger: out.logger()})
+		d, err := driver.OpenURL(octx, raw, &driver.OpenOptions{Logger: out.Logger()})
 		cancel()
-		out.err("driver.OpenURL", err)
+		out.Err("driver.OpenURL", err)
 		if err == nil {
 			_ = d.Close(ctx)
 		}
@@ -148,7 +121,7 @@ func TestCredentialsNeverLeak(t *testing.T) {
 
 	// A session of the user whose password it is, through the bus, with
 	// the server killed under it.
-	b := eventbus.New(&eventbus.Options{Source: "secrets-test", Logger: out.logger()})
+	b := eventbus.New(&eventbus.Options{Source: "secrets-test", Logger: out.Logger()})
 	d, err := redisbus.Open(ctx, config(server.Addr(), "svc", sentinel+"-svc"))
 	if err != nil {
 		t.Fatalf("open with the right password: %v", driver.RedactError(err, sentinel))
@@ -181,12 +154,12 @@ func TestCredentialsNeverLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	out.err("publish with the server down", b.PublishEvent(pctx, &eventbus.Message{Type: "secret.checked", Data: []byte("lost")}))
+	out.Err("publish with the server down", b.PublishEvent(pctx, &eventbus.Message{Type: "secret.checked", Data: []byte("lost")}))
 	cancel()
 	// The consumer's receive fails and is logged by the bus meanwhile.
 	waitFor(t, ctx, func() bool { return strings.Contains(out.String(), "receive failed") })
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	out.err("close with the server down", b.Close(cctx))
+	out.Err("close with the server down", b.Close(cctx))
 	cancel()
 
 	if strings.Contains(out.String(), sentinel) {

@@ -29,7 +29,7 @@ const topologySuiteEnv = "EVENTBUS_REDIS_TOPOLOGY_SUITE"
 // the test on ports of their own; the driver finds the master through the
 // Sentinel (Config.MasterName) and a publish/consume round trip works.
 func TestSentinel(t *testing.T) {
-	serverPath := requireRedis(t, "redis-server")
+	serverPath := testenv.Program(t, "redis-server")
 	dir := t.TempDir()
 	master := startRedisProcess(t, "redis-server", serverPath, func(port int) []string {
 		return []string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}
@@ -59,8 +59,8 @@ func TestSentinel(t *testing.T) {
 // publish/consume round trip works on events and on a stream (whose reader
 // lease sits beside it).
 func TestCluster(t *testing.T) {
-	serverPath := requireRedis(t, "redis-server")
-	cliPath := requireRedis(t, "redis-cli")
+	serverPath := testenv.Program(t, "redis-server")
+	cliPath := testenv.Program(t, "redis-cli")
 	var addrs []string
 	for i := range 3 {
 		dir := t.TempDir()
@@ -154,20 +154,6 @@ func roundTrip(t *testing.T, cfg *redisbus.Config) *redisbus.Driver {
 		}
 	}
 	return pub
-}
-
-// requireRedis returns the path of a Redis program, or skips the test
-// without it (fails it in CI).
-func requireRedis(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if testenv.InCI() {
-			t.Fatalf("%s not found (scripts/services.sh installs it): %v", name, err)
-		}
-		t.Skipf("%s not found: %v", name, err)
-	}
-	return path
 }
 
 // startRedisProcess runs a Redis program on a port of its own (from

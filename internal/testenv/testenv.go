@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -245,4 +246,18 @@ func dial(ctx context.Context, ep endpoint, timeout time.Duration) (net.Conn, er
 	defer cancel()
 	var d net.Dialer
 	return d.DialContext(ctx, ep.network, ep.address)
+}
+
+// Program returns the path of the installed program name: without it the
+// test is skipped, or fails when CI is set.
+func Program(t testing.TB, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		if InCI() {
+			t.Fatalf("%s is not installed: %v (CI is set, so a missing service fails the test; scripts/services.sh installs it)", name, err)
+		}
+		t.Skipf("%s is not installed: %v (set CI=1 to fail instead of skip)", name, err)
+	}
+	return path
 }
