@@ -380,31 +380,8 @@ func TestRefusedMessageIsSetAside(t *testing.T) {
 func TestRelayRemovesThroughABusyDatabase(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	path := filepath.Join(t.TempDir(), "o.db")
-	db, err := OpenSQLite(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	o, err := New(ctx, db, SQLite, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The relay's own handle gives up on a busy database after 20 ms.
-	relayDB, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(20)&_txlock=immediate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relayDB.Close()
-	ro, err := New(ctx, relayDB, SQLite, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocker, err := OpenSQLite(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer blocker.Close()
+	b := newBusyDB(t, ctx)
+	o, ro, blocker := b.o, b.relay, b.blocker
 
 	const lease = 20 * time.Second
 	pub := newChecker(0)
@@ -434,16 +411,7 @@ func TestRelayRemovesThroughABusyDatabase(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = r.Run(ctx) })
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := o.PublishEvent(ctx, tx, &eventbus.Message{ID: "o-0000", Type: "order.placed", Data: []byte("0")}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	b.enqueueOne(t, ctx)
 	start := time.Now()
 	waitFor(t, "the row removed", func() bool { st, _ := o.Stats(ctx); return st.Pending == 0 })
 	took := time.Since(start)
@@ -467,30 +435,9 @@ func TestRelayRemovesThroughABusyDatabase(t *testing.T) {
 func TestRelayStopsWhileTheDatabaseRefuses(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	path := filepath.Join(t.TempDir(), "o.db")
-	db, err := OpenSQLite(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	o, err := New(ctx, db, SQLite, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relayDB, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(20)&_txlock=immediate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relayDB.Close()
-	ro, err := New(ctx, relayDB, SQLite, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocker, err := OpenSQLite(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer blocker.Close()
+	b := newBusyDB(t, ctx)
+	ro, blocker := b.relay, b.blocker
+	var err error
 
 	const lease = time.Minute
 	r := ro.Relay(newChecker(0), &RelayOptions{Lease: lease, PollInterval: 5 * time.Millisecond})
@@ -506,16 +453,7 @@ func TestRelayStopsWhileTheDatabaseRefuses(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = r.Run(runCtx) }()
-	tx, err2 := db.BeginTx(ctx, nil)
-	if err2 != nil {
-		t.Fatal(err2)
-	}
-	if err := o.PublishEvent(ctx, tx, &eventbus.Message{ID: "o-0000", Type: "order.placed", Data: []byte("0")}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	b.enqueueOne(t, ctx)
 	select {
 	case <-published:
 	case <-time.After(60 * time.Second):
@@ -533,4 +471,52 @@ func TestRelayStopsWhileTheDatabaseRefuses(t *testing.T) {
 		t.Fatalf("Run still settling %v after it was stopped (lease %v)", lease/2, lease)
 	}
 	t.Logf("Run returned %v after it was stopped, with the database refusing", time.Since(start).Round(time.Millisecond))
+}
+
+// busyDB is an outbox on a SQLite file with a relay handle that gives up on
+// a busy database after 20 ms, and a handle to make it busy with.
+type busyDB struct {
+	db, blocker *sql.DB
+	o, relay    *Outbox
+}
+
+func newBusyDB(t *testing.T, ctx context.Context) *busyDB {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "o.db")
+	open := func(db *sql.DB, err error) *sql.DB {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	b := &busyDB{
+		db:      open(OpenSQLite(path)),
+		blocker: open(OpenSQLite(path)),
+	}
+	relayDB := open(sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=busy_timeout(20)&_txlock=immediate"))
+	var err error
+	if b.o, err = New(ctx, b.db, SQLite, nil); err != nil {
+		t.Fatal(err)
+	}
+	if b.relay, err = New(ctx, relayDB, SQLite, nil); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// enqueueOne commits one order event to the outbox.
+func (b *busyDB) enqueueOne(t *testing.T, ctx context.Context) {
+	t.Helper()
+	tx, err := b.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.o.PublishEvent(ctx, tx, &eventbus.Message{ID: "o-0000", Type: "order.placed", Data: []byte("0")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
 }
