@@ -21,7 +21,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
-	"github.com/marty-msf/eventbus"
 	"github.com/marty-msf/eventbus/awsbus"
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -253,40 +252,7 @@ func runAWSPipeline(ctx context.Context, cfg Config) (Result, error) {
 func runAWSBusWith(ctx context.Context, cfg Config, publish busPublish) (Result, error) {
 	env := startAWS()
 	defer env.close(ctx)
-	open := func(subscribe func(*eventbus.Bus) error) (*eventbus.Bus, error) {
-		d, err := awsbus.Open(ctx, env.config())
-		if err != nil {
-			return nil, err
-		}
-		b := eventbus.New(&eventbus.Options{Source: "bench"})
-		if err := b.Register("aws", d); err != nil {
-			_ = d.Close(ctx)
-			return nil, err
-		}
-		if subscribe != nil {
-			if err := subscribe(b); err != nil {
-				_ = b.Close(ctx)
-				return nil, err
-			}
-		}
-		if err := b.Start(ctx); err != nil {
-			_ = b.Close(ctx)
-			return nil, err
-		}
-		return b, nil
-	}
-	tr := newTracker(cfg.Size)
-	consumer, err := open(func(b *eventbus.Bus) error {
-		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
-	})
-	if err != nil {
-		return Result{}, fmt.Errorf("consumer bus: %w", err)
-	}
-	defer consumer.Close(context.WithoutCancel(ctx))
-	producer, err := open(nil)
-	if err != nil {
-		return Result{}, fmt.Errorf("publisher bus: %w", err)
-	}
-	defer producer.Close(context.WithoutCancel(ctx))
-	return publish(ctx, cfg, tr, producer)
+	return runBusPair(ctx, cfg, "aws", func() (driver.Driver, error) {
+		return awsbus.Open(ctx, env.config())
+	}, publish)
 }

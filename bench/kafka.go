@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,7 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/driver"
 	"github.com/marty-msf/eventbus/kafkabus"
 )
 
@@ -179,44 +178,11 @@ func runKafkaBusWith(ctx context.Context, cfg Config, publish busPublish) (Resul
 		return Result{}, err
 	}
 	defer c.Close()
-	open := func(subscribe func(*eventbus.Bus) error) (*eventbus.Bus, error) {
-		d, err := kafkabus.Open(ctx, &kafkabus.Config{Brokers: c.ListenAddrs(), Options: kafkabus.Options{
+	return runBusPair(ctx, cfg, "kafka", func() (driver.Driver, error) {
+		return kafkabus.Open(ctx, &kafkabus.Config{Brokers: c.ListenAddrs(), Options: kafkabus.Options{
 			Partitions: kafkaPartitions, FetchMaxWait: 200 * time.Millisecond,
 		}})
-		if err != nil {
-			return nil, err
-		}
-		b := eventbus.New(&eventbus.Options{Source: "bench"})
-		if err := b.Register("kafka", d); err != nil {
-			_ = d.Close(ctx)
-			return nil, err
-		}
-		if subscribe != nil {
-			if err := subscribe(b); err != nil {
-				_ = b.Close(ctx)
-				return nil, err
-			}
-		}
-		if err := b.Start(ctx); err != nil {
-			_ = b.Close(ctx)
-			return nil, err
-		}
-		return b, nil
-	}
-	tr := newTracker(cfg.Size)
-	consumer, err := open(func(b *eventbus.Bus) error {
-		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
-	})
-	if err != nil {
-		return Result{}, fmt.Errorf("consumer bus: %w", err)
-	}
-	defer consumer.Close(context.WithoutCancel(ctx))
-	producer, err := open(nil)
-	if err != nil {
-		return Result{}, fmt.Errorf("publisher bus: %w", err)
-	}
-	defer producer.Close(context.WithoutCancel(ctx))
-	return publish(ctx, cfg, tr, producer)
+	}, publish)
 }
 
 // runKafkaBusWide: as runKafkaBus with 64 times the publishers (1024 by

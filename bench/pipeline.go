@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/driver"
 	"github.com/marty-msf/eventbus/natsbus"
 )
 
@@ -52,6 +53,49 @@ func pipelineTarget(broker, row, raw string, atLeast float64) Target {
 // busPublish publishes the standard workload through producer, a started
 // bus, while the consumers report to tr.
 type busPublish func(ctx context.Context, cfg Config, tr *tracker, producer *eventbus.Bus) (Result, error)
+
+// runBusPair measures the bus on one backend: a consumer bus whose handler
+// in group "bench" counts the events, and a producer bus publishing with
+// publish, each on a driver of its own from openDriver, registered as
+// backend.
+func runBusPair(ctx context.Context, cfg Config, backend string, openDriver func() (driver.Driver, error), publish busPublish) (Result, error) {
+	open := func(subscribe func(*eventbus.Bus) error) (*eventbus.Bus, error) {
+		d, err := openDriver()
+		if err != nil {
+			return nil, err
+		}
+		b := eventbus.New(&eventbus.Options{Source: "bench"})
+		if err := b.Register(backend, d); err != nil {
+			_ = d.Close(ctx)
+			return nil, err
+		}
+		if subscribe != nil {
+			if err := subscribe(b); err != nil {
+				_ = b.Close(ctx)
+				return nil, err
+			}
+		}
+		if err := b.Start(ctx); err != nil {
+			_ = b.Close(ctx)
+			return nil, err
+		}
+		return b, nil
+	}
+	tr := newTracker(cfg.Size)
+	consumer, err := open(func(b *eventbus.Bus) error {
+		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("consumer bus: %w", err)
+	}
+	defer consumer.Close(context.WithoutCancel(ctx))
+	producer, err := open(nil)
+	if err != nil {
+		return Result{}, fmt.Errorf("publisher bus: %w", err)
+	}
+	defer producer.Close(context.WithoutCancel(ctx))
+	return publish(ctx, cfg, tr, producer)
+}
 
 // busThroughput: PublishEvent of a new event per call, as the "eventbus on
 // …" rows do.

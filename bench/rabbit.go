@@ -15,7 +15,7 @@ import (
 	wmamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/driver"
 	"github.com/marty-msf/eventbus/rabbitbus"
 )
 
@@ -228,43 +228,10 @@ func runRabbitPipeline(ctx context.Context, cfg Config) (Result, error) {
 
 func runRabbitBusWith(ctx context.Context, cfg Config, publish busPublish) (Result, error) {
 	prefix := rabbitName()
-	open := func(subscribe func(*eventbus.Bus) error) (*eventbus.Bus, error) {
-		d, err := rabbitbus.Open(ctx, &rabbitbus.Config{URL: rabbitURL(), Options: rabbitbus.Options{Prefix: prefix}})
-		if err != nil {
-			return nil, err
-		}
-		b := eventbus.New(&eventbus.Options{Source: "bench"})
-		if err := b.Register("rabbit", d); err != nil {
-			_ = d.Close(ctx)
-			return nil, err
-		}
-		if subscribe != nil {
-			if err := subscribe(b); err != nil {
-				_ = b.Close(ctx)
-				return nil, err
-			}
-		}
-		if err := b.Start(ctx); err != nil {
-			_ = b.Close(ctx)
-			return nil, err
-		}
-		return b, nil
-	}
-	tr := newTracker(cfg.Size)
-	consumer, err := open(func(b *eventbus.Bus) error {
-		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
-	})
-	if err != nil {
-		return Result{}, fmt.Errorf("consumer bus: %w", err)
-	}
 	defer rabbitCleanup(prefix)
-	defer consumer.Close(context.WithoutCancel(ctx))
-	producer, err := open(nil)
-	if err != nil {
-		return Result{}, fmt.Errorf("publisher bus: %w", err)
-	}
-	defer producer.Close(context.WithoutCancel(ctx))
-	return publish(ctx, cfg, tr, producer)
+	return runBusPair(ctx, cfg, "rabbit", func() (driver.Driver, error) {
+		return rabbitbus.Open(ctx, &rabbitbus.Config{URL: rabbitURL(), Options: rabbitbus.Options{Prefix: prefix}})
+	}, publish)
 }
 
 // runRabbitBusWide: the bus row with 64 times the publishers. Each
