@@ -95,7 +95,7 @@ func runRabbitPushdown(ctx context.Context, cfg Config, f eventbus.Filter) (Resu
 	case <-drain.C:
 	case <-ctx.Done():
 	}
-	res := Result{Messages: n}
+	res := Result{Messages: n, Selected: n / pushdownMatches}
 	res.Allocs, res.CPU = m.stop(cfg)
 	select {
 	case <-tr.done:

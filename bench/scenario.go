@@ -84,8 +84,12 @@ type Result struct {
 	// round trips for a latency scenario.
 	Messages int64
 	// Handled is the number of messages the consumers handled: Messages,
-	// except on a lossy broker (core NATS drops for a slow consumer).
+	// except on a lossy broker (core NATS drops for a slow consumer) and on
+	// a selective row (Selected).
 	Handled int64
+	// Selected, when positive, is how many of Messages a selective row's
+	// consumer is to handle (the events its filter matches).
+	Selected int64
 	// Publish is the time from the first publish to the last confirmation
 	// (zero for a backlog scenario, which measures consumers alone).
 	Publish time.Duration
