@@ -1,6 +1,7 @@
 package redisbus_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -8,6 +9,8 @@ import (
 	"time"
 
 	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/redisbus"
+	"github.com/redis/go-redis/v9"
 )
 
 // TestStreamOrderAcrossMembers: three members of a group compete for a
@@ -47,6 +50,7 @@ func TestStreamOrderAcrossMembers(t *testing.T) {
 		seen    = map[string]bool{}
 		closed  int
 		allSeen = make(chan struct{})
+		seenAll sync.Once
 	)
 	var wg sync.WaitGroup
 	for i, sub := range subs {
@@ -76,12 +80,14 @@ func TestStreamOrderAcrossMembers(t *testing.T) {
 				if leave {
 					closed++
 				}
-				if n == total {
-					close(allSeen)
-				}
+				last := n == total
 				mu.Unlock()
 				if err := sub.Ack(ctx, ds); err != nil {
 					t.Errorf("member %d: ack: %v", i, err)
+				}
+				if last {
+					// Only now may the test close the subscriptions.
+					seenAll.Do(func() { close(allSeen) })
 				}
 				if leave {
 					if err := sub.Close(ctx); err != nil {
@@ -203,6 +209,7 @@ func TestStreamOrderAfterReaderDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	handled := 0
+	var acked []string
 	for handled < 100 {
 		ds, err := vsub.Receive(ctx, 20)
 		if err != nil {
@@ -213,7 +220,15 @@ func TestStreamOrderAfterReaderDies(t *testing.T) {
 		if err := vsub.Ack(ctx, ds); err != nil {
 			t.Fatal(err)
 		}
+		for _, d := range ds {
+			acked = append(acked, *d.Handle.(*string))
+		}
 	}
+	// Ack returns before Redis has the XACK; one still under way when the
+	// process dies is lost, and its messages are delivered again (at least
+	// once). This test is about order across the change of reader, so the
+	// reader dies only once Redis has every ack it sent.
+	awaitAcked(ctx, t, pub, dest, "g", acked)
 	survivor := openDriver(t, cfg)
 	ssub, err := survivor.Subscribe(ctx, dest, opts)
 	if err != nil {
@@ -252,5 +267,37 @@ func TestStreamOrderAfterReaderDies(t *testing.T) {
 		first.Round(time.Millisecond), redelivered, len(lost))
 	if redelivered < len(lost) {
 		t.Errorf("%d redelivered, want at least the %d the reader held", redelivered, len(lost))
+	}
+}
+
+// awaitAcked waits until none of ids is pending in group.
+func awaitAcked(ctx context.Context, t *testing.T, d *redisbus.Driver, dest driver.Destination, group string, ids []string) {
+	t.Helper()
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		pending, err := d.Client().XPendingExt(ctx, &redis.XPendingExtArgs{
+			Stream: d.StreamKey(dest), Group: group, Start: "-", End: "+", Count: 10000}).Result()
+		if err != nil {
+			t.Fatalf("XPENDING: %v", err)
+		}
+		left := 0
+		for _, p := range pending {
+			if want[p.ID] {
+				left++
+			}
+		}
+		if left == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d acked messages still pending after 30s", left)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
