@@ -525,6 +525,9 @@ func TestDeadLettersOfTwoGroupsOnNATS(t *testing.T) {
 	if !slices.Equal(groups, []string{"billing", "shipping"}) {
 		t.Fatalf("dead letters of groups %v, want billing and shipping", groups)
 	}
+	// A dead letter is counted once its publish returned, which can be
+	// after the store shows it.
+	eventually(t, "both dead letters counted", func() bool { return bus.Stats().DeadLettered >= 2 })
 	if st := bus.Stats(); st.DeadLettered != 2 || st.Dropped != 0 {
 		t.Fatalf("stats %+v, want 2 dead-lettered and none dropped", st)
 	}
