@@ -14,6 +14,9 @@
 //     sagas, sends their commands with Bus.SendCommand, applies the replies
 //     and fires deadlines. It is also the manager API: Start, Get, List,
 //     Cancel, Retry, Unrunnable.
+//   - [RequestCancel] and [RequestRetry] record a cancel or retry request
+//     in the Store, for programs that do not have the saga's definition
+//     (the eventbus CLI); a running orchestrator applies it.
 //   - A [Participant] serves a service's step commands: handlers get a
 //     [Request] (saga id, step, attempt, payload) and return a reply, a
 //     transient error, or a definitive failure marked with [Fail].
@@ -134,6 +137,45 @@
 // others. Run renews its leases on a schedule of its own, so that a long
 // poll on a slow database does not let them lapse.
 //
+// # Manager requests
+//
+// Cancel and Retry need the saga's definition (its steps' services and
+// commands), which only the programs that run the saga have. Any other
+// program — the eventbus CLI, an operator's tool — records a request in the
+// store instead, with RequestCancel or RequestRetry, and an orchestrator
+// that has the definition applies it:
+//
+//   - Recording checks what the stored state tells (ErrNotFound,
+//     ErrNotRunning for a cancel, ErrNotFailed for a retry,
+//     ErrRequestPending when a request of the other kind waits), stores the
+//     request in the instance (Instance.Request, with who and when) and an
+//     entry "cancel.requested" or "retry.requested" in its history, with the
+//     version check: a transition persisted meanwhile makes it reload and
+//     check again, and the transition's own reload keeps the request. It
+//     takes no lease: Store.RecordRequest keeps the owner's.
+//   - The request makes the saga due at once, whatever its state
+//     (Instance.WakeAt), so the next poll of any orchestrator instance that
+//     registered the definition's version applies it — the saga's owner, or
+//     another one, which then takes the saga over as after an expired
+//     lease (sending the owner's last messages again first, if its lease
+//     expired). The rules are those of Cancel and Retry, on the state the
+//     saga has then: a request is refused when the saga is past its pivot,
+//     or finished, compensates or runs again meanwhile.
+//   - Applying or refusing clears the request and records the outcome in
+//     the same versioned transition: "cancel.applied" (followed by the
+//     compensation's entries) or "cancel.refused" with the reason, the same
+//     for "retry", with the orchestrator instance as Event.By. Of several
+//     instances, exactly one persists it; the others reload and find no
+//     request. So a request is applied at most once, and is not lost while
+//     an orchestrator that has the definition runs now or later.
+//   - Instance.RequestOutcome reads the outcome from the history, and
+//     WaitRequest polls the store for it; a refusal is a *RefusedError that
+//     matches ErrNotRunning, ErrPastPivot or ErrNotFailed like Cancel's and
+//     Retry's errors. Orchestrators that have not registered the saga's
+//     definition leave the request alone (see Definition versions), and
+//     orchestrators of package versions before requests ignore it: upgrade
+//     every orchestrator of a store before recording requests in it.
+//
 // # Definition versions
 //
 // An instance records the Definition.Version it started on and runs to its
@@ -202,7 +244,9 @@
 //
 // Errors match the package's sentinels with errors.Is: ErrUnknownSaga,
 // ErrUnknownVersion, ErrExists, ErrNotFound, ErrNotRunning, ErrPastPivot,
-// ErrNotFailed, ErrConflict, ErrInvalidDefinition (with *DefinitionError). Orchestrator
+// ErrNotFailed, ErrConflict, ErrRequestPending, ErrUnknownRequest,
+// ErrInvalidDefinition (with *DefinitionError); a refused request is a
+// *RefusedError. Orchestrator
 // and Participant are safe for concurrent use. NewOrchestrator,
 // Participant.Handle and Orchestrator.Register (for the events of wait
 // steps) register bus handlers, before or after Bus.Start; Run

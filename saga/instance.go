@@ -80,6 +80,9 @@ type Instance struct {
 	// Outbox is what the last transition sends: an orchestrator that takes
 	// the saga over from a dead one sends it again.
 	Outbox []Outgoing
+	// Request is the manager request (RequestCancel, RequestRetry) that
+	// waits for an orchestrator to apply it; nil when none does.
+	Request *ManagerRequest `json:",omitempty"`
 	// TraceParent and TraceState are the W3C trace context of the saga's
 	// trace (see Options.TracerProvider): the commands and events of every
 	// transition continue it, in whichever orchestrator instance runs the
@@ -139,6 +142,13 @@ type Event struct {
 	Step    string `json:",omitempty"`
 	Attempt int    `json:",omitempty"`
 	Error   string `json:",omitempty"`
+	// Request is the id of the manager request the entry is about:
+	// "cancel.requested", "cancel.applied", "cancel.refused" and the same
+	// for "retry".
+	Request string `json:",omitempty"`
+	// By is who made the request ("….requested"), or the orchestrator
+	// instance that applied or refused it.
+	By string `json:",omitempty"`
 }
 
 // Outgoing is a message a transition sends: a step command (Step set) or a
@@ -151,8 +161,13 @@ type Outgoing struct {
 }
 
 // WakeAt is when the orchestrator must next look at the instance without a
-// reply: the earlier of its deadlines, zero for a final state.
+// reply: the earlier of its deadlines, zero for a final state; with a
+// pending Request, whatever the state, the time of the request, so that the
+// next poll applies it.
 func (in *Instance) WakeAt() time.Time {
+	if in.Request != nil {
+		return in.Request.At
+	}
 	if !in.State.Active() {
 		return time.Time{}
 	}
@@ -174,6 +189,10 @@ func (in *Instance) clone() *Instance {
 	c.Outbox = append([]Outgoing(nil), in.Outbox...)
 	if in.Received != nil {
 		c.Received = maps.Clone(in.Received)
+	}
+	if in.Request != nil {
+		r := *in.Request
+		c.Request = &r
 	}
 	return &c
 }

@@ -41,6 +41,7 @@ type machine struct {
 	in   *Instance // the instance being changed, Outbox emptied
 	prev *Instance // the instance as loaded, for reading only
 	now  time.Time
+	by   string // the orchestrator instance, for the history of requests
 }
 
 func (m *machine) record(kind, step string, attempt int, errMsg string) {
@@ -472,19 +473,43 @@ func (m *machine) bump(i int, action string) {
 	m.send(action, i, st.Attempt+1)
 }
 
-func (m *machine) cancel() bool {
-	if m.in.State != Running {
-		return false
+// cancel stops a running saga and compensates it, or reports why it cannot
+// (ErrNotRunning, ErrPastPivot) and changes nothing. kind is its history
+// entry.
+func (m *machine) cancel(kind string, req *ManagerRequest) error {
+	in := m.in
+	if in.State != Running {
+		return fmt.Errorf("saga: cancel %s (%s): %w", in.ID, in.State, ErrNotRunning)
 	}
-	m.record("cancel", "", 0, "")
+	if m.forwardOnly() {
+		return fmt.Errorf("saga: cancel %s (at step %s): %w", in.ID, in.Steps[in.Current].Name, ErrPastPivot)
+	}
+	m.recordRequest(kind, req, "")
 	m.compensate("cancelled")
-	return true
+	return nil
+}
+
+// recordRequest adds the history entry kind about req (nil: a direct call
+// of Cancel or Retry).
+func (m *machine) recordRequest(kind string, req *ManagerRequest, errMsg string) {
+	ev := Event{Time: m.now, Kind: kind, Error: errMsg}
+	if req != nil {
+		ev.Request, ev.By = req.ID, m.by
+	}
+	m.in.History = append(m.in.History, ev)
 }
 
 // retry resumes compensating a Failed saga at the steps whose compensation
-// gave up, with a fresh budget of attempts.
-func (m *machine) retry() {
+// gave up, with a fresh budget of attempts, or reports ErrNotFailed and
+// changes nothing. kind, when set, is its history entry.
+func (m *machine) retry(kind string, req *ManagerRequest) error {
 	in := m.in
+	if in.State != Failed {
+		return fmt.Errorf("saga: retry %s (%s): %w", in.ID, in.State, ErrNotFailed)
+	}
+	if kind != "" {
+		m.recordRequest(kind, req, "")
+	}
 	in.State, in.Error = Compensating, ""
 	lo, hi := m.def.group(in.Current)
 	for j := lo; j < hi; j++ {
@@ -500,5 +525,26 @@ func (m *machine) retry() {
 		base := st.Attempt
 		m.send(actionUndo, j, st.Attempt+1)
 		st.AttemptBase = base
+	}
+	return nil
+}
+
+// applyRequest applies the pending manager request with the rules of
+// Cancel and Retry, clears it and records its outcome: "cancel.applied" or
+// "cancel.refused" with the reason (the same for "retry").
+func (m *machine) applyRequest() {
+	req := m.in.Request
+	m.in.Request = nil
+	var err error
+	switch req.Kind {
+	case CancelRequest:
+		err = m.cancel(string(req.Kind)+".applied", req)
+	case RetryRequest:
+		err = m.retry(string(req.Kind)+".applied", req)
+	default:
+		err = fmt.Errorf("saga: %s %s: %w", req.Kind, m.in.ID, ErrUnknownRequest)
+	}
+	if err != nil {
+		m.recordRequest(string(req.Kind)+".refused", req, err.Error())
 	}
 }

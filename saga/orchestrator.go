@@ -360,26 +360,28 @@ func (o *Orchestrator) List(ctx context.Context, f ListFilter) ([]*Instance, err
 // in reverse order. It fails with ErrNotRunning when the saga is already
 // compensating or finished, and with ErrPastPivot when it is at a retriable
 // step.
+//
+// Cancel needs the saga's definition; a program without it (such as the
+// eventbus CLI) records a request with RequestCancel instead, which an
+// orchestrator applies.
 func (o *Orchestrator) Cancel(ctx context.Context, id string) error {
 	_, err := o.apply(ctx, id, false, func(m *machine) (bool, error) {
-		if m.in.State != Running {
-			return false, fmt.Errorf("saga: cancel %s (%s): %w", id, m.in.State, ErrNotRunning)
+		if err := m.cancel("cancel", nil); err != nil {
+			return false, err
 		}
-		if m.forwardOnly() {
-			return false, fmt.Errorf("saga: cancel %s (at step %s): %w", id, m.in.Steps[m.in.Current].Name, ErrPastPivot)
-		}
-		return m.cancel(), nil
+		return true, nil
 	})
 	return err
 }
 
 // Retry resumes compensating a Failed saga where its compensation gave up.
+// It fails with ErrNotFailed when the saga is in another state. See
+// RequestRetry for programs without the saga's definition.
 func (o *Orchestrator) Retry(ctx context.Context, id string) error {
 	_, err := o.apply(ctx, id, false, func(m *machine) (bool, error) {
-		if m.in.State != Failed {
-			return false, fmt.Errorf("saga: retry %s (%s): %w", id, m.in.State, ErrNotFailed)
+		if err := m.retry("", nil); err != nil {
+			return false, err
 		}
-		m.retry()
 		return true, nil
 	})
 	return err
@@ -470,19 +472,34 @@ func (o *Orchestrator) poll(ctx context.Context) {
 	}
 }
 
+// due handles a saga that Store.Due returned: a pending manager request,
+// passed deadlines, or an owner whose lease expired.
 func (o *Orchestrator) due(m *machine) (bool, error) {
+	if m.in.Request != nil {
+		// Deadlines that passed too wait for the next poll; a takeover
+		// does not, so that the last transition's messages are sent
+		// before whatever the request sends.
+		o.takeover(m)
+		m.applyRequest()
+		return true, nil
+	}
 	if m.onDue() {
 		return true, nil
 	}
-	if m.in.LeaseUntil.After(m.now) {
-		return false, nil
+	return o.takeover(m), nil
+}
+
+// takeover sends the last transition's messages again when the saga is
+// active and its owner's lease expired: the owner died (or failed to send).
+// Their ids are those of the first sending, so brokers and participants
+// drop what arrived already.
+func (o *Orchestrator) takeover(m *machine) bool {
+	if !m.in.State.Active() || m.in.LeaseUntil.After(m.now) {
+		return false
 	}
-	// The owner died (or failed to send): send the last transition's
-	// messages again. Their ids are those of the first sending, so brokers
-	// and participants drop what arrived already.
 	m.record("takeover", "", 0, o.opts.Instance)
 	m.in.Outbox = m.prev.Outbox
-	return true, nil
+	return true
 }
 
 // apply runs one transition on saga id: load, change, persist with the
@@ -512,7 +529,7 @@ func (o *Orchestrator) apply(ctx context.Context, id string, cached bool, fn fun
 		next := cur.clone()
 		next.Outbox = nil
 		now := time.Now()
-		m := &machine{def: def, in: next, now: now, prev: cur}
+		m := &machine{def: def, in: next, now: now, prev: cur, by: o.opts.Instance}
 		changed, err := fn(m)
 		if fromCache && (err != nil || !changed) {
 			continue

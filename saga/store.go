@@ -19,10 +19,18 @@ type Store interface {
 	// Update replaces the instance whose stored version is in.Version-1
 	// with in, or fails with an error matching ErrConflict.
 	Update(ctx context.Context, in *Instance) error
+	// RecordRequest persists a manager request (Instance.Request and its
+	// history entry) made by someone who holds no lease: like Update, it
+	// replaces the instance whose stored version is in.Version-1 with in,
+	// or fails with an error matching ErrConflict, but it keeps the stored
+	// Owner and LeaseUntil.
+	RecordRequest(ctx context.Context, in *Instance) error
 	// List returns the instances matching f, oldest first.
 	List(ctx context.Context, f ListFilter) ([]*Instance, error)
-	// Due returns the ids of active instances whose WakeAt or LeaseUntil is
-	// not after now, at most limit, earliest first.
+	// Due returns the ids of the instances whose WakeAt is set and not
+	// after now — in any state: a pending Request makes a Failed or
+	// finished instance due — and of the active instances whose LeaseUntil
+	// is not after now; at most limit, earliest WakeAt first.
 	Due(ctx context.Context, now time.Time, limit int) ([]string, error)
 	// RenewLeases extends to until the lease of every active instance that
 	// owner holds.

@@ -177,7 +177,8 @@ func (s *Store) addRunsColumn(ctx context.Context, tx *sql.Tx) error {
 type queries struct {
 	schema                                         []string
 	addRuns, recColumns                            string
-	create, load, update, due, renew, release      string
+	create, load, update, recordRequest, due       string
+	renew, release                                 string
 	claim, claimLoad, complete, releaseClaim, list string
 	renewClaim                                     string
 }
@@ -198,6 +199,10 @@ func newQueries(p string) queries {
 				body TEXT NOT NULL)`,
 			`CREATE INDEX IF NOT EXISTS ` + inst + `_active ON ` + inst + ` (state, wake_at)`,
 			`CREATE INDEX IF NOT EXISTS ` + inst + `_owner ON ` + inst + ` (owner, state)`,
+			// Due finds requests for sagas in any state by wake_at; only
+			// due-able rows (wake_at > 0) are indexed. Existing databases
+			// get it when opened.
+			`CREATE INDEX IF NOT EXISTS ` + inst + `_wake ON ` + inst + ` (wake_at) WHERE wake_at > 0`,
 			`CREATE TABLE IF NOT EXISTS ` + rec + ` (
 				rkey TEXT PRIMARY KEY,
 				done INTEGER NOT NULL,
@@ -213,10 +218,13 @@ func newQueries(p string) queries {
 		recColumns: `SELECT name FROM pragma_table_info('` + rec + `')`,
 		create: `INSERT INTO ` + inst + ` (id, name, state, version, wake_at, owner, lease_until, created, body)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING`,
-		load:   `SELECT version, owner, lease_until, body FROM ` + inst + ` WHERE id = $1`,
-		update: `UPDATE ` + inst + ` SET state = $1, version = $2, wake_at = $3, owner = $4, lease_until = $5, body = $6 WHERE id = $7 AND version = $8`,
-		due: `SELECT id FROM ` + inst + ` WHERE state IN ('running', 'compensating')
-			AND ((wake_at > 0 AND wake_at <= $1) OR lease_until <= $1) ORDER BY wake_at LIMIT $2`,
+		load:          `SELECT version, owner, lease_until, body FROM ` + inst + ` WHERE id = $1`,
+		update:        `UPDATE ` + inst + ` SET state = $1, version = $2, wake_at = $3, owner = $4, lease_until = $5, body = $6 WHERE id = $7 AND version = $8`,
+		recordRequest: `UPDATE ` + inst + ` SET state = $1, version = $2, wake_at = $3, body = $4 WHERE id = $5 AND version = $6`,
+		// wake_at is set for active sagas and for any saga with a pending
+		// request (saga.Instance.WakeAt).
+		due: `SELECT id FROM ` + inst + ` WHERE (wake_at > 0 AND wake_at <= $1)
+			OR (state IN ('running', 'compensating') AND lease_until <= $1) ORDER BY wake_at LIMIT $2`,
 		renew:   `UPDATE ` + inst + ` SET lease_until = $1 WHERE owner = $2 AND state IN ('running', 'compensating')`,
 		release: `UPDATE ` + inst + ` SET lease_until = 0 WHERE id = $1 AND owner = $2`,
 		list:    `SELECT version, owner, lease_until, body FROM ` + inst + ` WHERE ($1 = '' OR name = $1) AND ($2 = '' OR state = $2) ORDER BY created, id LIMIT $3`,
@@ -298,19 +306,34 @@ func scanInstance(row scanner) (*saga.Instance, error) {
 
 // Update implements saga.Store.
 func (s *Store) Update(ctx context.Context, in *saga.Instance) error {
+	return s.replace(ctx, in, "update", s.q.update, func(body string) []any {
+		return []any{string(in.State), in.Version, nanos(in.WakeAt()), in.Owner, nanos(in.LeaseUntil), body, in.ID, in.Version - 1}
+	})
+}
+
+// RecordRequest implements saga.Store.
+func (s *Store) RecordRequest(ctx context.Context, in *saga.Instance) error {
+	return s.replace(ctx, in, "record request of", s.q.recordRequest, func(body string) []any {
+		return []any{string(in.State), in.Version, nanos(in.WakeAt()), body, in.ID, in.Version - 1}
+	})
+}
+
+// replace runs query, Update's or RecordRequest's statement (what names it
+// in errors), with the arguments args returns for in's body: one statement
+// guarded by the stored version.
+func (s *Store) replace(ctx context.Context, in *saga.Instance, what, query string, args func(body string) []any) error {
 	body, err := json.Marshal(in)
 	if err != nil {
-		return fmt.Errorf("sqlstore: update %s: %w", in.ID, err)
+		return fmt.Errorf("sqlstore: %s %s: %w", what, in.ID, err)
 	}
-	res, err := s.db.ExecContext(ctx, s.q.update, string(in.State), in.Version, nanos(in.WakeAt()),
-		in.Owner, nanos(in.LeaseUntil), string(body), in.ID, in.Version-1)
+	res, err := s.db.ExecContext(ctx, query, args(string(body))...)
 	if err != nil {
-		return fmt.Errorf("sqlstore: update %s: %w", in.ID, err)
+		return fmt.Errorf("sqlstore: %s %s: %w", what, in.ID, err)
 	}
 	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("sqlstore: update %s: %w", in.ID, err)
+		return fmt.Errorf("sqlstore: %s %s: %w", what, in.ID, err)
 	} else if n == 0 {
-		return fmt.Errorf("sqlstore: update %s to version %d: %w", in.ID, in.Version, saga.ErrConflict)
+		return fmt.Errorf("sqlstore: %s %s to version %d: %w", what, in.ID, in.Version, saga.ErrConflict)
 	}
 	return nil
 }

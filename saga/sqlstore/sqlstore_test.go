@@ -260,26 +260,48 @@ func ExampleOpenSQLite() {
 	// Output: true
 }
 
-// TestUpgradeRecords opens a store on a records table made before records
-// counted their claims.
-func TestUpgradeRecords(t *testing.T) {
+// TestUpgrade opens a store on tables made by earlier versions: a records
+// table made before records counted their claims, an instances table made
+// before manager requests (which Due finds through an index of its own).
+func TestUpgrade(t *testing.T) {
 	ctx := context.Background()
 	old := func(t *testing.T, db *sql.DB, prefix string) {
-		if _, err := db.ExecContext(ctx, `CREATE TABLE `+prefix+`records (rkey TEXT PRIMARY KEY, done INTEGER NOT NULL,
+		for _, stmt := range []string{
+			`CREATE TABLE ` + prefix + `records (rkey TEXT PRIMARY KEY, done INTEGER NOT NULL,
 			outcome TEXT NOT NULL, reply TEXT NOT NULL, error TEXT NOT NULL, owner TEXT NOT NULL,
-			lease_until BIGINT NOT NULL, updated BIGINT NOT NULL)`); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := db.ExecContext(ctx, `INSERT INTO `+prefix+`records VALUES ('k', 1, 'ok', '', '', 'A', 0, 0)`); err != nil {
-			t.Fatal(err)
+			lease_until BIGINT NOT NULL, updated BIGINT NOT NULL)`,
+			`INSERT INTO ` + prefix + `records VALUES ('k', 1, 'ok', '', '', 'A', 0, 0)`,
+			`CREATE TABLE ` + prefix + `instances (id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL,
+			version BIGINT NOT NULL, wake_at BIGINT NOT NULL, owner TEXT NOT NULL, lease_until BIGINT NOT NULL,
+			created BIGINT NOT NULL, body TEXT NOT NULL)`,
+			`CREATE INDEX ` + prefix + `instances_active ON ` + prefix + `instances (state, wake_at)`,
+			`INSERT INTO ` + prefix + `instances VALUES ('f', 'n', 'failed', 7, 0, 'A', 0, 1,
+			'{"ID":"f","Name":"n","State":"failed","Steps":[{"Name":"a","State":"compensation_failed"}],"History":[{"Time":"2024-01-02T03:04:05Z","Kind":"saga.failed"}]}')`,
+		} {
+			if _, err := db.ExecContext(ctx, stmt); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	check := func(t *testing.T, s *sqlstore.Store) {
+	check := func(t *testing.T, s *sqlstore.Store, indexes string) {
 		if rec, err := s.Lookup(ctx, "k"); err != nil || rec == nil || !rec.Done || rec.Runs != 1 {
 			t.Fatalf("Lookup of an old record: %+v %v", rec, err)
 		}
 		if rec, claimed, err := s.Claim(ctx, "new", "A", time.Now().Add(time.Hour)); err != nil || !claimed || rec.Runs != 1 {
 			t.Fatalf("Claim on an upgraded table: %+v %v %v", rec, claimed, err)
+		}
+		var n int
+		if err := s.DB().QueryRowContext(ctx, indexes).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("wake_at index on the upgraded instances table: %d, %v", n, err)
+		}
+		if ids, err := s.Due(ctx, time.Now(), 10); err != nil || len(ids) != 0 {
+			t.Fatalf("Due before the request = %v, %v", ids, err)
+		}
+		if _, err := saga.RequestRetry(ctx, s, "f", nil); err != nil {
+			t.Fatal(err)
+		}
+		if ids, err := s.Due(ctx, time.Now(), 10); err != nil || fmt.Sprint(ids) != "[f]" {
+			t.Fatalf("Due after a request on an old instance = %v, %v; want [f]", ids, err)
 		}
 	}
 	t.Run("sqlite", func(t *testing.T) {
@@ -295,7 +317,7 @@ func TestUpgradeRecords(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		check(t, s)
+		check(t, s, `SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'saga_instances_wake'`)
 	})
 	t.Run("postgres", func(t *testing.T) {
 		prefix := fmt.Sprintf("up%d_", time.Now().UnixNano()%1e9)
@@ -314,6 +336,78 @@ func TestUpgradeRecords(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		check(t, s)
+		check(t, s, `SELECT count(*) FROM pg_indexes WHERE indexname = '`+prefix+`instances_wake'`)
+	})
+}
+
+// TestRecordRequest: a request is recorded under the version check without
+// touching the lease, and makes the instance due whatever its state.
+func TestRecordRequest(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *sqlstore.Store, _ func() *sqlstore.Store) {
+		ctx := context.Background()
+		now := time.Now()
+		for _, in := range []*saga.Instance{
+			instance("failed", saga.Failed, time.Time{}, "A", now.Add(time.Hour)),
+			instance("running", saga.Running, now.Add(time.Hour), "A", now.Add(time.Hour)),
+		} {
+			if err := s.Create(ctx, in); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if ids, err := s.Due(ctx, now, 10); err != nil || len(ids) != 0 {
+			t.Fatalf("Due before the requests = %v, %v", ids, err)
+		}
+		// RenewLeases extends the active instances' leases only.
+		lease := map[string]time.Time{"failed": now.Add(time.Hour), "running": now.Add(2 * time.Hour)}
+		for _, id := range []string{"failed", "running"} {
+			in, err := s.Load(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The owner renews its lease after the requester loaded the
+			// instance: the request must not shorten it.
+			if err := s.RenewLeases(ctx, "A", now.Add(2*time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			in.Version++
+			in.Owner = "requester"
+			in.Request = &saga.ManagerRequest{ID: "r-" + id, Kind: saga.CancelRequest, At: now.Add(-time.Second)}
+			if err := s.RecordRequest(ctx, in); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.RecordRequest(ctx, in); !errors.Is(err, saga.ErrConflict) {
+				t.Fatalf("stale RecordRequest: %v, want ErrConflict", err)
+			}
+			got, err := s.Load(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Version != 2 || got.Owner != "A" || !got.LeaseUntil.Equal(lease[id]) || got.Request == nil || got.Request.ID != "r-"+id {
+				t.Fatalf("%s after RecordRequest: version %d, owner %q, lease %v, request %+v", id, got.Version, got.Owner, got.LeaseUntil, got.Request)
+			}
+		}
+		if ids, err := s.Due(ctx, now, 10); err != nil || fmt.Sprint(ids) != "[failed running]" {
+			t.Fatalf("Due after the requests = %v, %v", ids, err)
+		}
+		// What package saga reads from the store when recording: a request
+		// of the same kind pending is returned, one of another kind
+		// refuses the new one.
+		if r, err := saga.RequestCancel(ctx, s, "running", nil); err != nil || r.ID != "r-running" {
+			t.Errorf("RequestCancel with a cancel pending: %+v, %v; want the pending request", r, err)
+		}
+		if _, err := saga.RequestRetry(ctx, s, "failed", nil); !errors.Is(err, saga.ErrRequestPending) {
+			t.Errorf("RequestRetry with a cancel pending: %v, want ErrRequestPending", err)
+		}
+		// Applied: the request cleared, the failed instance is no longer
+		// due.
+		in, _ := s.Load(ctx, "failed")
+		in.Version++
+		in.Request = nil
+		if err := s.Update(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		if ids, err := s.Due(ctx, now, 10); err != nil || fmt.Sprint(ids) != "[running]" {
+			t.Fatalf("Due after the failed saga's request was applied = %v, %v", ids, err)
+		}
 	})
 }
