@@ -61,12 +61,12 @@
 // its data_dir), else $EVENTBUS_SAGA_STORE. list prints one line per saga
 // (id, definition, state, current step, last update, reason), show its data,
 // each step's state, attempts and replies, and its history; --json prints
-// JSON lines (list) or the instance (show). cancel compensates a running
-// saga and retry resumes the compensation of a failed one, through an
-// orchestrator of the tool's own on the backends of the connection flags;
-// they know the definition of the demo's order saga only, and tell a saga
-// of another definition to be managed by the program that defines it.
-// --wait waits for the saga to end and prints its state.
+// JSON lines (list) or the instance (show). cancel (of a running saga) and
+// retry (of a failed saga's compensation) record a request in the store,
+// for a saga of any definition; an orchestrator that runs the definition on
+// that store applies it at its next poll and records the outcome in the
+// saga's history. They wait up to --wait (default 30s; 0: not at all) for
+// the outcome and print it.
 //
 //	eventbus dlq list [filters] [--json]
 //	eventbus dlq show ID [--json]
@@ -141,9 +141,9 @@
 // --connect-timeout), 2 on a usage error (unknown command or flag, wrong
 // arguments, invalid JSON, names or URLs). query adds 3 when no reply came in
 // time, 4 when nobody handles the query and 5 when the handler returned an
-// error, printed with its code; saga cancel and retry exit with 3 when the
-// saga did not end within --wait. Errors go to standard error, once, each
-// saying what to do next.
+// error, printed with its code; saga cancel and retry exit with 3 when no
+// orchestrator applied the request within --wait (it stays recorded).
+// Errors go to standard error, once, each saying what to do next.
 package main
 
 import (

@@ -156,7 +156,7 @@ func newRoot(getenv func(string) string, stdin io.Reader, started *bool) *cobra.
 		client(newListenCmd(cf)),
 		client(newQueryCmd(cf, stdin)),
 		client(newRespondCmd(cf)),
-		newSagaCmd(cf, getenv, client),
+		newSagaCmd(cf, getenv),
 		newDLQCmd(cf, client),
 		newBenchCmd(cf, getenv, client),
 		newDemoCmd(),

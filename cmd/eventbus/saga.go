@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -14,10 +15,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/marty-msf/eventbus"
 	"github.com/marty-msf/eventbus/config"
 	"github.com/marty-msf/eventbus/driver"
-	"github.com/marty-msf/eventbus/internal/shop"
 	"github.com/marty-msf/eventbus/saga"
 	"github.com/marty-msf/eventbus/saga/sqlstore"
 )
@@ -31,7 +30,7 @@ type sagaFlags struct {
 	wait        time.Duration
 }
 
-func newSagaCmd(cf *connFlags, getenv func(string) string, client func(*cobra.Command) *cobra.Command) *cobra.Command {
+func newSagaCmd(cf *connFlags, getenv func(string) string) *cobra.Command {
 	sf := &sagaFlags{}
 	cmd := &cobra.Command{
 		Use:   "saga",
@@ -39,9 +38,8 @@ func newSagaCmd(cf *connFlags, getenv func(string) string, client func(*cobra.Co
 		Long: "Reads and manages the sagas of a saga store (package saga/sqlstore): --store names it by URL\n" +
 			"(postgres://user@host:5432/db or sqlite:FILE), else the store of the configuration file\n" +
 			"(--config, $EVENTBUS_CONFIG: its saga.store, or the SQLite file in its data_dir), else\n" +
-			"$EVENTBUS_SAGA_STORE. list and show read the store only; cancel and retry also connect to\n" +
-			"the backends, to send the compensation commands, and know the definitions of the demo's\n" +
-			"order saga.",
+			"$EVENTBUS_SAGA_STORE. list and show read the store; cancel and retry record a request in it\n" +
+			"for any saga, which a running orchestrator of the saga's definition applies.",
 	}
 	storeFlag := func(c *cobra.Command) *cobra.Command {
 		c.Flags().StringVar(&sf.store, "store", "", "saga store URL: postgres://user@host:5432/db or sqlite:FILE (default: the configuration's, else $EVENTBUS_SAGA_STORE)")
@@ -81,29 +79,40 @@ func newSagaCmd(cf *connFlags, getenv func(string) string, client func(*cobra.Co
 			})
 		},
 	}
-	manage := func(use, short string, op func(*saga.Orchestrator, context.Context, string) error, done string) *cobra.Command {
+	manage := func(kind saga.RequestKind, short, long string) *cobra.Command {
 		c := &cobra.Command{
-			Use:   use + " ID",
+			Use:   string(kind) + " ID",
 			Short: short,
-			Args:  argsBetween(1, 1),
+			Long: long + "\n\n" +
+				"The request is recorded in the saga store; the tool needs no definition and no backend. An\n" +
+				"orchestrator that runs the saga's definition on that store (any of its instances) applies\n" +
+				"it at its next poll and records the outcome in the saga's history (saga show ID). The\n" +
+				"command waits up to --wait for the outcome and prints it; when no orchestrator applied the\n" +
+				"request in time it exits with status 3, and the request stays recorded until one does.",
+			Args: argsBetween(1, 1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return withStore(cmd.Context(), cf, sf, getenv, func(st saga.Store, where string) error {
-					return sagaManage(cmd.Context(), cf, sf, st, where, args[0], op, done, cmd.OutOrStdout())
+					return sagaRequest(cmd.Context(), st, sf, where, args[0], kind, cmd.OutOrStdout())
 				})
 			},
 		}
-		c.Flags().DurationVar(&sf.wait, "wait", 0, "wait up to this long for the saga to end, and print its state (0: return once the command is sent)")
+		c.Flags().DurationVar(&sf.wait, "wait", 30*time.Second, "wait up to this long for an orchestrator to apply the request, and print the outcome (0: return once it is recorded)")
 		return c
 	}
-	cancel := manage("cancel", "Cancel a running saga: compensate the steps that took effect, in reverse order",
-		(*saga.Orchestrator).Cancel, "cancelled: compensating its steps")
-	retry := manage("retry", "Resume the compensation of a failed saga where it gave up",
-		(*saga.Orchestrator).Retry, "compensation resumed")
+	cancel := manage(saga.CancelRequest, "Cancel a running saga: compensate the steps that took effect, in reverse order",
+		"Asks for the running saga ID to be cancelled: the steps that took effect are compensated, in\n"+
+			"reverse order. The orchestrator refuses when the saga is past its point of no return (at a\n"+
+			"retriable step), or when it is no longer running by then.")
+	retry := manage(saga.RetryRequest, "Resume the compensation of a failed saga where it gave up",
+		"Asks for the compensation of the failed saga ID to resume where it gave up, with a fresh\n"+
+			"budget of attempts; fix what made it fail first.")
 	for _, c := range []*cobra.Command{list, show} {
 		c.Flags().BoolVar(&sf.json, "json", false, "print JSON (list: one line per saga; show: the instance)")
-		c.PreRunE = func(*cobra.Command, []string) error { cf.getenv = getenv; return nil }
 	}
-	cmd.AddCommand(storeFlag(list), storeFlag(show), storeFlag(client(cancel)), storeFlag(client(retry)))
+	for _, c := range []*cobra.Command{list, show, cancel, retry} {
+		c.PreRunE = func(*cobra.Command, []string) error { cf.getenv = getenv; return nil }
+		cmd.AddCommand(storeFlag(c))
+	}
 	return cmd
 }
 
@@ -254,6 +263,10 @@ func printSaga(w io.Writer, in *saga.Instance) {
 	if !in.Deadline.IsZero() && in.State.Active() {
 		fmt.Fprintf(w, "next deadline: %s\n", in.Deadline.Local().Format(time.RFC3339Nano))
 	}
+	if r := in.Request; r != nil {
+		fmt.Fprintf(w, "pending: %s request %s by %s at %s, for an orchestrator of %q to apply\n",
+			r.Kind, r.ID, dash(r.By), r.At.Local().Format(time.RFC3339Nano), in.Name)
+	}
 	fmt.Fprintf(w, "data:    %s\n", in.Data)
 	fmt.Fprintln(w, "steps:")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -289,6 +302,12 @@ func printSaga(w io.Writer, in *saga.Instance) {
 		if ev.Attempt > 0 {
 			line += fmt.Sprintf(" (attempt %d)", ev.Attempt)
 		}
+		if ev.By != "" {
+			line += " by " + ev.By
+		}
+		if ev.Request != "" {
+			line += " [request " + ev.Request + "]"
+		}
 		if ev.Error != "" {
 			line += ": " + oneLine(ev.Error)
 		}
@@ -296,69 +315,97 @@ func printSaga(w io.Writer, in *saga.Instance) {
 	}
 }
 
-// sagaManage runs a manager operation (Cancel, Retry) on saga id through an
-// orchestrator of the tool's own, on the backends of the connection flags.
-func sagaManage(ctx context.Context, cf *connFlags, sf *sagaFlags, st saga.Store, where, id string,
-	op func(*saga.Orchestrator, context.Context, string) error, done string, w io.Writer) error {
+// sagaRequest records a cancel or retry request for saga id and waits up to
+// --wait for an orchestrator to apply it.
+func sagaRequest(ctx context.Context, st saga.Store, sf *sagaFlags, where, id string, kind saga.RequestKind, w io.Writer) error {
 	if sf.wait < 0 {
 		return usagef("--wait must not be negative")
 	}
-	in, err := loadSaga(ctx, st, id, where)
+	record := saga.RequestCancel
+	if kind == saga.RetryRequest {
+		record = saga.RequestRetry
+	}
+	r, err := record(ctx, st, id, &saga.RequestOptions{By: requester()})
 	if err != nil {
-		return err
+		return requestError(ctx, st, where, id, kind, err)
 	}
-	def := shop.Definition()
-	if in.Name != def.Name {
-		// Compensating needs the definition: the services and commands of
-		// the steps, which only the program that defines the saga knows.
-		return fmt.Errorf("saga %s runs the definition %q, which this tool does not know (it knows %q, the demo's): "+
-			"call Orchestrator.Cancel or Retry in a program that registers %q", id, in.Name, def.Name, in.Name)
+	fmt.Fprintf(w, "saga %s: %s requested (request %s)\n", id, kind, r.ID)
+	if sf.wait == 0 {
+		fmt.Fprintf(w, "saga %s: an orchestrator of its definition applies it at its next poll; follow it with eventbus saga show %s\n", id, id)
+		return nil
 	}
-	instance := fmt.Sprintf("eventbus-cli-%d", os.Getpid())
-	var orc *saga.Orchestrator
-	bus, err := openBus(ctx, cf, "eventbus-cli", func(bus *eventbus.Bus) error {
-		var err error
-		if orc, err = saga.NewOrchestrator(bus, st, &saga.Options{Instance: instance}); err != nil {
-			return err
-		}
-		return orc.Register(def)
-	})
-	if err != nil {
-		return err
-	}
-	err = op(orc, ctx, id)
+	wctx, cancel := context.WithTimeout(ctx, sf.wait)
+	defer cancel()
+	in, err := saga.WaitRequest(wctx, st, id, r.ID)
+	var refused *saga.RefusedError
 	switch {
-	case errors.Is(err, saga.ErrNotRunning):
-		err = fmt.Errorf("saga %s is %s, not running: only a running saga can be cancelled", id, stateOf(ctx, st, id))
-	case errors.Is(err, saga.ErrPastPivot):
-		err = fmt.Errorf("saga %s is past its point of no return (its retriable steps run until they succeed): it cannot be cancelled", id)
-	case errors.Is(err, saga.ErrNotFailed):
-		err = fmt.Errorf("saga %s is %s, not failed: retry resumes only a failed saga's compensation", id, stateOf(ctx, st, id))
-	case errors.Is(err, saga.ErrNotFound):
-		err = fmt.Errorf("no saga %q in %s; list them with eventbus saga list", id, where)
+	case errors.As(err, &refused):
+		return requestError(ctx, st, where, id, kind, err)
+	case wctx.Err() != nil && ctx.Err() == nil:
+		name := "its definition"
+		if in != nil {
+			name = fmt.Sprintf("%q", in.Name)
+		}
+		return &exitError{exitTimeout, fmt.Errorf("no orchestrator applied the %s request of saga %s within %s; it stays recorded "+
+			"and is applied when an orchestrator of %s runs on %s: check that one runs, and follow it with eventbus saga show %s",
+			kind, id, sf.wait, name, where, id)}
 	case err != nil:
-		err = fmt.Errorf("%w; check that the backends and the saga store run, then try again", err)
+		return &exitError{exitUnavailable, fmt.Errorf("the %s request of saga %s is recorded, but its outcome cannot be read from %s: %w; "+
+			"check that the database runs, and follow it with eventbus saga show %s", kind, id, where, err, id)}
 	}
-	if err == nil {
-		// Hand the saga to whichever orchestrator runs, at once, rather
-		// than when this process's lease expires.
-		_ = st.ReleaseLease(context.WithoutCancel(ctx), id, instance)
-		fmt.Fprintf(w, "saga %s: %s\n", id, done)
+	applied := "cancelled: compensating its steps"
+	if kind == saga.RetryRequest {
+		applied = "compensation resumed"
 	}
-	if err == nil && sf.wait > 0 {
-		wctx, cancel := context.WithTimeout(ctx, sf.wait)
-		in, werr := shop.Wait(wctx, orc, id)
-		cancel()
-		switch {
-		case werr == nil:
-			fmt.Fprintf(w, "saga %s: %s\n", id, in.State)
-		case wctx.Err() != nil && ctx.Err() == nil:
-			err = &exitError{exitTimeout, fmt.Errorf("saga %s did not end within %s; its participants may not be running: follow it with eventbus saga show %s", id, sf.wait, id)}
-		default:
-			err = werr
+	fmt.Fprintf(w, "saga %s: %s (applied by orchestrator %s); now %s\n", id, applied, appliedBy(in, r.ID), in.State)
+	return nil
+}
+
+// requestError explains why a request could not be recorded or was refused.
+func requestError(ctx context.Context, st saga.Store, where, id string, kind saga.RequestKind, err error) error {
+	var refused *saga.RefusedError
+	by := ""
+	if errors.As(err, &refused) {
+		by = fmt.Sprintf(" (orchestrator %s refused the request)", refused.By)
+	}
+	switch {
+	case errors.Is(err, saga.ErrNotFound):
+		return fmt.Errorf("no saga %q in %s; list them with eventbus saga list", id, where)
+	case errors.Is(err, saga.ErrNotRunning):
+		return fmt.Errorf("saga %s is %s, not running: only a running saga can be cancelled%s", id, stateOf(ctx, st, id), by)
+	case errors.Is(err, saga.ErrPastPivot):
+		return fmt.Errorf("saga %s is past its point of no return (its retriable steps run until they succeed): it cannot be cancelled%s", id, by)
+	case errors.Is(err, saga.ErrNotFailed):
+		return fmt.Errorf("saga %s is %s, not failed: retry resumes only a failed saga's compensation%s", id, stateOf(ctx, st, id), by)
+	case errors.Is(err, saga.ErrRequestPending):
+		return fmt.Errorf("saga %s has another request pending, which no orchestrator has applied yet: see eventbus saga show %s", id, id)
+	case refused != nil:
+		return fmt.Errorf("the %s request of saga %s was refused: %s", kind, id, refused.Reason)
+	}
+	return &exitError{exitUnavailable, fmt.Errorf("cannot record the %s request of saga %s in %s: %w; check that the database runs", kind, id, where, err)}
+}
+
+// appliedBy returns the orchestrator instance that applied request id.
+func appliedBy(in *saga.Instance, id string) string {
+	for _, ev := range in.History {
+		if ev.Request == id && strings.HasSuffix(ev.Kind, ".applied") {
+			return ev.By
 		}
 	}
-	return closeBus(ctx, bus, err)
+	return "?"
+}
+
+// requester names who makes a request, for the saga's history: the user
+// and host, and the tool.
+func requester() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	if host, err := os.Hostname(); err == nil {
+		name += "@" + host
+	}
+	return name + " (eventbus CLI)"
 }
 
 func stateOf(ctx context.Context, st saga.Store, id string) saga.State {

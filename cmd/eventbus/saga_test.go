@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,9 +78,10 @@ func runBinary(t testing.TB, args ...string) result {
 }
 
 // sagaEnv is a shop's services and an orchestrator on an embedded server
-// and a saga store, as a program of the test's own runs them.
+// and a saga store, as a program of the test's own runs them. Besides the
+// demo's order saga, the orchestrator runs a transfer saga that only the
+// test defines.
 type sagaEnv struct {
-	url   string // the NATS server's
 	store string // the store's URL
 	st    saga.Store
 	bus   *eventbus.Bus
@@ -88,6 +90,28 @@ type sagaEnv struct {
 	// failRelease makes the inventory's compensation fail while set.
 	failRelease atomic.Bool
 	declined    sync.Map // order id → true
+	// bank records the transfer sagas' effects, in order.
+	bankMu sync.Mutex
+	bank   []string
+}
+
+// orchestratorInstance names the test's orchestrator in the sagas' history.
+const orchestratorInstance = "test-orchestrator"
+
+// transferDefinition holds money, then waits for an approval event that
+// never comes, so that the saga runs until it is cancelled.
+func transferDefinition() saga.Definition {
+	return saga.Definition{Name: "transfer", Steps: []saga.Step{
+		{Name: "hold", Service: "bank", Command: "bank.hold", Compensation: "bank.release", Timeout: time.Minute},
+		{Name: "approval", Event: "transfer.approved", Timeout: time.Hour},
+	}}
+}
+
+// bankEffects returns the transfer sagas' effects, in order.
+func (e *sagaEnv) bankEffects() []string {
+	e.bankMu.Lock()
+	defer e.bankMu.Unlock()
+	return slices.Clone(e.bank)
 }
 
 func newSagaEnv(t *testing.T, storeURL string) *sagaEnv {
@@ -102,7 +126,6 @@ func newSagaEnv(t *testing.T, storeURL string) *sagaEnv {
 	t.Cleanup(func() { _ = st.(io.Closer).Close() })
 	e.st = st
 	srv := startServer(t)
-	e.url = srv.ClientURL()
 	e.shop = shop.New(map[string]int{"book-42": 10}, map[string]int{"alice": 100_00}, &shop.Options{
 		Decline: func(o shop.Order) bool { _, ok := e.declined.Load(o.ID); return ok },
 		Fault: func(command string, _ shop.Order) error {
@@ -113,11 +136,25 @@ func newSagaEnv(t *testing.T, storeURL string) *sagaEnv {
 		},
 	})
 	e.bus = startBus(t, srv, func(bus *eventbus.Bus) {
-		if e.orc, err = saga.NewOrchestrator(bus, st, &saga.Options{PollInterval: 100 * time.Millisecond, Lease: 2 * time.Second}); err != nil {
+		if e.orc, err = saga.NewOrchestrator(bus, st, &saga.Options{Instance: orchestratorInstance, PollInterval: 100 * time.Millisecond, Lease: 2 * time.Second}); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.orc.Register(shop.Definition()); err != nil {
+		if err := e.orc.Register(shop.Definition(), transferDefinition()); err != nil {
 			t.Fatal(err)
+		}
+		bank, err := saga.NewParticipant(bus, "bank", st, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range []string{"bank.hold", "bank.release"} {
+			if err := bank.Handle(cmd, func(_ context.Context, req *saga.Request) (any, error) {
+				e.bankMu.Lock()
+				defer e.bankMu.Unlock()
+				e.bank = append(e.bank, cmd+" "+req.SagaID)
+				return nil, nil
+			}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		// The payment service starts later, so that its step waits.
 		if err := e.shop.Participants(bus, st, "inventory", "shipping"); err != nil {
@@ -169,21 +206,58 @@ func testSagaCommands(t *testing.T, storeURL string) {
 	binary(t) // built before the sagas start, so that their steps wait less
 	e := newSagaEnv(t, storeURL)
 
-	// cancel: a saga waits at its payment step, as nobody handles
-	// payments yet; the command compensates its reservation.
+	// cancel: a transfer, whose definition the tool does not know, waits
+	// for its approval; the request the tool records is applied by the
+	// test's orchestrator, which releases the hold.
+	if _, err := e.orc.Start(context.Background(), "transfer", map[string]int{"amount": 5}, saga.WithID("t-cancel")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(t, "t-cancel", saga.Running, func(in *saga.Instance) bool { return in.Steps[0].State == saga.StepCompleted })
+	r := e.cli(t, "saga", "cancel", "t-cancel")
+	m := regexp.MustCompile(`^saga t-cancel: cancel requested \(request ([0-9a-f]+)\)\n` +
+		`saga t-cancel: cancelled: compensating its steps \(applied by orchestrator ` + orchestratorInstance + `\); now (compensating|compensated)\n$`).FindStringSubmatch(r.stdout)
+	if r.code != exitOK || m == nil {
+		t.Fatalf("saga cancel: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	requestID := m[1]
+	in := e.waitState(t, "t-cancel", saga.Compensated, nil)
+	if in.Reason != "cancelled" || in.Request != nil {
+		t.Errorf("reason %q, pending %+v; want cancelled with no request pending", in.Reason, in.Request)
+	}
+	if got := e.bankEffects(); !slices.Equal(got, []string{"bank.hold t-cancel", "bank.release t-cancel"}) {
+		t.Errorf("transfer effects %v, want the hold, then its release", got)
+	}
+	r = e.cli(t, "saga", "show", "t-cancel")
+	for _, pattern := range []string{
+		`(?m)^saga t-cancel \(transfer v1\): compensated$`,
+		`(?m)^reason:  cancelled$`,
+		`(?m)^  hold +compensated `,
+		`(?m)^  approval +failed `,
+		`(?m) cancel\.requested by \S+ \(eventbus CLI\) \[request ` + requestID + `\]$`,
+		`(?m) cancel\.applied by ` + orchestratorInstance + ` \[request ` + requestID + `\]\n.* saga\.compensating: cancelled$`,
+		`(?m) step\.undo\.sent hold \(attempt 1\)$`,
+		`(?m) saga\.compensated: cancelled$`,
+	} {
+		if r.code != exitOK || !regexpMatch(pattern, r.stdout) {
+			t.Errorf("saga show t-cancel does not match %q: exit %d, stdout %q, stderr %q", pattern, r.code, r.stdout, r.stderr)
+		}
+	}
+
+	// cancel --wait 0 returns once the request is recorded; the order saga
+	// waits at its payment step, as nobody handles payments yet.
 	e.start(t, "o-cancel")
 	e.waitState(t, "o-cancel", saga.Running, func(in *saga.Instance) bool { return in.Steps[0].State == saga.StepCompleted })
 	if stock, reserved := e.shop.Stock("book-42"); stock != 8 || reserved != 2 {
 		t.Fatalf("after the reservation: stock %d, reserved %d", stock, reserved)
 	}
-	r := e.cli(t, "saga", "cancel", "o-cancel", "--url", e.url)
-	if r.code != exitOK || !strings.Contains(r.stdout, "saga o-cancel: cancelled") {
-		t.Fatalf("saga cancel: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	r = e.cli(t, "saga", "cancel", "o-cancel", "--wait", "0")
+	if r.code != exitOK || !regexpMatch(`^saga o-cancel: cancel requested \(request [0-9a-f]+\)\nsaga o-cancel: an orchestrator of its definition applies it at its next poll`, r.stdout) {
+		t.Fatalf("saga cancel --wait 0: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 	if err := e.shop.Participants(e.bus, e.st, "payment"); err != nil {
 		t.Fatal(err)
 	}
-	in := e.waitState(t, "o-cancel", saga.Compensated, nil)
+	in = e.waitState(t, "o-cancel", saga.Compensated, nil)
 	if !strings.Contains(in.Reason, "cancel") {
 		t.Errorf("reason %q, want a cancellation", in.Reason)
 	}
@@ -193,7 +267,7 @@ func testSagaCommands(t *testing.T, storeURL string) {
 	if balance, held := e.shop.Balance("alice"); balance != 100_00 || held != 0 {
 		t.Errorf("after the cancellation: balance %d, held %d", balance, held)
 	}
-	r = e.cli(t, "saga", "cancel", "o-cancel", "--url", e.url)
+	r = e.cli(t, "saga", "cancel", "o-cancel")
 	if r.code != exitFailure || !strings.Contains(r.stderr, "saga o-cancel is compensated, not running") || strings.Count(r.stderr, "saga") != 2 {
 		t.Errorf("second cancel: exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -218,10 +292,12 @@ func testSagaCommands(t *testing.T, storeURL string) {
 		t.Fatalf("saga list --state failed: exit %d, %+v, stderr %q", r.code, sums, r.stderr)
 	}
 	e.failRelease.Store(false)
-	r = e.cli(t, "saga", "retry", "o-retry", "--url", e.url, "--wait", "60s")
-	if r.code != exitOK || !strings.Contains(r.stdout, "saga o-retry: compensation resumed\nsaga o-retry: compensated\n") {
+	r = e.cli(t, "saga", "retry", "o-retry", "--wait", "60s")
+	if r.code != exitOK || !regexpMatch(`^saga o-retry: retry requested \(request [0-9a-f]+\)\n`+
+		`saga o-retry: compensation resumed \(applied by orchestrator `+orchestratorInstance+`\); now (compensating|compensated)\n$`, r.stdout) {
 		t.Fatalf("saga retry: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
+	e.waitState(t, "o-retry", saga.Compensated, nil)
 	if stock, reserved := e.shop.Stock("book-42"); stock != 10 || reserved != 0 {
 		t.Errorf("after the retry: stock %d, reserved %d", stock, reserved)
 	}
@@ -235,7 +311,7 @@ func testSagaCommands(t *testing.T, storeURL string) {
 	}
 	r = e.cli(t, "saga", "show", "o-retry")
 	for _, want := range []string{"saga o-retry (order v1): compensated", "reserve-inventory  compensated", "compensation attempts",
-		"error: card declined", "saga.failed", "saga.compensated"} {
+		"error: card declined", "saga.failed", "retry.requested by ", "retry.applied by " + orchestratorInstance, "saga.compensated"} {
 		if r.code != exitOK || !strings.Contains(r.stdout, want) {
 			t.Errorf("saga show lacks %q: exit %d, stdout %q, stderr %q", want, r.code, r.stdout, r.stderr)
 		}
@@ -249,7 +325,7 @@ func testSagaCommands(t *testing.T, storeURL string) {
 	if r.code != exitFailure || r.stderr != fmt.Sprintf("error: no saga \"o-none\" in %s; list them with eventbus saga list\n", redactStore(e.store)) {
 		t.Errorf("saga show of a missing saga: exit %d, stderr %q", r.code, r.stderr)
 	}
-	r = e.cli(t, "saga", "retry", "o-cancel", "--url", e.url)
+	r = e.cli(t, "saga", "retry", "o-cancel")
 	if r.code != exitFailure || !strings.Contains(r.stderr, "saga o-cancel is compensated, not failed") {
 		t.Errorf("retry of a compensated saga: exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -297,8 +373,8 @@ func TestSagaCommandErrors(t *testing.T) {
 			t.Errorf("%v: exit %d (want %d), stderr %q (want %q)", c.args, r.code, c.code, r.stderr, c.want)
 		}
 	}
-	// A saga of a definition the tool does not know cannot be cancelled by
-	// it, and the message says where to do it.
+	// With no orchestrator running, a request stays recorded: the tool
+	// says so, with its own exit status, and show lists it as pending.
 	store := "sqlite:" + filepath.ToSlash(filepath.Join(t.TempDir(), "saga.db"))
 	st, err := saga.OpenStore(context.Background(), store)
 	if err != nil {
@@ -314,9 +390,28 @@ func TestSagaCommandErrors(t *testing.T) {
 	if r.code != exitUsage || !strings.Contains(r.stderr, `--state "gone"; give one of running`) {
 		t.Errorf("list --state gone: exit %d, stderr %q", r.code, r.stderr)
 	}
-	r = execute(t, "", "saga", "cancel", "s-1", "--store", store, "--url", "nats://127.0.0.1:1")
-	if r.code != exitFailure || !strings.Contains(r.stderr, `saga s-1 runs the definition "refund", which this tool does not know`) {
-		t.Errorf("cancel of an unknown definition: exit %d, stderr %q", r.code, r.stderr)
+	r = execute(t, "", "saga", "cancel", "s-1", "--store", store, "--wait", "300ms")
+	m := regexp.MustCompile(`^saga s-1: cancel requested \(request ([0-9a-f]+)\)\n$`).FindStringSubmatch(r.stdout)
+	if r.code != exitTimeout || m == nil || !strings.HasPrefix(r.stderr, "error: no orchestrator applied the cancel request of saga s-1 within 300ms; "+
+		`it stays recorded and is applied when an orchestrator of "refund" runs on `) {
+		t.Fatalf("cancel with no orchestrator: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = execute(t, "", "saga", "cancel", "s-1", "--store", store, "--wait", "0")
+	if r.code != exitOK || !strings.HasPrefix(r.stdout, "saga s-1: cancel requested (request "+m[1]+")\n") {
+		t.Errorf("cancel again while pending: exit %d, stdout %q (want request %s again), stderr %q", r.code, r.stdout, m[1], r.stderr)
+	}
+	r = execute(t, "", "saga", "retry", "s-1", "--store", store)
+	if r.code != exitFailure || !strings.Contains(r.stderr, "saga s-1 is running, not failed") {
+		t.Errorf("retry of a running saga: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = execute(t, "", "saga", "show", "s-1", "--store", store)
+	if r.code != exitOK || !regexpMatch(`(?m)^pending: cancel request `+m[1]+` by \S+ \(eventbus CLI\) at \S+, for an orchestrator of "refund" to apply$`, r.stdout) ||
+		!regexpMatch(`(?m) cancel\.requested by \S+ \(eventbus CLI\) \[request `+m[1]+`\]$`, r.stdout) {
+		t.Errorf("show of a saga with a pending request: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = execute(t, "", "saga", "cancel", "s-2", "--store", store)
+	if r.code != exitFailure || !strings.Contains(r.stderr, `no saga "s-2" in `) {
+		t.Errorf("cancel of a missing saga: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 
