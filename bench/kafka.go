@@ -32,6 +32,7 @@ func init() {
 	metrics.UseNilMetrics = true
 	register(Scenario{Name: "raw franz-go, async produce, acks=all", Broker: kafkaBroker, Role: RoleRaw, Run: runKafkaRaw})
 	register(Scenario{Name: kafkaRawHeaders, Broker: kafkaBroker, Role: RoleReference, Run: runKafkaRawHeaders})
+	register(Scenario{Name: kafkaRawLikeBus, Broker: kafkaBroker, Role: RoleReference, Run: runKafkaRawLikeBus})
 	register(Scenario{Name: "raw franz-go, one produce awaited per call", Broker: kafkaBroker, Role: RoleReference, Run: runKafkaRawSync})
 	register(Scenario{Name: "eventbus on kafkabus", Broker: kafkaBroker, Role: RoleBus, Run: runKafkaBus})
 	register(Scenario{Name: "Watermill Kafka (sarama)", Broker: kafkaBroker, Role: RolePeer, Run: runKafkaWatermill})
@@ -46,11 +47,23 @@ func init() {
 		kafkaPipelineRow, kafkaRawHeaders, Result.PublishRate))
 	registerTarget(ratioOfRows(kafkaBroker, "Publisher (pipelined) consume / raw async produce with the same CloudEvents headers",
 		kafkaPipelineRow, kafkaRawHeaders, Result.ConsumeRate))
+	registerTarget(ratioOfRows(kafkaBroker, "Publisher (pipelined) publish / raw doing the bus's work (headers, no compression, commit per poll)",
+		kafkaPipelineRow, kafkaRawLikeBus, Result.PublishRate))
+	registerTarget(ratioOfRows(kafkaBroker, "Publisher (pipelined) consume / raw doing the bus's work (headers, no compression, commit per poll)",
+		kafkaPipelineRow, kafkaRawLikeBus, Result.ConsumeRate))
 }
 
 // kafkaRawHeaders is the raw async row with the records the bus writes: a
 // new id and time per record in the CloudEvents binding's ce_ headers.
 const kafkaRawHeaders = "raw franz-go, async produce, CloudEvents headers"
+
+// kafkaRawLikeBus is the raw row that does the work the bus does with its
+// defaults: the CloudEvents headers, no compression (franz-go compresses
+// with snappy by default, kafkabus does not), at most 10,000 buffered
+// records (kafkabus's MaxBufferedRecords), and a consumer that commits what
+// it handled after every poll, one commit at a time, as kafkabus commits
+// after its handlers (the other raw rows commit every 5 s).
+const kafkaRawLikeBus = "raw franz-go, CloudEvents headers, no compression, commit after each poll"
 
 func startKfake() (*kfake.Cluster, error) {
 	return kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(kafkaPartitions),
@@ -62,34 +75,49 @@ func startKfake() (*kfake.Cluster, error) {
 // at the end; one group consumer polling with PollFetches and committing
 // marks.
 func runKafkaRaw(ctx context.Context, cfg Config) (Result, error) {
-	return runKafkaRawProduce(ctx, cfg, false, false)
+	return runKafkaRawProduce(ctx, cfg, rawKafka{})
 }
 
 // runKafkaRawHeaders: as runKafkaRaw, each record with the CloudEvents
 // headers that kafkabus writes for a PublishEvent.
 func runKafkaRawHeaders(ctx context.Context, cfg Config) (Result, error) {
-	return runKafkaRawProduce(ctx, cfg, false, true)
+	return runKafkaRawProduce(ctx, cfg, rawKafka{headers: true})
+}
+
+// runKafkaRawLikeBus: as runKafkaRawHeaders with the bus's settings and
+// commits; see kafkaRawLikeBus.
+func runKafkaRawLikeBus(ctx context.Context, cfg Config) (Result, error) {
+	return runKafkaRawProduce(ctx, cfg, rawKafka{headers: true, likeBus: true})
 }
 
 // runKafkaRawSync: as runKafkaRaw, each publish waiting for its own record's
 // acknowledgement — the guarantee of one Publish of the bus.
 func runKafkaRawSync(ctx context.Context, cfg Config) (Result, error) {
-	return runKafkaRawProduce(ctx, cfg, true, false)
+	return runKafkaRawProduce(ctx, cfg, rawKafka{sync: true})
 }
 
-func runKafkaRawProduce(ctx context.Context, cfg Config, sync, headers bool) (Result, error) {
+// rawKafka says what a raw row does: wait for each record (sync), write the
+// CloudEvents headers, use the bus's producer settings and commits
+// (likeBus).
+type rawKafka struct{ sync, headers, likeBus bool }
+
+func runKafkaRawProduce(ctx context.Context, cfg Config, how rawKafka) (Result, error) {
 	c, err := startKfake()
 	if err != nil {
 		return Result{}, err
 	}
 	defer c.Close()
 	tr := newTracker(cfg.Size)
-	stop, err := rawKafkaConsumer(c.ListenAddrs(), tr)
+	stop, err := rawKafkaConsumer(c.ListenAddrs(), tr, how.likeBus)
 	if err != nil {
 		return Result{}, err
 	}
 	defer stop()
-	prod, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ProducerLinger(0))
+	opts := []kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...), kgo.ProducerLinger(0)}
+	if how.likeBus {
+		opts = append(opts, kgo.ProducerBatchCompression(kgo.NoCompression()), kgo.MaxBufferedRecords(10_000))
+	}
+	prod, err := kgo.NewClient(opts...)
 	if err != nil {
 		return Result{}, err
 	}
@@ -97,7 +125,7 @@ func runKafkaRawProduce(ctx context.Context, cfg Config, sync, headers bool) (Re
 	data := payload(cfg)
 	return throughput(ctx, cfg, tr, func(id int) (publisher, error) {
 		newRecord := func() *kgo.Record { return &kgo.Record{Topic: kafkaTopic, Value: data} }
-		if headers {
+		if how.headers {
 			next := envelopeMaker(id, data)
 			newRecord = func() *kgo.Record {
 				m := next()
@@ -108,7 +136,7 @@ func runKafkaRawProduce(ctx context.Context, cfg Config, sync, headers bool) (Re
 				}}
 			}
 		}
-		if sync {
+		if how.sync {
 			return publisher{publish: func(ctx context.Context, _ int) error {
 				return prod.ProduceSync(ctx, &kgo.Record{Topic: kafkaTopic, Value: data}).FirstErr()
 			}}, nil
@@ -141,8 +169,11 @@ func runKafkaRawProduce(ctx context.Context, cfg Config, sync, headers bool) (Re
 }
 
 // rawKafkaConsumer starts a group member that counts every record and
-// commits what it polled (marks committed by the client's autocommit).
-func rawKafkaConsumer(brokers []string, tr *tracker) (stop func(), err error) {
+// marks what it handled for commit: the client's autocommit commits the
+// marks every 5 s, and with commitEach a goroutine commits them after every
+// poll, one commit at a time, the polls that end during a commit going into
+// the next one.
+func rawKafkaConsumer(brokers []string, tr *tracker, commitEach bool) (stop func(), err error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("bench"), kgo.ConsumeTopics(kafkaTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(200*time.Millisecond), kgo.AutoCommitMarks())
 	if err != nil {
@@ -150,13 +181,31 @@ func rawKafkaConsumer(brokers []string, tr *tracker) (stop func(), err error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	kick := make(chan struct{}, 1)
 	wg.Go(func() {
 		for ctx.Err() == nil {
 			fs := cl.PollFetches(ctx)
 			fs.EachRecord(func(r *kgo.Record) { tr.handled(r.Value) })
 			cl.MarkCommitRecords(fs.Records()...)
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
 		}
 	})
+	if commitEach {
+		wg.Go(func() {
+			for {
+				select {
+				case <-kick:
+				case <-ctx.Done():
+					return
+				}
+				// A failed commit is carried by the next one.
+				_ = cl.CommitMarkedOffsets(ctx)
+			}
+		})
+	}
 	return func() {
 		cancel()
 		wg.Wait()

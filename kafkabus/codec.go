@@ -4,6 +4,7 @@ import (
 	"hash/fnv"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -87,8 +88,12 @@ func (rs *recordSlab) grow(msgs []*driver.Message) {
 		for _, vs := range m.Header {
 			hdrs += len(vs)
 		}
-		hdrs += 13 + len(m.Extensions)
-		bytes += m.Size() + len(m.Key) + 48
+		// specversion, id, source, type, time and the partition key or
+		// content-type: what most events carry; a record with more
+		// attributes grows the block.
+		hdrs += 6 + len(m.Extensions)
+		// Data is not copied: the record's value is m.Data itself.
+		bytes += m.Size() - len(m.Data) + 48
 	}
 	rs.recs = make([]kgo.Record, 0, len(msgs))
 	rs.hdrs = make([]kgo.RecordHeader, 0, hdrs)
@@ -119,13 +124,22 @@ func (rs *recordSlab) encode(topic string, m *driver.Message) *kgo.Record {
 		if m.Key != "" {
 			rs.hdrs = append(rs.hdrs, kgo.RecordHeader{Key: cePrefix + driver.ExtPartitionKey, Value: r.Key})
 		}
-		m.EachAttribute(func(name, value string) {
+		// The time is formatted into the slab rather than by EachAttribute,
+		// which would allocate its string.
+		untimed := *m
+		untimed.Time = time.Time{}
+		untimed.EachAttribute(func(name, value string) {
 			if name == "datacontenttype" {
 				rs.hdrs = append(rs.hdrs, kgo.RecordHeader{Key: contentTypeHeader, Value: rs.bytes(value)})
 				return
 			}
 			rs.hdrs = append(rs.hdrs, kgo.RecordHeader{Key: ceHeader(name), Value: rs.bytes(value)})
 		})
+		if !m.Time.IsZero() {
+			start := len(rs.buf)
+			rs.buf = m.Time.UTC().AppendFormat(rs.buf, time.RFC3339Nano)
+			rs.hdrs = append(rs.hdrs, kgo.RecordHeader{Key: "ce_time", Value: rs.buf[start:len(rs.buf):len(rs.buf)]})
+		}
 		r.Value = m.Data
 	}
 	for k, vs := range m.Header {

@@ -174,8 +174,9 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 // produce produces recs and waits for every promise.
 func (d *Driver) produce(ctx context.Context, recs []*kgo.Record) error {
 	w := newWaiter(len(recs))
+	promise := w.promise // one closure for every record
 	for _, r := range recs {
-		d.client.Produce(ctx, r, w.promise)
+		d.client.Produce(ctx, r, promise)
 	}
 	<-w.done
 	return w.err
@@ -185,8 +186,9 @@ func (d *Driver) produce(ctx context.Context, recs []*kgo.Record) error {
 // promise.
 func (d *Driver) produceAll(ctx context.Context, recs []kgo.Record) error {
 	w := newWaiter(len(recs))
+	promise := w.promise // one closure for every record
 	for i := range recs {
-		d.client.Produce(ctx, &recs[i], w.promise)
+		d.client.Produce(ctx, &recs[i], promise)
 	}
 	<-w.done
 	return w.err
