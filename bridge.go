@@ -47,25 +47,25 @@ type Bridge struct {
 // pattern.
 func (b *Bus) Bridge(ctx context.Context, br Bridge, opts ...SubscribeOption) (*Subscription, error) {
 	if err := validateToken("backend name", br.From); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventbus: bridge: %w", err)
 	}
 	if err := validateToken("backend name", br.To); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventbus: bridge: %w", err)
 	}
 	var dest driver.Destination
 	switch br.Pattern {
 	case driver.Event, driver.Broadcast, driver.Stream:
 		if err := validateType("bridged name", br.Name); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("eventbus: bridge: %w", err)
 		}
 		dest = driver.NewDestination(br.Pattern, br.Name)
 	case driver.Command:
 		service, cmdType, _ := strings.Cut(br.Name, ".")
 		if err := validateToken("service", service); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("eventbus: bridge: %w", err)
 		}
 		if err := validateType("command type", cmdType); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("eventbus: bridge: %w", err)
 		}
 		dest = driver.NewDestination(driver.Command, service, cmdType)
 	default:
@@ -79,7 +79,7 @@ func (b *Bus) Bridge(ctx context.Context, br Bridge, opts ...SubscribeOption) (*
 	}
 	if group != "" {
 		if err := validateToken("group", group); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("eventbus: bridge: %w", err)
 		}
 	}
 	r := &registration{kind: kindMessage, dest: dest, group: group, durable: group != ""}

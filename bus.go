@@ -211,7 +211,7 @@ func busFrom(ctx context.Context) *Bus {
 // Start.
 func (b *Bus) Register(name string, d driver.Driver) error {
 	if err := validateToken("backend name", name); err != nil {
-		return err
+		return fmt.Errorf("eventbus: register backend: %w", err)
 	}
 	if d == nil {
 		return fmt.Errorf("eventbus: register backend %q: nil driver", name)
@@ -405,8 +405,13 @@ func (b *Bus) NewMessage(msgType string, v any) (*Message, error) {
 }
 
 // Decode decodes m's data into v with the codec its datacontenttype names.
-// Errors are *DecodeError.
-func (b *Bus) Decode(m *Message, v any) error { return b.codecs.decode(m, v) }
+// Errors unwrap to a *DecodeError (errors.As).
+func (b *Bus) Decode(m *Message, v any) error {
+	if err := b.codecs.decode(m, v); err != nil {
+		return fmt.Errorf("eventbus: %w", err)
+	}
+	return nil
+}
 
 // newID returns an id unique across instances: a random per-bus base and a
 // sequence number.

@@ -52,7 +52,7 @@ func (rt *router) compileContent() []error {
 			problems = append(problems, fmt.Errorf("%s: %w: queries are not routed by content", r, ErrInvalidFilter))
 			continue
 		}
-		m, err := CompileFilter(r.Filter)
+		m, err := compileFilter(r.Filter)
 		if err != nil {
 			problems = append(problems, fmt.Errorf("%s: %w", r, err))
 			continue
@@ -83,10 +83,10 @@ func routeApplies(r Route, dest driver.Destination, rel string) bool {
 func (rt *router) routeBackend(r Route, dest driver.Destination) (*backend, error) {
 	be := rt.byName[r.Backend]
 	if be == nil {
-		return nil, fmt.Errorf("eventbus: %s: %w %q", r, ErrUnknownBackend, r.Backend)
+		return nil, fmt.Errorf("%s: %w %q", r, ErrUnknownBackend, r.Backend)
 	}
 	if err := patternCapable(be, dest.Pattern); err != nil {
-		return nil, fmt.Errorf("eventbus: %s for %s: %w", r, dest.Name, err)
+		return nil, fmt.Errorf("%s: %w", r, err)
 	}
 	return be, nil
 }
@@ -191,7 +191,7 @@ func (b *Bus) publishContent(ctx context.Context, dest driver.Destination, msgs 
 		outs := []*Message{m}
 		if pipe != nil {
 			var err error
-			if outs, err = pipe.Apply(ctx, m); err != nil {
+			if outs, err = pipe.apply(ctx, m); err != nil {
 				return fmt.Errorf("eventbus: publish %s: %w", dest.Name, err)
 			}
 			for i, o := range outs {

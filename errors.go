@@ -115,6 +115,10 @@ func Errorf(code, format string, args ...any) error {
 // DecodeError reports data that could not be decoded into the handler's type.
 // Typed handlers return it as a permanent error: the message is dead-lettered
 // with the error as its reason, not retried.
+//
+// Like FilterError, SchemaError and PanicError, its message names no
+// package: the operation that returns it adds "eventbus: " and its own
+// context, once.
 type DecodeError struct {
 	ContentType string
 	Target      string
@@ -122,7 +126,7 @@ type DecodeError struct {
 }
 
 func (e *DecodeError) Error() string {
-	return fmt.Sprintf("eventbus: decode %q data into %s: %v", e.ContentType, e.Target, e.Err)
+	return fmt.Sprintf("decode %q data into %s: %v", e.ContentType, e.Target, e.Err)
 }
 
 // Unwrap returns the codec's error.
@@ -163,4 +167,4 @@ type PanicError struct {
 	Stack []byte
 }
 
-func (e *PanicError) Error() string { return fmt.Sprintf("eventbus: handler panicked: %v", e.Value) }
+func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.Value) }

@@ -37,7 +37,7 @@ type FilterError struct {
 }
 
 func (e *FilterError) Error() string {
-	return fmt.Sprintf("eventbus: invalid filter %s: %v", e.Filter, e.Err)
+	return fmt.Sprintf("invalid filter %s: %v", e.Filter, e.Err)
 }
 
 // Unwrap returns the cause.
@@ -164,8 +164,19 @@ type Matcher struct {
 }
 
 // CompileFilter compiles f, so that it can be tested alone or used outside a
-// subscription. Errors are *FilterError.
+// subscription. Errors match ErrInvalidFilter and unwrap to a *FilterError
+// (errors.As).
 func CompileFilter(f Filter) (*Matcher, error) {
+	mt, err := compileFilter(f)
+	if err != nil {
+		return nil, fmt.Errorf("eventbus: %w", err)
+	}
+	return mt, nil
+}
+
+// compileFilter is CompileFilter for the bus's own operations, which add
+// their context to its *FilterError.
+func compileFilter(f Filter) (*Matcher, error) {
 	root, err := compileNode(f)
 	if err != nil {
 		return nil, &FilterError{Filter: f.String(), Err: err}

@@ -76,13 +76,13 @@ func (b *Bus) prepareContent(o *subscribeOptions, regs []*registration) error {
 	switch len(co.filters) {
 	case 0:
 	case 1:
-		m, err := CompileFilter(co.filters[0])
+		m, err := compileFilter(co.filters[0])
 		if err != nil {
 			return fmt.Errorf("eventbus: register %s: %w", regs[0].dest.Name, err)
 		}
 		g.filter = m
 	default:
-		m, err := CompileFilter(All(co.filters...))
+		m, err := compileFilter(All(co.filters...))
 		if err != nil {
 			return fmt.Errorf("eventbus: register %s: %w", regs[0].dest.Name, err)
 		}
@@ -151,10 +151,10 @@ func (rt *router) resolveReg(r *registration) (*backend, error) {
 	}
 	be := rt.byName[r.route.pinned]
 	if be == nil {
-		return nil, fmt.Errorf("eventbus: bridge %s: %w %q", r.dest.Name, ErrUnknownBackend, r.route.pinned)
+		return nil, fmt.Errorf("bridge from %w %q", ErrUnknownBackend, r.route.pinned)
 	}
 	if err := patternCapable(be, r.dest.Pattern); err != nil {
-		return nil, fmt.Errorf("eventbus: bridge %s from %s: %w", r.dest.Name, be.name, err)
+		return nil, fmt.Errorf("bridge from %s: %w", be.name, err)
 	}
 	return be, nil
 }
@@ -169,12 +169,12 @@ func (rt *router) bindContent(r *registration) []error {
 		be := rt.byName[r.route.to]
 		switch {
 		case be == nil:
-			problems = append(problems, fmt.Errorf("eventbus: bridge %s: %w %q", r.dest.Name, ErrUnknownBackend, r.route.to))
+			problems = append(problems, fmt.Errorf("%s: bridge to %w %q", r.dest.Name, ErrUnknownBackend, r.route.to))
 		case be == r.backend:
-			problems = append(problems, fmt.Errorf("eventbus: bridge %s: source and target are both backend %q", r.dest.Name, be.name))
+			problems = append(problems, fmt.Errorf("%s: bridge: source and target are both backend %q", r.dest.Name, be.name))
 		default:
 			if err := patternCapable(be, r.dest.Pattern); err != nil {
-				problems = append(problems, fmt.Errorf("eventbus: bridge %s to %s: %w", r.dest.Name, be.name, err))
+				problems = append(problems, fmt.Errorf("%s: bridge to %s: %w", r.dest.Name, be.name, err))
 			}
 			r.route.toBe = be
 		}
@@ -184,14 +184,14 @@ func (rt *router) bindContent(r *registration) []error {
 	}
 	plan, err := rt.plan(r.dest)
 	if err != nil {
-		return append(problems, err)
+		return append(problems, fmt.Errorf("%s: %w", r.dest.Name, err))
 	}
 	for _, ch := range plan.choices {
 		if ch.be == r.backend || containsBackend(r.route.extra, ch.be) {
 			continue
 		}
 		if err := checkCapabilities(ch.be, r); err != nil {
-			problems = append(problems, err)
+			problems = append(problems, fmt.Errorf("%s: %w", r.dest.Name, err))
 			continue
 		}
 		r.route.extra = append(r.route.extra, ch.be)

@@ -7,10 +7,12 @@ import "fmt"
 const maxNameLen = 128
 
 // validateType checks a message type or stream name: dot-separated tokens of
-// letters, digits, '-' and '_' ("order.created", "analytics-clicks").
+// letters, digits, '-' and '_' ("order.created", "analytics-clicks"). Its
+// error, like validateToken's, names the argument but not the operation:
+// the public method adds "eventbus: <operation>: ".
 func validateType(kind, s string) error {
 	if err := validateTokens(s, true); err != nil {
-		return fmt.Errorf("eventbus: %s %q: %w: %s", kind, s, ErrInvalidName, err.Error())
+		return fmt.Errorf("%s %q: %w: %s", kind, s, ErrInvalidName, err.Error())
 	}
 	return nil
 }
@@ -18,7 +20,7 @@ func validateType(kind, s string) error {
 // validateToken checks a service or group name: one token, no dots.
 func validateToken(kind, s string) error {
 	if err := validateTokens(s, false); err != nil {
-		return fmt.Errorf("eventbus: %s %q: %w: %s", kind, s, ErrInvalidName, err.Error())
+		return fmt.Errorf("%s %q: %w: %s", kind, s, ErrInvalidName, err.Error())
 	}
 	return nil
 }

@@ -22,7 +22,7 @@ import (
 //	err := bus.RegisterURL(ctx, "embedded", "embedded:eventbus-data")
 func (b *Bus) RegisterURL(ctx context.Context, name, rawURL string) error {
 	if err := validateToken("backend name", name); err != nil {
-		return err
+		return fmt.Errorf("eventbus: register backend: %w", err)
 	}
 	if b.closed.Load() {
 		return fmt.Errorf("eventbus: register backend %q: %w", name, ErrClosed)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -189,7 +190,7 @@ func (p *Publisher) PublishEvent(ctx context.Context, m *Message) *PublishResult
 // Bus.SendCommand does, without waiting for the confirmation.
 func (p *Publisher) SendCommand(ctx context.Context, service string, m *Message) *PublishResult {
 	if err := validateToken("service", service); err != nil {
-		return p.fail(m, err)
+		return p.fail(m, fmt.Errorf("eventbus: send command: %w", err))
 	}
 	if err := checkMessage(m); err != nil {
 		return p.fail(m, fmt.Errorf("eventbus: send command: %w", err))
@@ -210,7 +211,7 @@ func (p *Publisher) Broadcast(ctx context.Context, m *Message) *PublishResult {
 // Bus.PublishStream does, without waiting for the confirmation.
 func (p *Publisher) PublishStream(ctx context.Context, stream string, m *Message) *PublishResult {
 	if err := validateType("stream", stream); err != nil {
-		return p.fail(m, err)
+		return p.fail(m, fmt.Errorf("eventbus: publish stream: %w", err))
 	}
 	if err := checkMessage(m); err != nil {
 		return p.fail(m, fmt.Errorf("eventbus: publish stream %s: %w", stream, err))
@@ -528,10 +529,30 @@ func (p *Publisher) failures(op string) error {
 	p.failed, p.firstErr = 0, nil
 	p.settleMu.Unlock()
 	if n > 0 {
-		return fmt.Errorf("eventbus: %s: %d publishes failed, the first: %w", op, n, first)
+		return &failuresError{op: op, n: n, first: first}
 	}
 	return nil
 }
+
+// failuresError counts the failed publishes that Flush or Close reports and
+// unwraps to the first one's error. That error is one of the bus's own,
+// complete with its "eventbus: " prefix, as PublishResult.Err returns it:
+// the count is said after that prefix, so that the prefix appears once.
+type failuresError struct {
+	op    string
+	n     int
+	first error
+}
+
+func (e *failuresError) Error() string {
+	first := strings.TrimPrefix(e.first.Error(), "eventbus: ")
+	if e.n == 1 {
+		return fmt.Sprintf("eventbus: %s: 1 publish failed: %s", e.op, first)
+	}
+	return fmt.Sprintf("eventbus: %s: %d publishes failed, the first: %s", e.op, e.n, first)
+}
+
+func (e *failuresError) Unwrap() error { return e.first }
 
 // Close stops intake (publishes then fail with ErrClosed) and waits until
 // every accepted message is settled and the Publisher's goroutines ended.

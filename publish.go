@@ -21,7 +21,7 @@ func (b *Bus) PublishEvent(ctx context.Context, m *Message) error {
 // one instance of service handles it. It returns once the backend confirmed.
 func (b *Bus) SendCommand(ctx context.Context, service string, m *Message) error {
 	if err := validateToken("service", service); err != nil {
-		return err
+		return fmt.Errorf("eventbus: send command: %w", err)
 	}
 	if err := checkMessage(m); err != nil {
 		return fmt.Errorf("eventbus: send command: %w", err)
@@ -43,7 +43,7 @@ func (b *Bus) Broadcast(ctx context.Context, m *Message) error {
 // the same Key are consumed in the order published. Each message needs a Type.
 func (b *Bus) PublishStream(ctx context.Context, stream string, msgs ...*Message) error {
 	if err := validateType("stream", stream); err != nil {
-		return err
+		return fmt.Errorf("eventbus: publish stream: %w", err)
 	}
 	for _, m := range msgs {
 		if err := checkMessage(m); err != nil {

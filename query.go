@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -21,7 +22,7 @@ import (
 // destination, and the reply correlated by the request's id.
 func (b *Bus) Query(ctx context.Context, service string, m *Message) (*Message, error) {
 	if err := validateToken("service", service); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventbus: query: %w", err)
 	}
 	if err := checkMessage(m); err != nil {
 		return nil, fmt.Errorf("eventbus: query: %w", err)
@@ -140,7 +141,9 @@ func (c *consumer) answer(d *driver.Delivery) bool {
 		if reply.Extensions == nil {
 			reply.Extensions = make(map[string]string, 2)
 		}
-		msg := err.Error()
+		// A handler may return an error of its own bus; the caller's
+		// RemoteError says "eventbus: " already.
+		msg := strings.TrimPrefix(err.Error(), "eventbus: ")
 		var coded *CodedError
 		if errors.As(err, &coded) {
 			reply.Extensions[driver.ExtErrorCode] = coded.Code

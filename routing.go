@@ -184,17 +184,18 @@ func (rt *router) resolveSlow(dest driver.Destination) (*backend, error) {
 		}
 		why = append(why, err.Error())
 	}
-	return nil, fmt.Errorf("eventbus: %s: %w for pattern %s (%s)", dest.Name, ErrNoBackend, dest.Pattern, strings.Join(why, "; "))
+	return nil, fmt.Errorf("%w for pattern %s (%s)", ErrNoBackend, dest.Pattern, strings.Join(why, "; "))
 }
 
 // checkCapabilities reports what a registration needs beyond its pattern.
+// Its error, like resolve's, does not name the destination: the caller does.
 func checkCapabilities(be *backend, r *registration) error {
 	c := be.caps
 	if r.group != "" && !c.ConsumerGroups {
-		return fmt.Errorf("eventbus: %s group %q: %w: backend %q (%s) lacks ConsumerGroups", r.dest.Name, r.group, ErrCapability, be.name, c.Name)
+		return fmt.Errorf("group %q: %w: backend %q (%s) lacks ConsumerGroups", r.group, ErrCapability, be.name, c.Name)
 	}
 	if r.opts.startAt == driver.StartFirst && !c.Durable {
-		return fmt.Errorf("eventbus: %s: %w: StartFirst needs a Durable backend, %q (%s) is not", r.dest.Name, ErrCapability, be.name, c.Name)
+		return fmt.Errorf("%w: StartFirst needs a Durable backend, %q (%s) is not", ErrCapability, be.name, c.Name)
 	}
 	return nil
 }

@@ -33,9 +33,9 @@ type SchemaError struct {
 
 func (e *SchemaError) Error() string {
 	if len(e.Violations) > 0 {
-		return fmt.Sprintf("eventbus: %s data violates schema %s: %s", e.Type, e.Schema, strings.Join(e.Violations, "; "))
+		return fmt.Sprintf("%s data violates schema %s: %s", e.Type, e.Schema, strings.Join(e.Violations, "; "))
 	}
-	return fmt.Sprintf("eventbus: %s schema %s: %v", e.Type, e.Schema, e.Err)
+	return fmt.Sprintf("%s schema %s: %v", e.Type, e.Schema, e.Err)
 }
 
 // Unwrap returns the load error, if any.
@@ -150,7 +150,7 @@ func (s *Schemas) AddFS(fsys fs.FS, dir, baseURI string) error {
 // here rather than at the first message.
 func (s *Schemas) Bind(msgType, uri string) error {
 	if _, err := s.schema(uri); err != nil {
-		return &SchemaError{Schema: uri, Type: msgType, Err: err}
+		return fmt.Errorf("eventbus: %w", &SchemaError{Schema: uri, Type: msgType, Err: err})
 	}
 	s.mu.Lock()
 	s.byType[msgType] = uri
@@ -159,8 +159,14 @@ func (s *Schemas) Bind(msgType, uri string) error {
 }
 
 // Validate checks m against its schema (see Schemas for which) and returns
-// nil when it has none or satisfies it, else a *SchemaError.
-func (s *Schemas) Validate(m *Message) error { return s.validate(m, false) }
+// nil when it has none or satisfies it, else an error that unwraps to a
+// *SchemaError (errors.As).
+func (s *Schemas) Validate(m *Message) error {
+	if err := s.validate(m, false); err != nil {
+		return fmt.Errorf("eventbus: %w", err)
+	}
+	return nil
+}
 
 // validate checks m; on publish it sets the bound schema's URI as m's
 // dataschema when m has none.

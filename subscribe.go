@@ -120,13 +120,13 @@ func (b *Bus) SubscribeEvents(ctx context.Context, types []string, group string,
 	}
 	if group != "" {
 		if err := validateToken("group", group); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("eventbus: subscribe events: %w", err)
 		}
 	}
 	regs := make([]*registration, 0, len(types))
 	for _, t := range types {
 		if err := validateType("event type", t); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("eventbus: subscribe events: %w", err)
 		}
 		regs = append(regs, &registration{kind: kindMessage, dest: driver.NewDestination(driver.Event, t), group: group, durable: group != "", handler: h})
 	}
@@ -138,10 +138,10 @@ func (b *Bus) SubscribeEvents(ctx context.Context, types []string, group string,
 // See SubscribeEvents for when it may be called and what it returns.
 func (b *Bus) HandleCommand(ctx context.Context, service, cmdType string, h Handler, opts ...SubscribeOption) (*Subscription, error) {
 	if err := validateToken("service", service); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventbus: handle command: %w", err)
 	}
 	if err := validateType("command type", cmdType); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventbus: handle command: %w", err)
 	}
 	r := &registration{kind: kindMessage, dest: driver.NewDestination(driver.Command, service, cmdType), group: service, durable: true, handler: h}
 	return b.register(ctx, isNil(h), opts, r)
@@ -156,7 +156,7 @@ func (b *Bus) SubscribeBroadcast(ctx context.Context, types []string, h Handler,
 	regs := make([]*registration, 0, len(types))
 	for _, t := range types {
 		if err := validateType("broadcast type", t); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("eventbus: subscribe broadcast: %w", err)
 		}
 		regs = append(regs, &registration{kind: kindMessage, dest: driver.NewDestination(driver.Broadcast, t), handler: h})
 	}
@@ -168,10 +168,10 @@ func (b *Bus) SubscribeBroadcast(ctx context.Context, types []string, h Handler,
 // called and what it returns.
 func (b *Bus) HandleQuery(ctx context.Context, service, queryType string, h QueryHandler, opts ...SubscribeOption) (*Subscription, error) {
 	if err := validateToken("service", service); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventbus: handle query: %w", err)
 	}
 	if err := validateType("query type", queryType); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventbus: handle query: %w", err)
 	}
 	r := &registration{kind: kindQuery, dest: driver.NewDestination(driver.Query, service, queryType), group: service, query: h}
 	return b.register(ctx, isNil(h), opts, r)
@@ -194,10 +194,10 @@ type BatchOptions struct {
 // what it returns.
 func (b *Bus) ProcessStream(ctx context.Context, stream, group string, h BatchHandler, bo *BatchOptions, opts ...SubscribeOption) (*Subscription, error) {
 	if err := validateType("stream", stream); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventbus: process stream: %w", err)
 	}
 	if err := validateToken("group", group); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("eventbus: process stream: %w", err)
 	}
 	var o BatchOptions
 	if bo != nil {
@@ -313,7 +313,7 @@ func bind(rt *router, regs []*registration) []error {
 			err = checkCapabilities(be, r)
 		}
 		if err != nil {
-			problems = append(problems, err)
+			problems = append(problems, fmt.Errorf("%s: %w", r.dest.Name, err))
 			continue
 		}
 		r.backend = be
@@ -377,14 +377,14 @@ func (s *Subscription) Close(ctx context.Context) error {
 // backend (ErrCapability otherwise).
 func (b *Bus) DeclareEventGroup(ctx context.Context, types []string, group string) error {
 	if err := validateToken("group", group); err != nil {
-		return err
+		return fmt.Errorf("eventbus: declare event group: %w", err)
 	}
 	if len(types) == 0 {
-		return fmt.Errorf("eventbus: declare group %s: %w: no event types", group, ErrInvalidName)
+		return fmt.Errorf("eventbus: declare event group %s: %w: no event types", group, ErrInvalidName)
 	}
 	for _, t := range types {
 		if err := validateType("event type", t); err != nil {
-			return err
+			return fmt.Errorf("eventbus: declare event group: %w", err)
 		}
 		if err := b.declare(ctx, driver.NewDestination(driver.Event, t), group); err != nil {
 			return err
@@ -398,11 +398,11 @@ func (b *Bus) DeclareEventGroup(ctx context.Context, types []string, group strin
 // of the service starts are kept. See DeclareEventGroup.
 func (b *Bus) DeclareCommands(ctx context.Context, service string, cmdTypes ...string) error {
 	if err := validateToken("service", service); err != nil {
-		return err
+		return fmt.Errorf("eventbus: declare commands: %w", err)
 	}
 	for _, t := range cmdTypes {
 		if err := validateType("command type", t); err != nil {
-			return err
+			return fmt.Errorf("eventbus: declare commands: %w", err)
 		}
 		if err := b.declare(ctx, driver.NewDestination(driver.Command, service, t), service); err != nil {
 			return err
@@ -415,10 +415,10 @@ func (b *Bus) DeclareCommands(ctx context.Context, service string, cmdTypes ...s
 // consuming. See DeclareEventGroup.
 func (b *Bus) DeclareStreamGroup(ctx context.Context, stream, group string) error {
 	if err := validateType("stream", stream); err != nil {
-		return err
+		return fmt.Errorf("eventbus: declare stream group: %w", err)
 	}
 	if err := validateToken("group", group); err != nil {
-		return err
+		return fmt.Errorf("eventbus: declare stream group: %w", err)
 	}
 	return b.declare(ctx, driver.NewDestination(driver.Stream, stream), group)
 }

@@ -49,6 +49,16 @@ func (p *Pipeline) Then(steps ...Step) *Pipeline {
 // not modified: the first step gets a copy. A nil or empty pipeline returns
 // that copy alone. A panicking step is an error (*PanicError).
 func (p *Pipeline) Apply(ctx context.Context, m *Message) ([]*Message, error) {
+	out, err := p.apply(ctx, m)
+	if err != nil {
+		return nil, fmt.Errorf("eventbus: %w", err)
+	}
+	return out, nil
+}
+
+// apply is Apply for the bus's own operations, which add their context to
+// its error ("pipeline step 2: ...").
+func (p *Pipeline) apply(ctx context.Context, m *Message) ([]*Message, error) {
 	cur := []*Message{m.Clone()}
 	if p == nil {
 		return cur, nil
@@ -58,7 +68,7 @@ func (p *Pipeline) Apply(ctx context.Context, m *Message) ([]*Message, error) {
 		for j, in := range cur {
 			out, err := applyStep(ctx, s, in)
 			if err != nil {
-				return nil, fmt.Errorf("eventbus: pipeline step %d: %w", i+1, err)
+				return nil, fmt.Errorf("pipeline step %d: %w", i+1, err)
 			}
 			if len(cur) == 1 && len(out) == 1 && out[0] != nil {
 				// The common case, one message in and one out: no new slice.
@@ -93,7 +103,7 @@ func applyStep(ctx context.Context, s Step, m *Message) (out []*Message, err err
 
 func (p *Pipeline) wrapHandler(h Handler) Handler {
 	return HandlerFunc(func(ctx context.Context, m *Message) error {
-		outs, err := p.Apply(ctx, m)
+		outs, err := p.apply(ctx, m)
 		if err != nil {
 			return err
 		}
@@ -110,7 +120,7 @@ func (p *Pipeline) wrapBatch(h BatchHandler) BatchHandler {
 	return BatchHandlerFunc(func(ctx context.Context, ms []*Message) error {
 		var all []*Message
 		for _, m := range ms {
-			outs, err := p.Apply(ctx, m)
+			outs, err := p.apply(ctx, m)
 			if err != nil {
 				return err
 			}

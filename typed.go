@@ -85,6 +85,8 @@ func Ask[Resp any](ctx context.Context, b *Bus, service, queryType string, req a
 	if err != nil {
 		return resp, err
 	}
-	err = b.codecs.decode(reply, &resp)
-	return resp, err
+	if err := b.codecs.decode(reply, &resp); err != nil {
+		return resp, fmt.Errorf("eventbus: query %s.%s: %w", service, queryType, err)
+	}
+	return resp, nil
 }
