@@ -161,19 +161,19 @@ type Outgoing struct {
 }
 
 // WakeAt is when the orchestrator must next look at the instance without a
-// reply: the earlier of its deadlines, zero for a final state; with a
-// pending Request, whatever the state, the time of the request, so that the
-// next poll applies it.
+// reply: the earliest of its deadlines and, whatever the state, of the time
+// of a pending Request, so that the next poll applies it; zero for a final
+// state with no request.
 func (in *Instance) WakeAt() time.Time {
-	if in.Request != nil {
-		return in.Request.At
+	var w time.Time
+	if in.State.Active() {
+		w = in.Deadline
+		if in.State == Running && !in.SagaDeadline.IsZero() && (w.IsZero() || in.SagaDeadline.Before(w)) {
+			w = in.SagaDeadline
+		}
 	}
-	if !in.State.Active() {
-		return time.Time{}
-	}
-	w := in.Deadline
-	if in.State == Running && !in.SagaDeadline.IsZero() && (w.IsZero() || in.SagaDeadline.Before(w)) {
-		w = in.SagaDeadline
+	if in.Request != nil && (w.IsZero() || in.Request.At.Before(w)) {
+		w = in.Request.At
 	}
 	return w
 }

@@ -344,3 +344,29 @@ func countOf(s []string, v string) int {
 	}
 	return n
 }
+
+// A pending request makes a saga due from its time, whatever the state,
+// without delaying an earlier deadline (a requester's clock may be ahead).
+func TestWakeAtWithRequest(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		state    saga.State
+		deadline time.Time
+		at       time.Time
+		want     time.Time
+	}{
+		{saga.Failed, time.Time{}, now, now},
+		{saga.Completed, time.Time{}, now, now},
+		{saga.Running, now.Add(time.Minute), now, now},
+		{saga.Running, now.Add(time.Minute), now.Add(time.Hour), now.Add(time.Minute)},
+	} {
+		in := &saga.Instance{State: c.state, Deadline: c.deadline, Request: &saga.ManagerRequest{ID: "r", Kind: saga.CancelRequest, At: c.at}}
+		if got := in.WakeAt(); !got.Equal(c.want) {
+			t.Errorf("%s, deadline %v, request at %v: WakeAt %v, want %v", c.state, c.deadline, c.at, got, c.want)
+		}
+		in.Request = nil
+		if got := in.WakeAt(); !got.Equal(c.deadline) {
+			t.Errorf("%s, deadline %v, no request: WakeAt %v, want the deadline", c.state, c.deadline, got)
+		}
+	}
+}

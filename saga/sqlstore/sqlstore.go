@@ -5,7 +5,8 @@
 // Each store keeps two tables, named after Options.TablePrefix:
 // <prefix>instances holds one row per saga instance (the instance as JSON plus the columns that
 // queries and the version check use) and <prefix>records holds participants'
-// deduplication records. Open creates them when missing; opening is
+// deduplication records. Open creates them when missing, and upgrades tables
+// made by earlier versions (columns and indexes added since); opening is
 // idempotent and safe from several processes at once.
 //
 // Every update is a single statement guarded by the row's version, so several
@@ -222,9 +223,11 @@ func newQueries(p string) queries {
 		update:        `UPDATE ` + inst + ` SET state = $1, version = $2, wake_at = $3, owner = $4, lease_until = $5, body = $6 WHERE id = $7 AND version = $8`,
 		recordRequest: `UPDATE ` + inst + ` SET state = $1, version = $2, wake_at = $3, body = $4 WHERE id = $5 AND version = $6`,
 		// wake_at is set for active sagas and for any saga with a pending
-		// request (saga.Instance.WakeAt).
+		// request (saga.Instance.WakeAt). Each term of the OR has an index
+		// (an IN would make SQLite scan the table for its term).
 		due: `SELECT id FROM ` + inst + ` WHERE (wake_at > 0 AND wake_at <= $1)
-			OR (state IN ('running', 'compensating') AND lease_until <= $1) ORDER BY wake_at LIMIT $2`,
+			OR (state = 'running' AND lease_until <= $1) OR (state = 'compensating' AND lease_until <= $1)
+			ORDER BY wake_at LIMIT $2`,
 		renew:   `UPDATE ` + inst + ` SET lease_until = $1 WHERE owner = $2 AND state IN ('running', 'compensating')`,
 		release: `UPDATE ` + inst + ` SET lease_until = 0 WHERE id = $1 AND owner = $2`,
 		list:    `SELECT version, owner, lease_until, body FROM ` + inst + ` WHERE ($1 = '' OR name = $1) AND ($2 = '' OR state = $2) ORDER BY created, id LIMIT $3`,
