@@ -147,20 +147,23 @@
 //
 //   - Recording checks what the stored state tells (ErrNotFound,
 //     ErrNotRunning for a cancel, ErrNotFailed for a retry,
-//     ErrRequestPending when a request of the other kind waits), stores the
-//     request in the instance (Instance.Request, with who and when) and an
-//     entry "cancel.requested" or "retry.requested" in its history, with the
-//     version check: a transition persisted meanwhile makes it reload and
-//     check again, and the transition's own reload keeps the request. It
-//     takes no lease: Store.RecordRequest keeps the owner's.
+//     ErrRequestPending when a request of the other kind waits; a pending
+//     request of the same kind is returned instead of a second one), stores
+//     the request in the instance (Instance.Request, with who and when) and
+//     an entry "cancel.requested" or "retry.requested" in its history, with
+//     the version check: a transition persisted meanwhile makes it reload
+//     and check again, and a transition that loses to it reloads and keeps
+//     the request. It takes no lease: Store.RecordRequest keeps the owner's.
 //   - The request makes the saga due at once, whatever its state
 //     (Instance.WakeAt), so the next poll of any orchestrator instance that
-//     registered the definition's version applies it — the saga's owner, or
-//     another one, which then takes the saga over as after an expired
-//     lease (sending the owner's last messages again first, if its lease
-//     expired). The rules are those of Cancel and Retry, on the state the
-//     saga has then: a request is refused when the saga is past its pivot,
-//     or finished, compensates or runs again meanwhile.
+//     registered the definition's version applies it — the saga's owner or
+//     another one, which then holds the saga's lease, as after any
+//     transition (and, if the owner's lease had expired, first sends its
+//     last messages again, as a takeover does). The rules are those of
+//     Cancel and Retry on the state the saga has then: a cancel is refused
+//     when the saga is past its pivot or no longer running (it ended, or
+//     compensates, since the request was recorded), a retry when the saga
+//     is no longer Failed.
 //   - Applying or refusing clears the request and records the outcome in
 //     the same versioned transition: "cancel.applied" (followed by the
 //     compensation's entries) or "cancel.refused" with the reason, the same
@@ -173,8 +176,9 @@
 //     matches ErrNotRunning, ErrPastPivot or ErrNotFailed like Cancel's and
 //     Retry's errors. Orchestrators that have not registered the saga's
 //     definition leave the request alone (see Definition versions), and
-//     orchestrators of package versions before requests ignore it: upgrade
-//     every orchestrator of a store before recording requests in it.
+//     orchestrators built with versions of this package that predate
+//     requests neither apply nor keep it: upgrade every orchestrator of a
+//     store before recording requests in it.
 //
 // # Definition versions
 //
