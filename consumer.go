@@ -470,7 +470,7 @@ func (c *consumer) deadLetter(ds []*driver.Delivery, reason error) {
 	for _, d := range ds {
 		m := deadLetterMessage(c, d, reason, nil)
 		one := [1]*driver.Message{m}
-		err := c.be.drv.Publish(c.work, dl, one[:])
+		err := publishDeduplicated(c.work, c.be.drv, dl, one[:])
 		if errors.Is(err, driver.ErrDuplicate) {
 			err = nil // the broker holds this dead letter already (a retried publish)
 		}
@@ -478,7 +478,7 @@ func (c *consumer) deadLetter(ds []*driver.Delivery, reason error) {
 			// Cut what the backend cannot carry and say so in the reason.
 			m = deadLetterMessage(c, d, reason, func(m *driver.Message) []string { return reduce(m, limit) })
 			one[0] = m
-			err = c.be.drv.Publish(c.work, dl, one[:])
+			err = publishDeduplicated(c.work, c.be.drv, dl, one[:])
 			if errors.Is(err, driver.ErrDuplicate) {
 				err = nil
 			}

@@ -33,7 +33,11 @@
 //     matching ErrTooLarge, and one whose attributes, extensions or headers
 //     cannot travel unchanged on every backend with ErrInvalid, before
 //     anything is sent. A backend that de-duplicates does so by (source, id,
-//     destination) and reports a dropped duplicate with ErrDuplicate.
+//     destination) and reports a dropped duplicate with ErrDuplicate; one
+//     whose de-duplication costs every message (JetStream) applies it to
+//     the destinations a route makes ExactlyOnce (Route.Delivery) and to
+//     dead letters only: elsewhere a message published twice is stored
+//     twice (at least once).
 //   - Delivery is at-least-once. A handler returning nil acks; an error has the
 //     message redelivered with exponential backoff and jitter (Options.Retry,
 //     or WithRetry per subscription) until MaxAttempts, then dead-lettered to

@@ -1,6 +1,7 @@
 package eventbus
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
@@ -16,7 +17,13 @@ const (
 	// AtLeastOnce, the default: a publish is reported done only once the
 	// backend confirmed it, and a consumer's message is redelivered until
 	// its handler succeeds (or it is dead-lettered). A message may arrive
-	// twice; it is not lost.
+	// twice; it is not lost. Publishes ask for no de-duplication where it
+	// costs the backend every message (driver.DeduplicatedPublisher:
+	// JetStream's Nats-Msg-Id), so one published again — by its caller, an
+	// outbox relay, or the driver after a lost confirmation — may be stored
+	// twice; consumers that must not see it twice de-duplicate
+	// (outbox.Inbox, middleware.Dedup). Backends that de-duplicate every
+	// publish (SQS FIFO) still do.
 	AtLeastOnce DeliveryGuarantee = iota
 
 	// AtMostOnce: a Publisher writes the route's messages without waiting
@@ -31,8 +38,10 @@ const (
 
 	// ExactlyOnce: the backend de-duplicates publishes by (source, id,
 	// destination) within its window (driver.Deduplicator; JetStream's
-	// Duplicates), so a message published again under the same ID after an
-	// error or a lost confirmation is stored once; consumers make the
+	// Duplicates; the bus publishes through driver.DeduplicatedPublisher
+	// where the driver has it), so a message published again under the
+	// same ID after an error or a lost confirmation is stored once, and
+	// the publish that repeats it fails with ErrDuplicate; consumers make the
 	// processing exactly once by running their handlers through an inbox
 	// (outbox.Inbox.Handler), which records (source, id) with the handler's
 	// writes. Only events, commands and streams can be exactly-once.
@@ -61,6 +70,38 @@ func deliveryOf(rt *router, dest driver.Destination) DeliveryGuarantee {
 		}
 	}
 	return AtLeastOnce
+}
+
+// publishTo hands msgs to be's driver: through its de-duplicated publish
+// when a route makes dest exactly-once, else through Publish, which a
+// driver whose de-duplication costs every message (JetStream) leaves
+// without it.
+func (b *Bus) publishTo(ctx context.Context, be *backend, dest driver.Destination, msgs []*Message) error {
+	if rt := b.routes.Load(); rt != nil && rt.exactlyOnce && rt.deduplicates(dest) {
+		return publishDeduplicated(ctx, be.drv, dest, msgs)
+	}
+	return be.drv.Publish(ctx, dest, msgs)
+}
+
+// publishDeduplicated publishes msgs through drv's de-duplicated publish
+// when it has one, else through Publish (a driver that de-duplicates every
+// publish, or none).
+func publishDeduplicated(ctx context.Context, drv driver.Driver, dest driver.Destination, msgs []*Message) error {
+	if dp, ok := drv.(driver.DeduplicatedPublisher); ok {
+		return dp.PublishDeduplicated(ctx, dest, msgs)
+	}
+	return drv.Publish(ctx, dest, msgs)
+}
+
+// deduplicates reports whether dest is exactly-once, from a cache of the
+// destinations already seen.
+func (rt *router) deduplicates(dest driver.Destination) bool {
+	if v, ok := rt.dedup.Load(dest.Name); ok {
+		return v.(bool)
+	}
+	exactly := deliveryOf(rt, dest) == ExactlyOnce
+	rt.dedup.Store(dest.Name, exactly)
+	return exactly
 }
 
 // checkDelivery reports the routes whose guarantee their backend cannot

@@ -153,10 +153,10 @@ func systemOf(d driver.Driver) string {
 func (b *Bus) send(ctx context.Context, be *backend, dest driver.Destination, msgs []*Message) error {
 	obs := b.opts.Observer
 	if obs == nil {
-		return be.drv.Publish(ctx, dest, msgs)
+		return b.publishTo(ctx, be, dest, msgs)
 	}
 	done := obs.Publish(ctx, operation(OpSend, dest, "", be), msgs)
-	err := be.drv.Publish(ctx, dest, msgs)
+	err := b.publishTo(ctx, be, dest, msgs)
 	done(err)
 	return err
 }

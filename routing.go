@@ -68,6 +68,10 @@ type router struct {
 	fallback *backend
 	cache    sync.Map // destination name → *backend
 	content  *contentRouting
+	// exactlyOnce: a route is exactly-once; dedup then caches, per
+	// destination name, whether its publishes are de-duplicated.
+	exactlyOnce bool
+	dedup       sync.Map
 }
 
 func newRouter(routes []Route, def string, backends []*backend, byName map[string]*backend) (*router, []error) {
@@ -75,6 +79,7 @@ func newRouter(routes []Route, def string, backends []*backend, byName map[strin
 	rt := &router{routes: routes, byName: byName, backends: backends}
 	problems = append(problems, rt.compileContent()...)
 	for _, r := range routes {
+		rt.exactlyOnce = rt.exactlyOnce || r.Delivery == ExactlyOnce
 		be := byName[r.Backend]
 		if be == nil {
 			problems = append(problems, fmt.Errorf("%s: %w %q", r, ErrUnknownBackend, r.Backend))

@@ -33,3 +33,24 @@ type Deduplicator interface {
 	// de-duplicate them.
 	DeduplicationWindow(p Pattern) time.Duration
 }
+
+// DeduplicatedPublisher is implemented by a [Deduplicator] whose broker
+// de-duplicates only the messages the publisher marks, at a cost on every
+// marked message (JetStream's Nats-Msg-Id: a digest to compute, a header
+// to parse, an entry in the stream's duplicate table). Its Publish leaves
+// the mark off — a message published twice through it is stored twice, as
+// at-least-once allows — and PublishDeduplicated puts it on. The bus
+// publishes through PublishDeduplicated what a route marks exactly-once,
+// and dead letters.
+//
+//   - PublishDeduplicated is Publish, with the de-duplication the Driver
+//     contract describes: by (source, id, destination) and
+//     [Message.DedupParts], a dropped repeat reported with [ErrDuplicate]
+//     after the rest of the batch is stored, within DeduplicationWindow of
+//     dest's pattern. Where that window is zero it is Publish.
+//   - A driver that retries a publish by itself (after a lost confirmation
+//     or connection) stores a message once through PublishDeduplicated; it
+//     may store it twice through Publish.
+type DeduplicatedPublisher interface {
+	PublishDeduplicated(ctx context.Context, dest Destination, msgs []*Message) error
+}

@@ -24,7 +24,8 @@
 //     by two groups are two, and a replay of a dead letter is not a repeat
 //     of the original publish. When the broker drops a publish as a duplicate, Publish
 //     returns an error matching [ErrDuplicate] (after storing the rest of the
-//     batch).
+//     batch). A broker whose de-duplication costs every message it applies
+//     to may apply it only where asked: through [DeduplicatedPublisher].
 //   - Receive blocks until at least one delivery is available, the context is
 //     done, or the subscription is closed ([ErrClosed]). It never returns an
 //     empty batch with a nil error.
@@ -52,7 +53,8 @@
 //
 // Optional powers are separate interfaces checked with a type assertion:
 // [RequestReplier] for native request/reply, [GroupDeclarer] to create a
-// durable group without consuming.
+// durable group without consuming, [UnconfirmedPublisher] and
+// [DeduplicatedPublisher] for the at-most-once and exactly-once publishes.
 package driver
 
 import (

@@ -67,18 +67,19 @@ func quote(s string) string {
 }
 
 // encode maps m onto a NATS message for subject, in the content mode m.Mode
-// asks for. The caller has checked m with driver.CheckEnvelope. stored adds
-// the JetStream de-duplication header and copies what the NATS message would
-// otherwise share with m: the jetstream client keeps an asynchronously
-// published message and may send it again (after a no-responders answer)
-// even once Publish gave up and returned, when the caller may be reusing m.
-// A core NATS message is written to the connection's buffer before the
-// publish returns, so it shares m's body and header values.
-func encode(subject string, m *driver.Message, stored bool) *nats.Msg {
+// asks for. The caller has checked m with driver.CheckEnvelope. stored
+// copies what the NATS message would otherwise share with m: the jetstream
+// client keeps an asynchronously published message and may send it again
+// (after a no-responders answer) even once Publish gave up and returned,
+// when the caller may be reusing m. A core NATS message is written to the
+// connection's buffer before the publish returns, so it shares m's body and
+// header values. msgID adds the JetStream de-duplication header (a message
+// of an exactly-once publish, bound for a stream).
+func encode(subject string, m *driver.Message, stored, msgID bool) *nats.Msg {
 	if m.Mode == driver.Structured {
-		return encodeStructured(subject, m, stored)
+		return encodeStructured(subject, m, msgID)
 	}
-	_, n := headerCount(m, stored)
+	_, n := headerCount(m, msgID)
 	h := make(nats.Header, n+len(m.Header))
 	for k, vs := range m.Header {
 		if stored {
@@ -123,11 +124,11 @@ func encode(subject string, m *driver.Message, stored bool) *nats.Msg {
 			e.set(hdr, percentEncode(v))
 		}
 	}
+	if msgID && m.ID != "" {
+		e.set(msgIDHeader, dedupID(m.Source, m.ID, subject, m.DedupParts()))
+	}
 	data := m.Data
 	if stored {
-		if m.ID != "" {
-			e.set(msgIDHeader, dedupID(m.Source, m.ID, subject, m.DedupParts()))
-		}
 		data = slices.Clone(data)
 	}
 	w.msg = nats.Msg{Subject: subject, Header: h, Data: data}

@@ -13,7 +13,7 @@ import (
 // a valid envelope that encodes and decodes again unchanged.
 func FuzzDecode(f *testing.F) {
 	for _, m := range drivertest.FuzzSeeds() {
-		msg := encode("events.fuzz", m, true)
+		msg := encode("events.fuzz", m, true, true)
 		f.Add(drivertest.FuzzHeaderText(msg.Header), msg.Data)
 	}
 	f.Fuzz(func(t *testing.T, headers string, body []byte) {
@@ -26,7 +26,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil || !drivertest.Reencodable(m) {
 			return
 		}
-		out := encode("events.fuzz", m, true)
+		out := encode("events.fuzz", m, true, true)
 		again, err := decode(out.Header, out.Data)
 		drivertest.CheckRedecoded(t, m, again, err)
 	})

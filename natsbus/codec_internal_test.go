@@ -124,7 +124,7 @@ func fullMessage() *driver.Message {
 
 func TestEncodeDecodeRoundTrip(t *testing.T) {
 	in := fullMessage()
-	nm := encode("events.t.created", in, true)
+	nm := encode("events.t.created", in, true, true)
 	if got := nm.Header.Get("ce-specversion"); got != "1.0" {
 		t.Errorf("ce-specversion = %q", got)
 	}
@@ -136,6 +136,16 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	}
 	if got, want := nm.Header.Get(msgIDHeader), dedupID(in.Source, in.ID, "events.t.created", ""); got != want || len(got) != 32 {
 		t.Errorf("Nats-Msg-Id = %q, want %q (32 hex digits)", got, want)
+	}
+	for _, mode := range []driver.ContentMode{driver.Binary, driver.Structured} {
+		in := fullMessage()
+		in.Mode = mode
+		if got := encode("events.t.created", in, true, false).Header.Values(msgIDHeader); len(got) != 0 {
+			t.Errorf("mode %d: a stored message without de-duplication carries Nats-Msg-Id %q", mode, got)
+		}
+		if got := encode("events.t.created", in, true, true).Header.Get(msgIDHeader); len(got) != 32 {
+			t.Errorf("mode %d: a de-duplicated message carries Nats-Msg-Id %q, want 32 hex digits", mode, got)
+		}
 	}
 	for k, vs := range nm.Header {
 		for _, v := range vs {
@@ -303,7 +313,7 @@ func TestEncodeStructuredRoundTrip(t *testing.T) {
 		in.DataContentType = c.contentType
 		in.Data = c.data
 		in.Subject = "Zürich ✓ \"quoted\" \\ 100%"
-		nm := encode("events.t.created", in, true)
+		nm := encode("events.t.created", in, true, true)
 		if got := nm.Header.Get(contentType); got != "application/cloudevents+json" {
 			t.Errorf("%s: Content-Type %q", name, got)
 		}
@@ -351,7 +361,7 @@ func TestExtensionNeverReplacesAttribute(t *testing.T) {
 		in := fullMessage()
 		in.Mode = mode
 		in.Extensions = map[string]string{"id": "forged", "source": "/forged", "specversion": "0.3", "partitionkey": "forged"}
-		m, err := decode(encode("events.x", in, false).Header, encode("events.x", in, false).Data)
+		m, err := decode(encode("events.x", in, false, false).Header, encode("events.x", in, false, false).Data)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -368,15 +378,17 @@ func BenchmarkDedupID(b *testing.B) {
 }
 
 // BenchmarkEncode: the envelope the bus fills for an event (id, source,
-// type, time) and 256 bytes of data, onto a core NATS and a stored message.
+// type, time) and 256 bytes of data, onto a core NATS message, a stored
+// one (at least once) and a stored one with its de-duplication id (exactly
+// once).
 func BenchmarkEncode(b *testing.B) {
 	m := &driver.Message{ID: "0195f3a2-7c1e-7d3b-9a4f-2b8c1d0e5f6a", Source: "/orders/eu-west", Type: "order.created",
 		Time: time.Date(2026, 11, 27, 14, 0, 0, 123456789, time.UTC), Data: make([]byte, 256)}
-	for _, stored := range []bool{false, true} {
-		b.Run(fmt.Sprintf("stored=%v", stored), func(b *testing.B) {
+	for _, c := range []struct{ stored, msgID bool }{{false, false}, {true, false}, {true, true}} {
+		b.Run(fmt.Sprintf("stored=%v/msgid=%v", c.stored, c.msgID), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				_ = encode("events.order.created", m, stored)
+				_ = encode("events.order.created", m, c.stored, c.msgID)
 			}
 		})
 	}
@@ -386,7 +398,7 @@ func BenchmarkEncode(b *testing.B) {
 func BenchmarkDecode(b *testing.B) {
 	m := &driver.Message{ID: "0195f3a2-7c1e-7d3b-9a4f-2b8c1d0e5f6a", Source: "/orders/eu-west", Type: "order.created",
 		Time: time.Date(2026, 11, 27, 14, 0, 0, 123456789, time.UTC), Data: make([]byte, 256)}
-	nm := encode("events.order.created", m, true)
+	nm := encode("events.order.created", m, true, true)
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := decode(nm.Header, nm.Data); err != nil {

@@ -99,7 +99,10 @@ type StreamConfig struct {
 	// Storage of the streams.
 	Storage Storage
 	// Duplicates is the window in which a repeated message id is dropped by
-	// the server (default 2 minutes).
+	// the server (default 2 minutes). Only messages published with an id
+	// carry one (PublishDeduplicated: exactly-once routes and dead
+	// letters); the shorter the window, the smaller the server's table of
+	// ids.
 	Duplicates time.Duration
 }
 

@@ -69,9 +69,9 @@ func msg(source, id string) *driver.Message {
 	return &driver.Message{ID: id, Source: source, Type: "contract.test", Data: []byte(id)}
 }
 
-// TestDeduplicationBySourceIDDestination: the server's de-duplication keys
-// on (source, id, destination), so only a true repeat is dropped, and a
-// dropped repeat is reported with ErrDuplicate.
+// TestDeduplicationBySourceIDDestination: the server's de-duplication of
+// PublishDeduplicated keys on (source, id, destination), so only a true
+// repeat is dropped, and a dropped repeat is reported with ErrDuplicate.
 func TestDeduplicationBySourceIDDestination(t *testing.T) {
 	srv := startServer(t, nil)
 	d := openDriver(t, serverConfig(srv))
@@ -90,16 +90,16 @@ func TestDeduplicationBySourceIDDestination(t *testing.T) {
 		{shipped, msg("/orders", "order-1")},
 		{created, msg("/billing", "order-1")},
 	} {
-		if err := d.Publish(ctx, p.dest, []*driver.Message{p.m}); err != nil {
+		if err := d.PublishDeduplicated(ctx, p.dest, []*driver.Message{p.m}); err != nil {
 			t.Fatalf("publish %s %s to %s: %v", p.m.Source, p.m.ID, p.dest.Name, err)
 		}
 	}
 	// A true repeat, alone and within a batch whose other message is new.
-	err := d.Publish(ctx, created, []*driver.Message{msg("/orders", "order-1")})
+	err := d.PublishDeduplicated(ctx, created, []*driver.Message{msg("/orders", "order-1")})
 	if !errors.Is(err, driver.ErrDuplicate) {
 		t.Fatalf("republishing (source, id, destination) = %v, want ErrDuplicate", err)
 	}
-	err = d.Publish(ctx, created, []*driver.Message{msg("/orders", "order-1"), msg("/orders", "order-2")})
+	err = d.PublishDeduplicated(ctx, created, []*driver.Message{msg("/orders", "order-1"), msg("/orders", "order-2")})
 	if !errors.Is(err, driver.ErrDuplicate) {
 		t.Fatalf("a batch with a repeat = %v, want ErrDuplicate", err)
 	}
@@ -130,7 +130,7 @@ func TestDeduplicationHeaderNotExposed(t *testing.T) {
 		m := msg("/s", fmt.Sprint("hdr-", mode))
 		m.Mode = mode
 		m.Header = map[string][]string{"X-Keep": {"1"}}
-		if err := d.Publish(ctx, dest, []*driver.Message{m}); err != nil {
+		if err := d.PublishDeduplicated(ctx, dest, []*driver.Message{m}); err != nil {
 			t.Fatal(err)
 		}
 		ds, err := sub.Receive(ctx, 1)

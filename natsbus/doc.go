@@ -62,16 +62,28 @@
 //
 // # De-duplication
 //
-// Stored messages carry Nats-Msg-Id, a digest of (source, id, subject) — and,
-// for a dead letter, of its group and time, for a replay of its time — : 32
-// hex digits of SHA-256. The server drops a message whose digest it stored
-// within Streams.Duplicates (2 minutes by default), so the same id from two
-// sources or to two destinations is two messages, and only a true repeat is
-// dropped. Publish then returns an error matching [driver.ErrDuplicate],
-// after the rest of the batch was stored; a message the driver publishes
-// again itself, after a lost acknowledgement or connection, is not reported
-// as a duplicate. The header never appears among a received message's
-// headers.
+// [Driver.PublishDeduplicated] gives stored messages a Nats-Msg-Id, a
+// digest of (source, id, subject) — and, for a dead letter, of its group
+// and time, for a replay of its time — : 32 hex digits of SHA-256. The
+// server drops a message whose digest it stored within Streams.Duplicates
+// (2 minutes by default; URL stream_duplicates), so the same id from two
+// sources or to two destinations is two messages, and only a true repeat
+// is dropped. PublishDeduplicated then returns an error matching
+// [driver.ErrDuplicate], after the rest of the batch was stored; a message
+// the driver publishes again itself, after a lost acknowledgement or
+// connection, is stored once and not reported as a duplicate. The header
+// never appears among a received message's headers.
+//
+// [Driver.Publish] sends no Nats-Msg-Id: the id costs the server a lookup
+// and an entry in the stream's duplicate table per message (about 2 µs,
+// and most of the live heap of a busy embedded server), which an
+// at-least-once publish does not need. A message published twice through
+// it — by the caller, or by the driver after a lost acknowledgement — is
+// stored twice. The bus publishes through PublishDeduplicated the
+// destinations a route makes exactly-once (eventbus.Route.Delivery) and
+// dead letters (rare, and a dead letter stored twice would be listed
+// twice); everything else, replays included, through Publish.
+// PublishUnconfirmed never sends the header.
 //
 // # Received messages
 //

@@ -167,7 +167,8 @@ func newDriver(ctx context.Context, nc *nats.Conn, o Options, owns bool) (*Drive
 
 // publishAckTimeout bounds the wait for one message's ack, so that a lost
 // ack frees its slot in the window (and in the client); the message is then
-// published again under the same id, which the server de-duplicates.
+// published again, which the server de-duplicates when it carries a
+// Nats-Msg-Id (PublishDeduplicated) and may store twice otherwise.
 const publishAckTimeout = 10 * time.Second
 
 // Conn returns the underlying connection, an escape hatch for what the
@@ -211,8 +212,22 @@ func (d *Driver) checkDest(op string, dest driver.Destination) (string, error) {
 
 // Publish sends msgs to dest. On a JetStream destination it returns nil once
 // the server stored every message; on a core NATS one, once they were written
-// and a flush that started afterwards completed.
+// and a flush that started afterwards completed. The messages carry no
+// Nats-Msg-Id: the server stores a message published twice twice
+// (PublishDeduplicated has it de-duplicated).
 func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*driver.Message) error {
+	return d.publish(ctx, dest, msgs, false)
+}
+
+// PublishDeduplicated is Publish with a Nats-Msg-Id on each message bound
+// for a stream (see the package doc): the server drops a repeat of (source,
+// id, destination) within Streams.Duplicates, and the call then returns an
+// error matching driver.ErrDuplicate after storing the rest of msgs.
+func (d *Driver) PublishDeduplicated(ctx context.Context, dest driver.Destination, msgs []*driver.Message) error {
+	return d.publish(ctx, dest, msgs, true)
+}
+
+func (d *Driver) publish(ctx context.Context, dest driver.Destination, msgs []*driver.Message, dedup bool) error {
 	subj, err := d.checkDest("publish", dest)
 	if err != nil {
 		return err
@@ -226,7 +241,7 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 	stored := d.js != nil && persistent(dest.Pattern)
 	nms := make([]*nats.Msg, len(msgs))
 	for i, m := range msgs {
-		nms[i] = encode(subj, m, stored)
+		nms[i] = encode(subj, m, stored, stored && dedup)
 	}
 	if stored {
 		err = d.publishStored(ctx, nms)
@@ -276,7 +291,7 @@ func (d *Driver) flush(ctx context.Context) error {
 // publishStored publishes asynchronously, pipelined within the shared window,
 // and waits for every ack. Messages whose publish failed for a transient
 // reason (a lost connection, a lost ack, a stream not yet back) are published
-// again once connected, under the same id, while ctx allows.
+// again once connected, with the same Nats-Msg-Id if any, while ctx allows.
 func (d *Driver) publishStored(ctx context.Context, nms []*nats.Msg) error {
 	pending := nms
 	// Retries while connected are bounded, so that a stream deleted under
@@ -568,7 +583,7 @@ func (d *Driver) Request(ctx context.Context, dest driver.Destination, req *driv
 	if err := checkPublish([]*driver.Message{req}, d.caps.MaxMessageSize); err != nil {
 		return nil, fmt.Errorf("natsbus: request to %q: %w", subj, err)
 	}
-	resp, err := d.nc.RequestMsgWithContext(ctx, encode(subj, req, false))
+	resp, err := d.nc.RequestMsgWithContext(ctx, encode(subj, req, false, false))
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):
@@ -598,7 +613,7 @@ func (d *Driver) Reply(ctx context.Context, dl *driver.Delivery, reply *driver.M
 	if err := checkPublish([]*driver.Message{reply}, d.caps.MaxMessageSize); err != nil {
 		return fmt.Errorf("natsbus: reply: %w", err)
 	}
-	if err := d.nc.PublishMsg(encode(req.Reply, reply, false)); err != nil {
+	if err := d.nc.PublishMsg(encode(req.Reply, reply, false, false)); err != nil {
 		return fmt.Errorf("natsbus: reply: %w", d.classify(err))
 	}
 	return nil

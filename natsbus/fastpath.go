@@ -9,8 +9,9 @@ import (
 )
 
 var (
-	_ driver.UnconfirmedPublisher = (*Driver)(nil)
-	_ driver.Deduplicator         = (*Driver)(nil)
+	_ driver.UnconfirmedPublisher  = (*Driver)(nil)
+	_ driver.Deduplicator          = (*Driver)(nil)
+	_ driver.DeduplicatedPublisher = (*Driver)(nil)
 )
 
 // PublishUnconfirmed writes msgs to dest's subject on the connection and
@@ -33,7 +34,7 @@ func (d *Driver) PublishUnconfirmed(ctx context.Context, dest driver.Destination
 		}
 		// The client copies the message into its write buffer before
 		// PublishMsg returns: nothing of m is retained.
-		if err := d.nc.PublishMsg(encode(subj, m, false)); err != nil {
+		if err := d.nc.PublishMsg(encode(subj, m, false, false)); err != nil {
 			return fmt.Errorf("natsbus: publish to %q: %w", subj, d.classify(err))
 		}
 	}

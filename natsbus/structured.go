@@ -29,14 +29,14 @@ func decodeStructured(h nats.Header, ctKey string, body []byte) (*driver.Message
 
 // encodeStructured maps m onto a NATS message in structured content mode
 // (driver.EncodeStructured in the body). Free headers stay NATS headers;
-// stored adds the de-duplication header, as in binary mode.
-func encodeStructured(subject string, m *driver.Message, stored bool) *nats.Msg {
+// msgID adds the de-duplication header, as in binary mode.
+func encodeStructured(subject string, m *driver.Message, msgID bool) *nats.Msg {
 	h := make(nats.Header, len(m.Header)+2)
 	for k, vs := range m.Header {
 		h[k] = slices.Clone(vs)
 	}
 	h[contentType] = []string{driver.StructuredContentType}
-	if stored && m.ID != "" {
+	if msgID && m.ID != "" {
 		h[msgIDHeader] = []string{dedupID(m.Source, m.ID, subject, m.DedupParts())}
 	}
 	return &nats.Msg{Subject: subject, Header: h, Data: driver.EncodeStructured(m)}

@@ -162,13 +162,27 @@ func TestURLPasswordNeverShown(t *testing.T) {
 
 func TestOpenEmbeddedByURL(t *testing.T) {
 	ctx := ctxFor(t, 30*time.Second)
-	d, err := driver.OpenURL(ctx, natsbus.EmbeddedURL(t.TempDir())+"?max_message_size=4096&stream_prefix=URLT", &driver.OpenOptions{ClientName: "t"})
+	d, err := driver.OpenURL(ctx, natsbus.EmbeddedURL(t.TempDir())+"?max_message_size=4096&stream_prefix=URLT&stream_duplicates=15s", &driver.OpenOptions{ClientName: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close(context.Background())
 	if got := d.Capabilities().MaxMessageSize; got != 4096 {
 		t.Errorf("MaxMessageSize %d, want 4096 from the URL", got)
+	}
+	// The embedded server's duplicate window is the streams' own.
+	nd := d.(*natsbus.Driver)
+	if got := nd.DeduplicationWindow(driver.Event); got != 15*time.Second {
+		t.Errorf("DeduplicationWindow %v, want 15s from the URL", got)
+	}
+	st, err := nd.JetStream().Stream(ctx, nd.StreamName(driver.Event))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(ctx); err != nil {
+		t.Fatal(err)
+	} else if info.Config.Duplicates != 15*time.Second {
+		t.Errorf("stream %s Duplicates %v, want 15s from the URL", info.Config.Name, info.Config.Duplicates)
 	}
 	_, err = driver.OpenURL(ctx, "embedded:"+t.TempDir()+"?port=-1&host=256.0.0.1", nil)
 	if err == nil || !strings.Contains(err.Error(), "embedded server") {

@@ -82,7 +82,9 @@
 //     delivered each time. Publishing the same message twice yields one
 //     delivery and [driver.ErrDuplicate] when Harness.Deduplicates says so
 //     (also within a batch, whose other messages are delivered), and two
-//     deliveries otherwise.
+//     deliveries otherwise. A [driver.DeduplicatedPublisher] is checked
+//     through PublishDeduplicated, and its Publish must deliver a repeat
+//     twice.
 //   - Envelope: what [driver.CheckEnvelope] refuses fails with
 //     [driver.ErrInvalid] (a [*driver.InvalidError]) and nothing of its
 //     batch is delivered: ids that differ from a valid one by surrounding
@@ -143,8 +145,9 @@ type Harness struct {
 
 	// Deduplicates says that the broker drops a publish of a message with
 	// the same (source, id, destination) as one it stored recently, and that
-	// Publish then returns an error matching driver.ErrDuplicate. The suite
-	// checks the claim either way.
+	// Publish (PublishDeduplicated, for a driver.DeduplicatedPublisher) then
+	// returns an error matching driver.ErrDuplicate. The suite checks the
+	// claim either way.
 	Deduplicates bool
 
 	// BinaryModeOnly says that the driver sends every message in binary
