@@ -136,9 +136,12 @@
 //     attributes, through a headers exchange binding of the group's queue
 //     (rabbitbus documents it). Commands are not narrowed: a command that
 //     no queue accepts comes back unroutable to its sender.
-//   - SNS/SQS: the destination only, for now; SNS subscription filter
-//     policies on message attributes could serve Exact (and Prefix, Suffix
-//     and Any) there.
+//   - SNS/SQS: the destination, and on events up to five selected Exact
+//     attributes, through the filter policy of the SNS subscription of the
+//     group's queue (awsbus documents it). An event that does not carry the
+//     attribute as a message attribute of its own (structured mode, or
+//     beyond SQS's ten attributes) passes SNS and is filtered in the bus.
+//     Commands are not narrowed: they go to their queue directly.
 //
 // Prefix, Suffix, Any, Not, CESQL and DATA always run in the bus: a message
 // they leave out has still travelled to the process.

@@ -76,10 +76,26 @@ func (w *wireMessage) size() int {
 
 // attributeRank orders the CloudEvents attributes for the attribute budget:
 // the ones a reader needs most come first and get attributes of their own.
+// The required ones lead; then subject and the extensions that are not the
+// bus's own (rankExtension, by name), which are what subscriptions filter
+// on, and which a filter policy sees only as attributes of their own (see
+// select.go); then the rest.
 var attributeRank = map[string]int{
-	"specversion": 0, "id": 1, "source": 2, "type": 3, "time": 4, "subject": 5,
-	"datacontenttype": 6, "dataschema": 7, driver.ExtTraceParent: 8, driver.ExtTraceState: 9,
-	driver.ExtCorrelationID: 10, driver.ExtCausationID: 11, driver.ExtReplyTo: 12,
+	"specversion": 0, "id": 1, "source": 2, "type": 3, "subject": 4,
+	"time": 6, "datacontenttype": 7, "dataschema": 8, driver.ExtTraceParent: 9, driver.ExtTraceState: 10,
+	driver.ExtCorrelationID: 11, driver.ExtCausationID: 12, driver.ExtReplyTo: 13,
+}
+
+// rankExtension is the rank of every extension that attributeRank does not
+// name.
+const rankExtension = 5
+
+// attributeOrder is name's rank for the attribute budget.
+func attributeOrder(name string) int {
+	if r, ok := attributeRank[name]; ok {
+		return r
+	}
+	return rankExtension
 }
 
 // encode maps m onto a body and at most maxAttributes attributes.
@@ -104,15 +120,8 @@ func encode(m *driver.Message) (*wireMessage, error) {
 	all := make([]nv, 0, 8+len(m.Extensions))
 	m.EachAttribute(func(name, value string) { all = append(all, nv{name, value}) })
 	slices.SortFunc(all, func(a, b nv) int {
-		ra, oka := attributeRank[a.name]
-		rb, okb := attributeRank[b.name]
-		switch {
-		case oka && okb:
-			return ra - rb
-		case oka:
-			return -1
-		case okb:
-			return 1
+		if r := attributeOrder(a.name) - attributeOrder(b.name); r != 0 {
+			return r
 		}
 		return strings.Compare(a.name, b.name)
 	})

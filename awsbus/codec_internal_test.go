@@ -74,6 +74,29 @@ func TestEncodeFitsTenAttributes(t *testing.T) {
 	}
 }
 
+// TestEncodeExtensionsBeforeTime: the extensions a filter names travel as
+// attributes of their own (which a filter policy sees) ahead of time,
+// datacontenttype and the bus's own extensions, which give way to them.
+func TestEncodeExtensionsBeforeTime(t *testing.T) {
+	m := &driver.Message{
+		ID: "id-1", Source: "/src", Type: "t.one", Subject: "s", Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		DataContentType: "application/json", CorrelationID: "c", CausationID: "k",
+		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		Extensions:  map[string]string{"tenant": "acme", "region": "eu", "zone": "z"}, Key: "k1", Data: []byte("{}"),
+	}
+	w, got := roundTrip(t, m)
+	checkSame(t, m, got)
+	var names []string
+	for _, a := range w.attrs {
+		names = append(names, a.name)
+	}
+	want := []string{"ce-specversion", "ce-id", "ce-source", "ce-type", "ce-subject", "ce-region", "ce-tenant", "ce-zone",
+		"ce-time", "eventbus"}
+	if !slices.Equal(names, want) {
+		t.Errorf("attributes %v\nwant %v", names, want)
+	}
+}
+
 // TestEncodeSmallHasNoMeta: an ordinary event is pure ce- attributes and a
 // body, what any CloudEvents-minded reader expects.
 func TestEncodeSmallHasNoMeta(t *testing.T) {

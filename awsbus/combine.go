@@ -30,6 +30,7 @@ const (
 type combiner struct {
 	limit int // entries per batch call
 	send  func(ctx context.Context, msgs []*driver.Message, wire []*wireMessage) error
+	calls *callGroup // the driver's, which Close waits for; nil: none
 
 	mu       sync.Mutex
 	pending  []*publishRequest
@@ -59,8 +60,87 @@ func (d *Driver) combinerFor(key string, limit int, send func(context.Context, [
 	if c, ok := d.combiners.Load(key); ok {
 		return c.(*combiner)
 	}
-	c, _ := d.combiners.LoadOrStore(key, newCombiner(limit, send))
+	nc := newCombiner(limit, send)
+	nc.calls = d.calls
+	c, _ := d.combiners.LoadOrStore(key, nc)
 	return c.(*combiner)
+}
+
+// callGroup counts the batch calls that combiners run on goroutines of
+// their own, so that Driver.Close waits for them, and ends them when its
+// context ends. The methods do nothing on a nil *callGroup.
+type callGroup struct {
+	ctx    context.Context // ends every call: Close gave up waiting
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	n      int
+	idle   chan struct{} // closed while n is 0
+	closed bool          // wait returned: no more calls
+}
+
+func newCallGroup() *callGroup {
+	g := &callGroup{idle: make(chan struct{})}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	close(g.idle)
+	return g
+}
+
+// add counts a call about to start; false after wait returned (the
+// driver is closed).
+func (g *callGroup) add() bool {
+	if g == nil {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	if g.n == 0 {
+		g.idle = make(chan struct{})
+	}
+	g.n++
+	return true
+}
+
+func (g *callGroup) done() {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	g.n--
+	if g.n == 0 {
+		close(g.idle)
+	}
+	g.mu.Unlock()
+}
+
+// wait returns once no call is in flight. When ctx ends first, it ends the
+// calls (and every later one), waits for them to return, and returns
+// ctx's error.
+func (g *callGroup) wait(ctx context.Context) error {
+	var err error
+	for {
+		g.mu.Lock()
+		if g.n == 0 {
+			g.closed = true
+			g.mu.Unlock()
+			g.cancel()
+			return err
+		}
+		idle := g.idle
+		g.mu.Unlock()
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			if err == nil {
+				err = ctx.Err()
+				g.cancel()
+			}
+			<-idle
+		}
+	}
 }
 
 // publish sends msgs (fewer than limit) in a batch call shared with other
@@ -89,8 +169,17 @@ func (c *combiner) publish(ctx context.Context, msgs []*driver.Message, wire []*
 			// returns, so that this caller waits for it as the others do
 			// and returns at once when its context ends.
 			batch := c.take()
+			if !c.calls.add() {
+				// Publish checked the driver open before Close began.
+				for _, b := range batch {
+					b.err = errClosed
+					close(b.done)
+				}
+				continue
+			}
 			c.inflight++
 			go func() {
+				defer c.calls.done()
 				c.run(batch)
 				c.mu.Lock()
 				c.inflight--
@@ -149,10 +238,14 @@ func (c *combiner) take() []*publishRequest {
 }
 
 // run makes the batch call for batch and hands each request its outcome.
-// The call runs until it returns or every request's context has ended.
+// The call runs until it returns, every request's context has ended, or
+// the driver's Close gave up waiting for it.
 func (c *combiner) run(batch []*publishRequest) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
 	defer cancel()
+	if c.calls != nil {
+		defer context.AfterFunc(c.calls.ctx, cancel)()
+	}
 	var left atomic.Int32
 	left.Store(int32(len(batch)))
 	for _, r := range batch {

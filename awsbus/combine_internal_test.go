@@ -123,3 +123,101 @@ func TestCombinerRunnerReturnsWhenItsContextEnds(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestCloseWaitsForBatchCalls: Driver.Close returns only after the batch
+// calls that combiners run for waiting callers have returned; when its
+// context ends first, it cancels them, still returns only once they have,
+// and reports its context's error. A call that would start after Close
+// fails with ErrClosed instead.
+func TestCloseWaitsForBatchCalls(t *testing.T) {
+	const bound = 30 * time.Second
+	type outcome struct {
+		err        error
+		callsEnded bool // when Close returned
+	}
+	run := func(t *testing.T, closeCtx context.Context, release chan struct{}) (outcome, error) {
+		t.Helper()
+		d := &Driver{subs: make(map[*subscription]struct{}), calls: newCallGroup()}
+		started, ended := make(chan struct{}), make(chan struct{})
+		c := d.combinerFor("topic", 10, func(ctx context.Context, _ []*driver.Message, _ []*wireMessage) error {
+			defer close(ended)
+			close(started)
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		published := make(chan error, 1)
+		go func() {
+			published <- c.publish(context.Background(), []*driver.Message{{ID: "m"}}, []*wireMessage{{body: "x"}})
+		}()
+		select {
+		case <-started:
+		case <-time.After(bound):
+			t.Fatal("no batch call started")
+		}
+		closed := make(chan outcome, 1)
+		go func() {
+			err := d.Close(closeCtx)
+			o := outcome{err: err}
+			select {
+			case <-ended:
+				o.callsEnded = true
+			default:
+			}
+			closed <- o
+		}()
+		for deadline := time.Now().Add(bound); !d.isClosed(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("Close did not begin")
+			}
+		}
+		if release != nil {
+			select {
+			case o := <-closed:
+				t.Fatalf("Close returned (%v) while a batch call runs", o.err)
+			default:
+			}
+			close(release)
+		}
+		var o outcome
+		select {
+		case o = <-closed:
+		case <-time.After(bound):
+			t.Fatal("Close did not return")
+		}
+		var perr error
+		select {
+		case perr = <-published:
+		case <-time.After(bound):
+			t.Fatal("the publisher did not return")
+		}
+		if err := c.publish(context.Background(), []*driver.Message{{ID: "late"}}, []*wireMessage{{body: "x"}}); !errors.Is(err, driver.ErrClosed) {
+			t.Errorf("publish after Close: %v, want ErrClosed", err)
+		}
+		return o, perr
+	}
+
+	t.Run("waits", func(t *testing.T) {
+		o, perr := run(t, context.Background(), make(chan struct{}))
+		if o.err != nil || !o.callsEnded {
+			t.Errorf("Close returned %v, batch call ended before: %v; want nil, true", o.err, o.callsEnded)
+		}
+		if perr != nil {
+			t.Errorf("publisher: %v", perr)
+		}
+	})
+	t.Run("cancels when its context ends", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		o, perr := run(t, ctx, nil)
+		if !errors.Is(o.err, context.DeadlineExceeded) || !o.callsEnded {
+			t.Errorf("Close returned %v, batch call ended before: %v; want DeadlineExceeded, true", o.err, o.callsEnded)
+		}
+		if !errors.Is(perr, context.Canceled) {
+			t.Errorf("publisher: %v, want the cancelled call's error", perr)
+		}
+	})
+}

@@ -144,9 +144,10 @@
 // SQS carries at most ten message attributes (String type here):
 //
 //   - ce-<name> for each CloudEvents attribute and extension, in this order of
-//     precedence: specversion, id, source, type, time, subject,
-//     datacontenttype, dataschema, traceparent, tracestate, correlationid,
-//     causationid, replyto, then the other extensions by name.
+//     precedence: specversion, id, source, type, subject, the extensions
+//     that are not the bus's own (by name: what filters name, see Attribute
+//     selection), time, datacontenttype, dataschema, traceparent,
+//     tracestate, correlationid, causationid, replyto.
 //   - eventbus, when needed, a JSON object with what has no attribute of its
 //     own: {"key": the partition key, "header": {name: [values]}, "ce":
 //     {the attributes beyond the limit, and any with an empty value}, "enc":
@@ -162,6 +163,51 @@
 // headers. Receiving reads both modes, and a body that is a JSON event
 // without any attribute; message attributes of other senders that are
 // neither ce- nor eventbus become headers.
+//
+// # Attribute selection
+//
+// The driver claims driver.Capabilities.AttributeSelect: a subscription to
+// an event destination with SubscribeOptions.Select (the bus passes the
+// Exact filters of a subscription's filter there) gives the SNS
+// subscription of its queue (the group's, or its own) a filter policy, so
+// that SNS does not deliver to the queue the events it excludes. The bus
+// still evaluates the whole filter on what arrives.
+//
+// What is selected: events only (commands go to their queue directly, with
+// no SNS subscription to filter), on every CloudEvents attribute and
+// extension but partitionkey (the key travels in the eventbus attribute),
+// at most five of them (SNS's limit of keys in a filter policy; the first
+// five of Select, the bus filters the rest). For each, the policy accepts
+// the selected value of the attribute ce-<name>, or a message without
+// that attribute: SNS sees only message attributes, and a message that
+// carries the attribute elsewhere must still pass. So SNS leaves out
+// exactly the events that carry the attribute on its own with another
+// value; these pass whatever their value, and the bus filters them:
+//
+//   - binary-mode events whose attribute did not fit the ten (it rides in
+//     the eventbus attribute): every one of specversion, id, source, type
+//     and subject always fits, and so do the extensions users name, ahead
+//     of the others, unless an event has many of them;
+//   - structured-mode events (the attributes are in the body);
+//   - other producers' events that name it otherwise or not at all.
+//
+// One exception: SNS evaluates exists:false as false for a message without
+// any message attribute, so another producer's structured event sent with
+// no attribute at all does not reach a subscription with a selection (ours
+// always carry one). For such producers, write the condition in SQL
+// (eventbus.SQL("tenant = 'acme'")), which is never pushed down.
+//
+// A group has one selection, its SNS subscription's. Each subscription of
+// the group sets the policy of its own selection (none removes it), when
+// the policy differs: the policy follows the latest subscription. Members
+// of one group with different filters therefore all receive what the
+// latest member selected; the bus still filters each member by its own
+// filter, but events only the others' filters match may not arrive at all:
+// give members of a group one filter. On AWS a changed policy takes up to
+// 15 minutes to apply everywhere (SNS is eventually consistent): in that
+// while, a subscription may receive what the old policy lets through, and
+// miss what only the new one does. [Driver.DeclareGroup] leaves the policy
+// as it is. SNS allows 200 filter policies per topic.
 //
 // # Dead letters and retries
 //

@@ -41,7 +41,10 @@ type Driver struct {
 	resMu     sync.Mutex
 	resources map[string]*resource
 
-	combiners sync.Map // topic ARN or queue URL → *combiner
+	combiners sync.Map   // topic ARN or queue URL → *combiner
+	calls     *callGroup // the combiners' batch calls in flight
+
+	selectMu sync.Mutex // held while a filter policy is read and changed
 
 	mu      sync.Mutex
 	closed  bool
@@ -80,6 +83,7 @@ func Open(ctx context.Context, cfg *Config) (*Driver, error) {
 		instance:  randomID(),
 		resources: make(map[string]*resource),
 		subs:      make(map[*subscription]struct{}),
+		calls:     newCallGroup(),
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -155,7 +159,8 @@ func (d *Driver) Capabilities() driver.Capabilities {
 			driver.Event, driver.Command, driver.Query, driver.Stream,
 			driver.Broadcast, driver.Reply, driver.DeadLetter,
 		},
-		MaxMessageSize: MaxMessageSize,
+		MaxMessageSize:  MaxMessageSize,
+		AttributeSelect: true,
 	}
 }
 
@@ -684,6 +689,18 @@ func (d *Driver) subscribeQueue(ctx context.Context, topic, name string, q *reso
 			Attributes:            map[string]string{"RawMessageDelivery": "true"},
 			ReturnSubscriptionArn: true,
 		})
+		if err != nil && apiCode(err) == "InvalidParameter" && strings.Contains(err.Error(), "already exists") {
+			// Subscribed earlier with other attributes: a filter policy
+			// (see Attribute selection), which the caller sets.
+			arn, lerr := d.findSubscription(ctx, topic, q.arn)
+			if lerr != nil {
+				return fmt.Errorf("subscribe queue %s to topic %s: %w", name, topic, lerr)
+			}
+			if arn != "" {
+				r.arn = arn
+				return nil
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("subscribe queue %s to topic %s: %w", name, topic, classify(err))
 		}
@@ -694,6 +711,24 @@ func (d *Driver) subscribeQueue(ctx context.Context, topic, name string, q *reso
 		return "", err
 	}
 	return s.arn, nil
+}
+
+// findSubscription returns the ARN of the SQS subscription of the queue
+// queueARN to topic, "" when there is none.
+func (d *Driver) findSubscription(ctx context.Context, topic, queueARN string) (string, error) {
+	pages := sns.NewListSubscriptionsByTopicPaginator(d.sns, &sns.ListSubscriptionsByTopicInput{TopicArn: aws.String(topic)})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			return "", classify(err)
+		}
+		for _, s := range page.Subscriptions {
+			if aws.ToString(s.Protocol) == "sqs" && aws.ToString(s.Endpoint) == queueARN {
+				return aws.ToString(s.SubscriptionArn), nil
+			}
+		}
+	}
+	return "", nil
 }
 
 // QueueURL creates (idempotently) the queue that a subscription of group to
@@ -751,7 +786,10 @@ func (d *Driver) DeclareGroup(ctx context.Context, dest driver.Destination, opts
 }
 
 // Close implements driver.Driver: it closes every subscription (giving back
-// what they hold and removing private queues), then the connection.
+// what they hold and removing private queues), waits for the batch calls
+// that concurrent Publish calls share and that are still running for
+// callers that wait for them (when ctx ends first, it cancels them, waits
+// for them to return and reports ctx's error), then closes the connection.
 func (d *Driver) Close(ctx context.Context) error {
 	d.mu.Lock()
 	if d.closed {
@@ -770,6 +808,9 @@ func (d *Driver) Close(ctx context.Context) error {
 		wg.Go(func() { errs[i] = s.Close(ctx) })
 	}
 	wg.Wait()
+	if err := d.calls.wait(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("awsbus: close: batch calls cancelled: %w", err))
+	}
 	if d.transport != nil {
 		d.transport.CloseIdleConnections()
 	}

@@ -100,13 +100,21 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 		if q != nil {
 			s.queueURL = q.url
 		}
+		if sel := selection(dest, opts.Select); err == nil && len(sel) > 0 {
+			err = d.applySelection(ctx, s.subARN, sel)
+		}
 		d.forget("queue/" + name)
 		d.forget("subscription/" + name)
 	case topicPattern(dest.Pattern):
 		var q *resource
-		q, _, err = d.groupQueue(ctx, dest, d.cfg.QueueName(dest, opts.Group), opts.Durable || opts.Group != "")
+		var subARN string
+		q, subARN, err = d.groupQueue(ctx, dest, d.cfg.QueueName(dest, opts.Group), opts.Durable || opts.Group != "")
 		if q != nil {
 			s.queueURL = q.url
+		}
+		if err == nil && dest.Pattern == driver.Event {
+			// The group's selection is the latest member's, none included.
+			err = d.applySelection(ctx, subARN, selection(dest, opts.Select))
 		}
 	default:
 		name := d.cfg.QueueName(dest, "")
