@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -155,16 +158,73 @@ func TestHelpShowsNoSecret(t *testing.T) {
 	}
 }
 
-// Each part of an error message is said once, however many layers added it.
-func TestOnceEach(t *testing.T) {
-	for in, want := range map[string]string{
-		`publish event: eventbus: publish event: eventbus: message type "a..b": invalid name: empty token`: `publish event: eventbus: message type "a..b": invalid name: empty token`,
-		"cannot connect: natsbus: connect: no servers":                                                     "cannot connect: natsbus: connect: no servers",
-		"plain": "plain",
+// packagePrefixes finds the project's package prefixes in a message.
+var packagePrefixes = regexp.MustCompile(`\b(eventbus|membus|natsbus|kafkabus|rabbitbus|redisbus|awsbus|config|saga|sqlstore|outbox|driver): `)
+
+// The built tool prints each failure as one line, "error: " and what
+// failed, each package's prefix once, then after "; " what to do next.
+func TestBinaryErrorsSayEachPartOnce(t *testing.T) {
+	url := startServer(t).ClientURL()
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.json")
+	if err := os.WriteFile(big, []byte(`"`+strings.Repeat("x", 2<<20)+`"`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badConfig := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(badConfig, []byte("backends:\n  main:\n    url: "+url+"\nroutes:\n  - pattern: event\n    backend: nope\n  - pattern: stream\n    backend: gone\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lines := filepath.Join(dir, "lines.json")
+	if err := os.WriteFile(lines, []byte("{}\n{}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	down := "nats://127.0.0.1:" + strconv.Itoa(freePort(t))
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		have []string // what failed, then what to do next
+	}{
+		{"invalid event type", []string{"publish", "order..created", `{}`, "--url", url}, exitUsage,
+			[]string{`eventbus: publish event: message type "order..created": invalid name`, `; see "eventbus publish --help"`}},
+		{"oversize payload", []string{"publish", "order.created", "--file", big, "--url", url}, exitFailure,
+			[]string{"eventbus: publish events.order.created via nats: natsbus: publish to", "message too large", "; send a smaller payload"}},
+		{"invalid service, pipelined", []string{"publish", "charge", "--lines", "--file", lines, "--command", "bil.ling", "--url", url}, exitUsage,
+			[]string{`2 of 2 messages not published, the first on line 1: eventbus: send command: service "bil.ling": invalid name`, `; see "eventbus publish --help"`}},
+		{"invalid group", []string{"listen", "order.created", "--group", "g.1", "--url", url}, exitUsage,
+			[]string{`eventbus: subscribe events: group "g.1": invalid name`, `; see "eventbus listen --help"`}},
+		{"no responders", []string{"query", "inventory", "stock.get", `1`, "--timeout", "1s", "--url", url}, exitNoResponders,
+			[]string{"no responders: nobody handled inventory.stock.get", "eventbus: query queries.inventory.stock.get via nats: natsbus: request to", "; start a service that does"}},
+		{"configuration with unknown backends", []string{"publish", "order.created", `{}`, "--config", badConfig}, exitUsage,
+			[]string{"config: 2 problems: ", `routes[0].backend: unknown backend "nope"`, `; ` + badConfig, `routes[1].backend: unknown backend "gone"`, `; see "eventbus publish --help"`}},
+		{"unknown dead letter", []string{"dlq", "show", "nope", "--url", url}, exitFailure,
+			[]string{`eventbus: dead letter "nope": dead letter not found`, "; list them with eventbus dlq list"}},
+		{"server down", []string{"publish", "order.created", `{}`, "--url", down, "--connect-timeout", "300ms"}, exitUnavailable,
+			[]string{"cannot connect to " + down, "natsbus: ", `; is the server running? start one with "eventbus server"`}},
 	} {
-		if got := onceEach(in); got != want {
-			t.Errorf("onceEach(%q) = %q, want %q", in, got, want)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			r := runBinary(t, c.args...)
+			// Notices such as "waiting for ..." may come before the error.
+			lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
+			last := lines[len(lines)-1]
+			if r.code != c.code || !strings.HasSuffix(r.stderr, "\n") || !strings.HasPrefix(last, "error: ") || strings.Count(r.stderr, "error: ") != 1 {
+				t.Fatalf("exit %d (want %d), stderr %q: want one error line, last", r.code, c.code, r.stderr)
+			}
+			for _, part := range c.have {
+				if !strings.Contains(last, part) {
+					t.Errorf("%q does not say %q", last, part)
+				}
+			}
+			if !strings.Contains(last, "; ") || strings.Index(last, c.have[len(c.have)-1]) < strings.Index(last, c.have[0]) {
+				t.Errorf("%q does not say what to do next after what failed", last)
+			}
+			seen := map[string]int{}
+			for _, m := range packagePrefixes.FindAllStringSubmatch(last, -1) {
+				if seen[m[1]]++; seen[m[1]] == 2 {
+					t.Errorf("%q says %q more than once", last, m[0])
+				}
+			}
+		})
 	}
 }
 

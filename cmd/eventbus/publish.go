@@ -23,18 +23,6 @@ type publishTarget struct {
 	broadcast       bool
 }
 
-func (pt publishTarget) what() string {
-	switch {
-	case pt.service != "":
-		return "command"
-	case pt.broadcast:
-		return "broadcast"
-	case pt.stream != "":
-		return "stream message"
-	}
-	return "event"
-}
-
 func (pt publishTarget) send(ctx context.Context, bus *eventbus.Bus, m *eventbus.Message) error {
 	switch {
 	case pt.service != "":
@@ -120,9 +108,8 @@ func newPublishCmd(cf *connFlags, stdin io.Reader) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err = pt.send(ctx, bus, m); err != nil {
-				err = fmt.Errorf("publish %s: %w", pt.what(), err)
-			} else {
+			// The bus's error names the operation and the destination.
+			if err = pt.send(ctx, bus, m); err == nil {
 				fmt.Fprintln(cmd.OutOrStdout(), m.ID)
 			}
 			return closeBus(ctx, bus, err)
@@ -196,7 +183,7 @@ func publishLines(ctx context.Context, cf *connFlags, source string, pt publishT
 	for i, m := range msgs {
 		if errs[i] != nil {
 			if first == nil {
-				first = fmt.Errorf("publish %s of line %d: %w", pt.what(), i+1, errs[i])
+				first = fmt.Errorf("line %d: %w", i+1, errs[i])
 			}
 			failed++
 			continue
@@ -204,7 +191,7 @@ func publishLines(ctx context.Context, cf *connFlags, source string, pt publishT
 		fmt.Fprintln(stdout, m.ID)
 	}
 	if failed > 0 {
-		first = fmt.Errorf("%d of %d messages not published; the first failure: %w", failed, len(msgs), first)
+		first = fmt.Errorf("%d of %d messages not published, the first on %w", failed, len(msgs), first)
 	}
 	return closeBus(ctx, bus, first)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 
@@ -77,31 +78,68 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	case errors.As(err, &ue), errors.Is(err, eventbus.ErrInvalidName), !started:
 		code = exitUsage
 	}
-	msg := onceEach(err.Error())
-	if code == exitUsage && !strings.Contains(msg, "; ") && cmd != nil {
-		// Every error says what to do next; for a mistake in the command
-		// line, that is its help.
-		msg += fmt.Sprintf("; see %q", cmd.CommandPath()+" --help")
-	}
-	fmt.Fprintln(stderr, "error:", msg)
+	fmt.Fprintln(stderr, "error:", message(err, code, cmd))
 	return code
 }
 
-// onceEach drops the parts of an error message (between ": ") that repeat
-// an earlier part, such as a prefix that two layers both added, so that each
-// is said once: "publish event: eventbus: publish event: eventbus: message
-// type ..." becomes "publish event: eventbus: message type ...".
-func onceEach(msg string) string {
-	parts := strings.Split(msg, ": ")
-	seen := make(map[string]bool, len(parts))
-	out := parts[:0]
-	for _, p := range parts {
-		if !seen[p] {
-			seen[p] = true
-			out = append(out, p)
+// packagePrefix matches the message of an error that a package of the
+// project made ("eventbus: ...", "natsbus: ...", "config: ...").
+var packagePrefix = regexp.MustCompile(`^(eventbus|membus|natsbus|kafkabus|rabbitbus|redisbus|awsbus|config|saga|sqlstore|outbox|driver): `)
+
+// message is err as one line that says what to do next. The packages'
+// errors say what failed, each part once; the tool's own errors say what to
+// do next, most after "; ". A usage error or a package's error that the
+// tool gave no advice gets the advice of its kind: the command's help for a
+// usage error.
+func message(err error, code int, cmd *cobra.Command) string {
+	msg := err.Error()
+	// What the tool itself said around the packages' error: msg without
+	// the innermost error that a package made (the packages' own layers
+	// around it give no advice).
+	own, packaged := msg, false
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if inner := e.Error(); packagePrefix.MatchString(inner) {
+			own, packaged = strings.Replace(msg, inner, "", 1), true
 		}
 	}
-	return strings.Join(out, ": ")
+	// A multi-line error (a configuration's problems, one per line)
+	// becomes one line: its lines joined with "; ".
+	lines := strings.Split(msg, "\n")
+	for i := range lines {
+		lines[i] = strings.TrimPrefix(strings.TrimSpace(lines[i]), "- ")
+	}
+	msg = lines[0]
+	if len(lines) > 1 {
+		msg = strings.TrimSuffix(msg, ":") + ": " + strings.Join(lines[1:], "; ")
+	}
+	if (packaged || code == exitUsage) && !strings.Contains(own, "; ") {
+		msg += "; " + advice(err, code, cmd)
+	}
+	return msg
+}
+
+// advice says what to do next about an error whose message does not.
+func advice(err error, code int, cmd *cobra.Command) string {
+	help := `"eventbus --help"`
+	if cmd != nil {
+		help = fmt.Sprintf("%q", cmd.CommandPath()+" --help")
+	}
+	var ce *eventbus.ConfigError
+	switch {
+	case code == exitUsage:
+		return "see " + help
+	case errors.Is(err, eventbus.ErrTooLarge):
+		return "send a smaller payload: the backend takes messages up to the limit above"
+	case errors.Is(err, eventbus.ErrInvalid):
+		return "change the attribute or extension named above"
+	case errors.Is(err, eventbus.ErrSchema):
+		return "change the payload to satisfy the schema"
+	case errors.As(err, &ce), errors.Is(err, eventbus.ErrNoBackend), errors.Is(err, eventbus.ErrUnknownBackend), errors.Is(err, eventbus.ErrCapability):
+		return "check the backends and routes of the configuration file (--config)"
+	case errors.Is(err, eventbus.ErrClosed), errors.Is(err, driver.ErrUnavailable):
+		return `check that the server runs ("eventbus server" starts one), then try again`
+	}
+	return "try again"
 }
 
 // connFlags are the connection settings shared by the client commands.
