@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -104,7 +105,8 @@ func (b *Breaker) Wrap(next eventbus.Handler) eventbus.Handler {
 			case <-changed:
 			case <-fire:
 			case <-ctx.Done():
-				err = fmt.Errorf("middleware: circuit breaker: %w: %w", err, context.Cause(ctx))
+				cause := context.Cause(ctx)
+				err = &chainError{msg: fmt.Sprintf("middleware: circuit breaker: %s: %s", strings.TrimPrefix(err.Error(), "circuit breaker is "), inner(cause)), errs: []error{err, cause}}
 			}
 			if timer != nil {
 				timer.Stop()

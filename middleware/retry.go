@@ -74,7 +74,7 @@ func Retry(opts *RetryOptions) eventbus.Middleware {
 				err := next.Handle(ctx, m)
 				if err == nil || eventbus.IsPermanent(err) || attempt >= o.MaxAttempts || !retryable(err) {
 					if err != nil && attempt > 1 {
-						return fmt.Errorf("middleware: %d tries: %w", attempt, err)
+						return &chainError{msg: fmt.Sprintf("middleware: %d tries: %s", attempt, inner(err)), errs: []error{err}}
 					}
 					return err
 				}

@@ -25,8 +25,10 @@ func Timeout(d time.Duration) eventbus.Middleware {
 			cctx, cancel := context.WithTimeoutCause(ctx, d, ErrTimeout)
 			defer cancel()
 			err := next.Handle(cctx, m)
-			if err != nil && errors.Is(context.Cause(cctx), ErrTimeout) && ctx.Err() == nil {
-				return fmt.Errorf("%w after %v: %w", ErrTimeout, d, err)
+			// An error that says it timed out already (a Breaker that
+			// waited until the deadline) is returned as it is.
+			if err != nil && errors.Is(context.Cause(cctx), ErrTimeout) && ctx.Err() == nil && !errors.Is(err, ErrTimeout) {
+				return &chainError{msg: fmt.Sprintf("%v after %v: %s", ErrTimeout, d, inner(err)), errs: []error{ErrTimeout, err}}
 			}
 			return err
 		})
