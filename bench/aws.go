@@ -35,6 +35,11 @@ import (
 // a consumer in the same process empties.
 const awsBroker = "AWS SNS+SQS on fauxqs"
 
+// awsRawVisibility is the visibility timeout, in seconds, that the raw
+// consumer asks for on receive: the driver's (awsbus hides what a receive
+// brings for 4 s at first, and then renews what it holds).
+const awsRawVisibility = 4
+
 // Rows compared by the targets. The pipelined Publisher is the bus's
 // counterpart of the raw batched row (both keep many messages in flight per
 // caller, so that batches fill); PublishEvent, which returns once its own
@@ -172,9 +177,17 @@ func runAWSRawOn(ctx context.Context, cfg Config, env *awsEnv, topic, queue stri
 	defer wg.Wait()
 	defer cancel()
 	wg.Go(func() {
+		// Each message counts once: one received again (its delete failed,
+		// or it was received by a call whose answer was lost and that the
+		// SDK retried) is deleted again and not counted twice.
+		seen := make(map[string]struct{}, min(cfg.Messages, 1<<20))
 		for cctx.Err() == nil {
 			out, err := env.sqs.ReceiveMessage(cctx, &sqs.ReceiveMessageInput{
 				QueueUrl: aws.String(queue), MaxNumberOfMessages: 10, WaitTimeSeconds: 1,
+				// As the driver asks: messages of a receive whose answer was
+				// lost are hidden 4 s, not the queue's 30 s, which outlast
+				// the drain of a short run.
+				VisibilityTimeout:           awsRawVisibility,
 				MessageAttributeNames:       []string{"All"},
 				MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameApproximateReceiveCount},
 			})
@@ -189,9 +202,14 @@ func runAWSRawOn(ctx context.Context, cfg Config, env *awsEnv, topic, queue stri
 			}
 			entries := make([]sqstypes.DeleteMessageBatchRequestEntry, len(out.Messages))
 			for i, m := range out.Messages {
-				tr.handled([]byte(aws.ToString(m.Body)))
+				if _, dup := seen[aws.ToString(m.MessageId)]; !dup {
+					seen[aws.ToString(m.MessageId)] = struct{}{}
+					tr.handled([]byte(aws.ToString(m.Body)))
+				}
 				entries[i] = sqstypes.DeleteMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: m.ReceiptHandle}
 			}
+			// Entries SQS failed to delete come back after the visibility
+			// timeout, and are deleted then.
 			if _, err := env.sqs.DeleteMessageBatch(cctx, &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(queue), Entries: entries}); err != nil {
 				if cctx.Err() == nil {
 					tr.fail(err)

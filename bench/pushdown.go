@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/marty-msf/eventbus"
+	"github.com/marty-msf/eventbus/awsbus"
 	"github.com/marty-msf/eventbus/driver"
 	"github.com/marty-msf/eventbus/rabbitbus"
 )
 
-// Pushdown rows: a durable group on RabbitMQ whose filter keeps one event
-// in ten (Exact on an extension). Its queue is declared with the filter,
-// a backlog of events is stored through the driver (every tenth of region
+// Pushdown rows: a durable group whose filter keeps one event in ten
+// (Exact on an extension). Its queue is declared with the filter, a
+// backlog of events is stored through the driver (every tenth of region
 // eu), and the group's consumer alone is measured until it handled every
 // matching event. With the filter pushed down, the broker routes only the
 // matching tenth to the queue; written as Any(Exact(...)), which the bus
@@ -23,6 +24,13 @@ const (
 	pushdownOnRow   = "Exact(region) pushed down (headers binding)"
 	pushdownOffRow  = "Any(Exact(region)), evaluated in the bus"
 	pushdownMatches = 10 // one stored event in pushdownMatches matches
+
+	// On SNS+SQS (fauxqs), pushed down as the filter policy of the group
+	// queue's SNS subscription. The emulator stores far fewer events per
+	// second than RabbitMQ: the backlog is smaller.
+	awsPushdownBroker    = "AWS SNS+SQS on fauxqs, 10%-selective filter"
+	awsPushdownOnRow     = "Exact(region) pushed down (SNS filter policy)"
+	awsPushdownPerSecond = 2000
 )
 
 func init() {
@@ -32,20 +40,39 @@ func init() {
 	register(Scenario{Name: pushdownOffRow, Broker: pushdownBroker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
 		return runRabbitPushdown(ctx, cfg, eventbus.Any(eventbus.Exact("region", "eu")))
 	}})
+	register(Scenario{Name: awsPushdownOnRow, Broker: awsPushdownBroker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
+		return runAWSPushdown(ctx, cfg, eventbus.Exact("region", "eu"))
+	}})
+	register(Scenario{Name: pushdownOffRow, Broker: awsPushdownBroker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
+		return runAWSPushdown(ctx, cfg, eventbus.Any(eventbus.Exact("region", "eu")))
+	}})
 }
 
 func runRabbitPushdown(ctx context.Context, cfg Config, f eventbus.Filter) (Result, error) {
 	prefix := rabbitName()
 	defer rabbitCleanup(prefix)
 	rcfg := &rabbitbus.Config{URL: rabbitURL(), Options: rabbitbus.Options{Prefix: prefix}}
+	return runPushdown(ctx, cfg, f, "rabbit", backlogPerSecond, func() (driver.Driver, error) { return rabbitbus.Open(ctx, rcfg) })
+}
+
+func runAWSPushdown(ctx context.Context, cfg Config, f eventbus.Filter) (Result, error) {
+	env := startAWS()
+	defer env.close(ctx)
+	return runPushdown(ctx, cfg, f, "aws", awsPushdownPerSecond, func() (driver.Driver, error) { return awsbus.Open(ctx, env.config()) })
+}
+
+// runPushdown runs a pushdown row on the drivers that open makes (one per
+// bus, registered as backend), with a backlog of perSecond events per
+// second of cfg.Duration unless cfg.Messages sets it.
+func runPushdown(ctx context.Context, cfg Config, f eventbus.Filter, backend string, perSecond int64, open func() (driver.Driver, error)) (Result, error) {
 	// consumer opens the group's subscription with f on a bus of its own.
 	consumer := func(h eventbus.Handler) (*eventbus.Bus, error) {
-		d, err := rabbitbus.Open(ctx, rcfg)
+		d, err := open()
 		if err != nil {
 			return nil, err
 		}
 		b := eventbus.New(&eventbus.Options{Source: "bench"})
-		if err := b.Register("rabbit", d); err != nil {
+		if err := b.Register(backend, d); err != nil {
 			_ = d.Close(ctx)
 			return nil, err
 		}
@@ -69,11 +96,11 @@ func runRabbitPushdown(ctx context.Context, cfg Config, f eventbus.Filter) (Resu
 	}
 	n := cfg.Messages
 	if n <= 0 {
-		n = int64(cfg.Duration.Seconds() * backlogPerSecond)
+		n = int64(cfg.Duration.Seconds() * float64(perSecond))
 		n = max(min(n, int64(backlogBytes/max(cfg.Size, 1))), 1000)
 	}
 	n -= n % pushdownMatches
-	if err := fillRegions(ctx, rcfg, payload(cfg), int(n)); err != nil {
+	if err := fillRegions(ctx, open, payload(cfg), int(n)); err != nil {
 		return Result{}, fmt.Errorf("fill: %w", err)
 	}
 	tr := newTracker(cfg.Size)
@@ -110,8 +137,8 @@ func runRabbitPushdown(ctx context.Context, cfg Config, f eventbus.Filter) (Resu
 
 // fillRegions stores n events through the driver, 1000 per Publish, every
 // pushdownMatches-th of region eu and the others of region us.
-func fillRegions(ctx context.Context, rcfg *rabbitbus.Config, data []byte, n int) error {
-	d, err := rabbitbus.Open(ctx, rcfg)
+func fillRegions(ctx context.Context, open func() (driver.Driver, error), data []byte, n int) error {
+	d, err := open()
 	if err != nil {
 		return err
 	}
