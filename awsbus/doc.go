@@ -122,7 +122,9 @@
 // Publish whose context ends while its messages wait returns at once without
 // sending them; one whose context ends during their call returns at once
 // too, their fate unknown (as for any call cancelled in flight), and the call
-// is cancelled when every caller in it has given up.
+// is cancelled when every caller in it has given up. Close waits for the
+// calls still running for their callers; when its context ends first, it
+// cancels them, waits for them to return and reports the context's error.
 //
 // # FIFO and ordering
 //
