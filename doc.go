@@ -170,4 +170,16 @@
 // concurrent use. Handlers run one at a time per subscription unless
 // WithConcurrency says otherwise; messages with the same Key never run
 // concurrently, and a slow key holds up only its own messages.
+//
+// # Errors
+//
+// Every error a method returns starts with "eventbus: ", once, then the
+// operation and its destination, then the cause: a driver's error with the
+// driver's own prefix ("eventbus: publish events.order.created via nats:
+// natsbus: ..."), or the bus's ("eventbus: publish event: message type
+// "a..b": invalid name: empty token"). The typed errors (*FilterError,
+// *SchemaError, *DecodeError, *PanicError) say no prefix themselves; the
+// method that returns one adds it. Errors match the sentinels (ErrClosed,
+// ErrInvalidName...) with errors.Is and the typed errors with errors.As,
+// whatever wraps them.
 package eventbus
