@@ -76,6 +76,7 @@ func TestErrorsSayEachPrefixOnce(t *testing.T) {
 		config   *eventbus.ConfigError
 		remote   *eventbus.RemoteError
 		schema   *eventbus.SchemaError
+		decode   *eventbus.DecodeError
 	)
 	cases := []errorCase{
 		{name: "publish an event with an invalid type", is: []error{eventbus.ErrInvalidName}, have: `publish event: message type "order..created": invalid name`,
@@ -224,8 +225,19 @@ func TestErrorsSayEachPrefixOnce(t *testing.T) {
 				m := plain("stock.get")
 				m.Data = []byte(`{"SKU":"not a number"}`)
 				_, err := bus.Query(ctxT(t), "inventory", m)
-				if remote != nil && strings.Contains(remote.Message, "eventbus: ") {
-					t.Errorf("the remote message %q repeats the prefix", remote.Message)
+				return err
+			}},
+		{name: "query whose handler returns an error of its bus", as: []any{&remote}, have: `query inventory.stock.get failed remotely: publish event: message type "a..b": invalid name`,
+			run: func(t *testing.T) error {
+				bus, _ := memBus(t, 0, nil)
+				must(t, errOnly(bus.HandleQuery(ctxT(t), "inventory", "stock.get", eventbus.QueryHandlerFunc(
+					func(ctx context.Context, _ *eventbus.Message) (*eventbus.Message, error) {
+						return nil, bus.PublishEvent(ctx, plain("a..b"))
+					}))))
+				_, err := bus.Query(ctxT(t), "inventory", plain("stock.get"))
+				var re *eventbus.RemoteError
+				if errors.As(err, &re) && strings.Contains(re.Message, "eventbus: ") {
+					t.Errorf("the remote message %q repeats the prefix", re.Message)
 				}
 				return err
 			}},
@@ -306,6 +318,47 @@ func TestErrorsSayEachPrefixOnce(t *testing.T) {
 			run: func(t *testing.T) error {
 				bus, _ := memBus(t, 0, nil)
 				return bus.DeclareEventGroup(ctxT(t), []string{"a..b"}, "g")
+			}},
+		{name: "get an unknown dead letter", is: []error{eventbus.ErrDeadLetterNotFound}, have: `dead letter "nope": dead letter not found`,
+			run: func(t *testing.T) error {
+				bus, _ := memBus(t, 0, nil)
+				_, err := bus.DeadLetters().Get(ctxT(t), "nope")
+				return err
+			}},
+		{name: "replay to an invalid destination", is: []error{eventbus.ErrInvalidName}, have: "replay dead letters: invalid name: destination",
+			run: func(t *testing.T) error {
+				bus, _ := memBus(t, 0, nil)
+				_, err := bus.DeadLetters().Replay(ctxT(t), eventbus.DeadLetterFilter{}, &eventbus.ReplayOptions{To: "events"})
+				return err
+			}},
+		{name: "compile a malformed filter", is: []error{eventbus.ErrInvalidFilter}, as: []any{&filter}, have: "invalid filter",
+			run: func(*testing.T) error {
+				_, err := eventbus.CompileFilter(eventbus.SQL("type ="))
+				return err
+			}},
+		{name: "validate data against its schema", is: []error{eventbus.ErrSchema}, as: []any{&schema}, have: "order.created data violates schema urn:order",
+			run: func(t *testing.T) error {
+				schemas := eventbus.NewSchemas(nil)
+				must(t, schemas.Add("urn:order", []byte(`{"type":"object","required":["id"]}`)))
+				must(t, schemas.Bind("order.created", "urn:order"))
+				return schemas.Validate(plain("order.created"))
+			}},
+		{name: "bind an unknown schema", is: []error{eventbus.ErrSchema}, as: []any{&schema}, have: "order.created schema urn:nope",
+			run: func(*testing.T) error {
+				return eventbus.NewSchemas(nil).Bind("order.created", "urn:nope")
+			}},
+		{name: "apply a failing pipeline", have: "pipeline step 1: refused",
+			run: func(t *testing.T) error {
+				_, err := eventbus.NewPipeline(eventbus.StepFunc(func(context.Context, *eventbus.Message) ([]*eventbus.Message, error) {
+					return nil, errors.New("refused")
+				})).Apply(ctxT(t), plain("order.created"))
+				return err
+			}},
+		{name: "decode data of the wrong shape", as: []any{&decode}, have: `decode "application/json" data into *int`,
+			run: func(t *testing.T) error {
+				bus, _ := memBus(t, 0, nil)
+				var n int
+				return bus.Decode(plain("order.created"), &n)
 			}},
 	}
 	for _, c := range cases {
