@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/marty-msf/eventbus"
 	"github.com/marty-msf/eventbus/driver"
+	"github.com/marty-msf/eventbus/internal/testenv"
 	"github.com/marty-msf/eventbus/membus"
+	"github.com/marty-msf/eventbus/natsbus"
 )
 
 // packagePrefix finds the "<package>: " prefixes of the project's packages
@@ -61,6 +64,21 @@ func memBus(t *testing.T, maxSize int, opts *eventbus.Options) (*eventbus.Bus, d
 		_ = broker.Close(context.Background())
 	})
 	return bus, conn
+}
+
+// natsBus returns a started bus over the test NATS server, closed at the
+// end of the test.
+func natsBus(t *testing.T) *eventbus.Bus {
+	t.Helper()
+	d, err := natsbus.Open(ctxT(t), &natsbus.Config{Servers: []string{testenv.NATSURL(t)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus := eventbus.New(nil)
+	must(t, bus.Register("nats", d))
+	must(t, bus.Start(ctxT(t)))
+	t.Cleanup(func() { _ = bus.Close(context.Background()) })
+	return bus
 }
 
 func plain(typ string) *eventbus.Message {
@@ -239,6 +257,19 @@ func TestErrorsSayEachPrefixOnce(t *testing.T) {
 				if errors.As(err, &re) && strings.Contains(re.Message, "eventbus: ") {
 					t.Errorf("the remote message %q repeats the prefix", re.Message)
 				}
+				return err
+			}},
+		{name: "publish an oversize event on NATS", is: []error{eventbus.ErrTooLarge}, as: []any{&tooLarge}, have: "publish events.big via nats: natsbus: publish to",
+			run: func(t *testing.T) error {
+				bus := natsBus(t)
+				m := plain("big")
+				m.Data = []byte(`"` + strings.Repeat("x", 2<<20) + `"`)
+				return bus.PublishEvent(ctxT(t), m)
+			}},
+		{name: "query that nobody handles on NATS", is: []error{eventbus.ErrNoResponders}, have: "via nats: natsbus: request to",
+			run: func(t *testing.T) error {
+				bus := natsBus(t)
+				_, err := bus.Query(ctxT(t), "nobody"+strconv.FormatInt(time.Now().UnixNano(), 36), plain("stock.get"))
 				return err
 			}},
 		{name: "subscribe with a malformed filter", is: []error{eventbus.ErrInvalidFilter}, as: []any{&filter}, have: "register events.order.created: invalid filter",
