@@ -323,8 +323,12 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 	fs.EachRecord(func(r *kgo.Record) { size += headerBytes(r) })
 	text.Grow(size)
 	s.mu.Lock()
+	var st *partState // the partition of the previous record: records come by partition
 	fs.EachRecord(func(r *kgo.Record) {
-		if e := s.handOut(r, &slab[taken], &msgs[taken], &text); e != nil {
+		if st == nil || st.tp.part != r.Partition || st.tp.topic != r.Topic {
+			st = s.partOf(r)
+		}
+		if e := s.handOut(r, st, &slab[taken], &msgs[taken], &text); e != nil {
 			dels[taken] = driver.Delivery{Message: e.msg, Attempt: e.attempts, Err: e.err, Handle: e}
 			ds = append(ds, &dels[taken])
 			taken++
@@ -352,20 +356,23 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 	return nil, nil
 }
 
-// handOut registers r as handed out in e, decoding it into m (its strings
-// into text), and returns e, or nil when r belongs to a partition this
-// member is giving up. s.mu is held.
-func (s *subscription) handOut(r *kgo.Record, e *entry, m *driver.Message, text *strings.Builder) *entry {
+// partOf returns the state of r's partition, or nil when the partition is
+// not (or no longer) assigned to this member. s.mu is held.
+func (s *subscription) partOf(r *kgo.Record) *partState {
 	tp := topicPartition{r.Topic, r.Partition}
 	st := s.parts[tp]
-	if st == nil {
-		if s.groupID != "" {
-			return nil // not (or no longer) assigned to this member
-		}
+	if st == nil && s.groupID == "" {
 		st = &partState{tp: tp, next: -1, commit: -1}
 		s.parts[tp] = st
 	}
-	if st.revoking || st.released || (st.next >= 0 && r.Offset < st.next) {
+	return st
+}
+
+// handOut registers r, of partition st, as handed out in e, decoding it into
+// m (its strings into text), and returns e, or nil when r belongs to a
+// partition this member does not have or is giving up. s.mu is held.
+func (s *subscription) handOut(r *kgo.Record, st *partState, e *entry, m *driver.Message, text *strings.Builder) *entry {
+	if st == nil || st.revoking || st.released || (st.next >= 0 && r.Offset < st.next) {
 		return nil
 	}
 	st.next = r.Offset + 1
