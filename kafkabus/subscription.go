@@ -308,14 +308,10 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 	if fs.IsClientClosed() {
 		return nil, s.closedErr("receive")
 	}
-	// The entries, messages and deliveries of one poll are allocated
-	// together.
 	n = fs.NumRecords()
 	var (
 		ds    = make([]*driver.Delivery, 0, n)
-		slab  = make([]entry, n)
-		msgs  = make([]driver.Message, n)
-		dels  = make([]driver.Delivery, n)
+		slab  = make([]handed, n)
 		taken = 0
 		text  strings.Builder // the keys and header values of the poll
 		size  = 0
@@ -328,9 +324,10 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 		if st == nil || st.tp.part != r.Partition || st.tp.topic != r.Topic {
 			st = s.partOf(r)
 		}
-		if e := s.handOut(r, st, &slab[taken], &msgs[taken], &text); e != nil {
-			dels[taken] = driver.Delivery{Message: e.msg, Attempt: e.attempts, Err: e.err, Handle: e}
-			ds = append(ds, &dels[taken])
+		h := &slab[taken]
+		if e := s.handOut(r, st, &h.e, &h.m, &text); e != nil {
+			h.d = driver.Delivery{Message: e.msg, Attempt: e.attempts, Err: e.err, Handle: e}
+			ds = append(ds, &h.d)
 			taken++
 		}
 	})
@@ -354,6 +351,14 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 		}
 	})
 	return nil, nil
+}
+
+// handed is a record handed out: its entry, message and first delivery.
+// Those of one poll are allocated together.
+type handed struct {
+	e entry
+	m driver.Message
+	d driver.Delivery
 }
 
 // partOf returns the state of r's partition, or nil when the partition is
