@@ -53,22 +53,22 @@ type LifecycleEvent struct {
 // Errors of the orchestrator; match them with errors.Is.
 var (
 	// ErrUnknownSaga: no definition is registered under that name.
-	ErrUnknownSaga = errors.New("saga: unknown saga")
+	ErrUnknownSaga = errors.New("unknown saga")
 	// ErrUnknownVersion: an instance runs on a version of its definition
 	// that this orchestrator has not registered. The orchestrator leaves
 	// it alone (Unrunnable lists it) until one that has it handles it.
-	ErrUnknownVersion = errors.New("saga: unknown definition version")
+	ErrUnknownVersion = errors.New("unknown definition version")
 	// ErrDuplicateDefinition: a definition with that name is registered.
-	ErrDuplicateDefinition = errors.New("saga: duplicate definition")
+	ErrDuplicateDefinition = errors.New("duplicate definition")
 	// ErrNotRunning: Cancel found the saga compensating or finished.
-	ErrNotRunning = errors.New("saga: not running")
+	ErrNotRunning = errors.New("not running")
 	// ErrPastPivot: Cancel found the saga past its point of no return (at
 	// a retriable step): it can only go forward.
-	ErrPastPivot = errors.New("saga: past its pivot")
+	ErrPastPivot = errors.New("past its pivot")
 	// ErrNotFailed: Retry found the saga in another state than Failed.
-	ErrNotFailed = errors.New("saga: not failed")
+	ErrNotFailed = errors.New("not failed")
 	// ErrAlreadyRunning: Run was called while it runs.
-	ErrAlreadyRunning = errors.New("saga: orchestrator already running")
+	ErrAlreadyRunning = errors.New("orchestrator already running")
 )
 
 // Options configures an Orchestrator. The zero value is valid.
@@ -203,7 +203,7 @@ func (o *Orchestrator) Register(defs ...Definition) error {
 	for _, d := range defs {
 		k := defKey{d.Name, max(d.Version, 1)}
 		if o.defs[k] != nil || seen[k] {
-			return fmt.Errorf("%w: %q version %d", ErrDuplicateDefinition, k.name, k.version)
+			return fmt.Errorf("saga: register: %w: %q version %d", ErrDuplicateDefinition, k.name, k.version)
 		}
 		seen[k] = true
 	}
@@ -255,7 +255,7 @@ func (o *Orchestrator) definition(name string) (*Definition, error) {
 	if v, ok := o.latest[name]; ok {
 		return o.defs[defKey{name, v}], nil
 	}
-	return nil, fmt.Errorf("%w: %q", ErrUnknownSaga, name)
+	return nil, fmt.Errorf("saga: start: %w: %q", ErrUnknownSaga, name)
 }
 
 // definitionOf returns the definition instance in runs on.
@@ -392,7 +392,7 @@ func (o *Orchestrator) Retry(ctx context.Context, id string) error {
 // Replies are handled by the bus, whether Run runs or not.
 func (o *Orchestrator) Run(ctx context.Context) error {
 	if !o.running.CompareAndSwap(false, true) {
-		return ErrAlreadyRunning
+		return fmt.Errorf("saga: run: %w", ErrAlreadyRunning)
 	}
 	defer o.running.Store(false)
 	// Leases are renewed on their own schedule: a long poll (many sagas

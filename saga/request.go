@@ -24,11 +24,11 @@ const (
 var (
 	// ErrRequestPending: the saga has a request of another kind that no
 	// orchestrator has applied yet.
-	ErrRequestPending = errors.New("saga: another request is pending")
+	ErrRequestPending = errors.New("another request is pending")
 	// ErrUnknownRequest: an orchestrator refused a request of a kind it
 	// does not know (recorded by a newer version of the package), or
 	// RequestOutcome was given an id the saga has no trace of.
-	ErrUnknownRequest = errors.New("saga: unknown request")
+	ErrUnknownRequest = errors.New("unknown request")
 )
 
 // ManagerRequest is a request to cancel a saga or to retry its compensation,

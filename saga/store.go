@@ -87,9 +87,9 @@ type Record struct {
 // Errors of Store implementations.
 var (
 	// ErrNotFound: no saga instance with that id.
-	ErrNotFound = errors.New("saga: not found")
+	ErrNotFound = errors.New("not found")
 	// ErrExists: a saga instance with that id exists already.
-	ErrExists = errors.New("saga: already exists")
+	ErrExists = errors.New("already exists")
 	// ErrConflict: the instance changed since it was loaded.
-	ErrConflict = errors.New("saga: version conflict")
+	ErrConflict = errors.New("version conflict")
 )
