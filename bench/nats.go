@@ -39,6 +39,7 @@ func init() {
 
 	register(Scenario{Name: "raw jetstream, async publish", Broker: jsBroker, Role: RoleRaw, Run: runJetStreamRaw})
 	register(Scenario{Name: "raw jetstream, async publish, CloudEvents headers", Broker: jsBroker, Role: RoleReference, Run: runJetStreamRawHeaders})
+	register(Scenario{Name: "raw jetstream, async publish, CloudEvents headers, no Nats-Msg-Id", Broker: jsBroker, Role: RoleReference, Run: runJetStreamRawHeadersNoID})
 	register(Scenario{Name: "raw jetstream, sync publish", Broker: jsBroker, Role: RoleReference, Run: runJetStreamRawSync})
 	register(Scenario{Name: "eventbus on natsbus", Broker: jsBroker, Role: RoleBus, Run: runJetStreamBus})
 	register(Scenario{Name: "Watermill NATS JetStream", Broker: jsBroker, Role: RolePeer, Run: runJetStreamWatermill})
@@ -271,28 +272,10 @@ func runNATSBus(ctx context.Context, cfg Config, jetStream bool) (Result, error)
 	return runNATSBusWith(ctx, cfg, jetStream, busThroughput)
 }
 
-// runNATSBusWith runs runNATSBus's setup and publishes with publish.
+// runNATSBusWith runs runNATSBus's setup and publishes with publish: the
+// events are at least once, the default.
 func runNATSBusWith(ctx context.Context, cfg Config, jetStream bool, publish busPublish) (Result, error) {
-	env, err := startNATS(ctx)
-	if err != nil {
-		return Result{}, err
-	}
-	defer env.close(ctx)
-	tr := newTracker(cfg.Size)
-	tr.lossy = !jetStream
-	consumer, err := env.openBus(ctx, jetStream, func(b *eventbus.Bus) error {
-		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
-	})
-	if err != nil {
-		return Result{}, fmt.Errorf("consumer bus: %w", err)
-	}
-	defer consumer.Close(context.WithoutCancel(ctx))
-	producer, err := env.openBus(ctx, jetStream, nil)
-	if err != nil {
-		return Result{}, fmt.Errorf("publisher bus: %w", err)
-	}
-	defer producer.Close(context.WithoutCancel(ctx))
-	return publish(ctx, cfg, tr, producer)
+	return runNATSRouted(ctx, cfg, jetStream, eventbus.AtLeastOnce, publish)
 }
 
 // runCoreWatermill: Watermill's NATS Pub/Sub with JetStream disabled. Its
@@ -511,18 +494,24 @@ const rawAsyncWindow = 4096
 // runJetStreamRaw: PublishMsgAsync from 16 goroutines, each keeping up to
 // 4096/16 futures in flight and waiting for all of them at the end.
 func runJetStreamRaw(ctx context.Context, cfg Config) (Result, error) {
-	return runJetStreamAsync(ctx, cfg, false)
+	return runJetStreamAsync(ctx, cfg, false, false)
 }
 
 // runJetStreamRawHeaders: as runJetStreamRaw, each message carrying the
-// headers natsbus puts on an event (CloudEvents binary mode and a
-// de-duplication id): the cost of the envelope on the wire and in the
-// server, without the bus.
+// headers natsbus puts on an exactly-once event (CloudEvents binary mode
+// and a de-duplication id): the cost of the envelope on the wire and in
+// the server, without the bus.
 func runJetStreamRawHeaders(ctx context.Context, cfg Config) (Result, error) {
-	return runJetStreamAsync(ctx, cfg, true)
+	return runJetStreamAsync(ctx, cfg, true, true)
 }
 
-func runJetStreamAsync(ctx context.Context, cfg Config, headers bool) (Result, error) {
+// runJetStreamRawHeadersNoID: the same headers without the de-duplication
+// id, as natsbus sends an at-least-once event.
+func runJetStreamRawHeadersNoID(ctx context.Context, cfg Config) (Result, error) {
+	return runJetStreamAsync(ctx, cfg, true, false)
+}
+
+func runJetStreamAsync(ctx context.Context, cfg Config, headers, msgID bool) (Result, error) {
 	env, err := startNATS(ctx)
 	if err != nil {
 		return Result{}, err
@@ -542,10 +531,14 @@ func runJetStreamAsync(ctx context.Context, cfg Config, headers bool) (Result, e
 			next := envelopeMaker(id, data)
 			newMsg = func() *nats.Msg {
 				m := next()
-				return &nats.Msg{Subject: rawSubject, Data: data, Header: nats.Header{
+				h := nats.Header{
 					"ce-specversion": {"1.0"}, "ce-id": {m.ID}, "ce-source": {m.Source}, "ce-type": {m.Type},
-					"ce-time": {m.Time.UTC().Format(time.RFC3339Nano)}, "Nats-Msg-Id": {m.ID},
-				}}
+					"ce-time": {m.Time.UTC().Format(time.RFC3339Nano)},
+				}
+				if msgID {
+					h["Nats-Msg-Id"] = []string{m.ID}
+				}
+				return &nats.Msg{Subject: rawSubject, Data: data, Header: h}
 			}
 		}
 		futures := make([]jetstream.PubAckFuture, 0, window)

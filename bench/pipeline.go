@@ -19,6 +19,8 @@ const (
 	kafkaPipelineRow = "eventbus Publisher on kafkabus (pipelined)"
 	coreAtMostOnce   = "eventbus Publisher on natsbus, JetStream off, at-most-once route"
 	jsAtMostOnce     = "eventbus Publisher on natsbus, at-most-once route"
+	jsExactlyOnce    = "eventbus on natsbus, exactly-once route"
+	jsPipelineExact  = "eventbus Publisher on natsbus (pipelined), exactly-once route"
 )
 
 func init() {
@@ -26,10 +28,16 @@ func init() {
 	register(Scenario{Name: jsPipelineRow, Broker: jsBroker, Role: RoleReference, Run: runJetStreamPipeline})
 	register(Scenario{Name: kafkaPipelineRow, Broker: kafkaBroker, Role: RoleReference, Run: runKafkaPipeline})
 	register(Scenario{Name: coreAtMostOnce, Broker: coreBroker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
-		return runNATSAtMostOnce(ctx, cfg, false)
+		return runNATSRouted(ctx, cfg, false, eventbus.AtMostOnce, pipelinePublishers)
 	}})
 	register(Scenario{Name: jsAtMostOnce, Broker: jsBroker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
-		return runNATSAtMostOnce(ctx, cfg, true)
+		return runNATSRouted(ctx, cfg, true, eventbus.AtMostOnce, pipelinePublishers)
+	}})
+	register(Scenario{Name: jsExactlyOnce, Broker: jsBroker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
+		return runNATSRouted(ctx, cfg, true, eventbus.ExactlyOnce, busThroughput)
+	}})
+	register(Scenario{Name: jsPipelineExact, Broker: jsBroker, Role: RoleReference, Run: func(ctx context.Context, cfg Config) (Result, error) {
+		return runNATSRouted(ctx, cfg, true, eventbus.ExactlyOnce, pipelinePublishers)
 	}})
 	registerTarget(pipelineTarget(coreBroker, coreAtMostOnce, "raw nats.go", 0.8))
 	registerTarget(pipelineTarget(memBroker, memPipelineRow, "Go channel (ceiling)", 0.5))
@@ -133,18 +141,20 @@ func runKafkaPipeline(ctx context.Context, cfg Config) (Result, error) {
 	return runKafkaBusWith(ctx, cfg, pipelinePublishers)
 }
 
-// runNATSAtMostOnce: the pipelined row with the events routed at-most-once,
-// which natsbus publishes without flushing (core) or waiting for the
-// stream's acknowledgement (JetStream). Flush then reports the messages
-// written, not stored.
-func runNATSAtMostOnce(ctx context.Context, cfg Config, jetStream bool) (Result, error) {
+// runNATSRouted: the "eventbus on natsbus" rows with the producer's events
+// routed with delivery, publishing with publish. At-most-once: natsbus
+// publishes without flushing (core) or waiting for the stream's
+// acknowledgement (JetStream), and Flush reports the messages written, not
+// stored. Exactly-once: every message carries its de-duplication id
+// (Nats-Msg-Id), which the server looks up and records.
+func runNATSRouted(ctx context.Context, cfg Config, jetStream bool, delivery eventbus.DeliveryGuarantee, publish busPublish) (Result, error) {
 	env, err := startNATS(ctx)
 	if err != nil {
 		return Result{}, err
 	}
 	defer env.close(ctx)
 	tr := newTracker(cfg.Size)
-	tr.lossy = true
+	tr.lossy = !jetStream || delivery == eventbus.AtMostOnce
 	consumer, err := env.openBus(ctx, jetStream, func(b *eventbus.Bus) error {
 		return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", countingHandler(tr)))
 	})
@@ -157,7 +167,7 @@ func runNATSAtMostOnce(ctx context.Context, cfg Config, jetStream bool) (Result,
 		return Result{}, err
 	}
 	producer := eventbus.New(&eventbus.Options{Source: "bench", Routes: []eventbus.Route{
-		{Pattern: eventbus.EventPattern, Backend: "nats", Delivery: eventbus.AtMostOnce},
+		{Pattern: eventbus.EventPattern, Backend: "nats", Delivery: delivery},
 	}})
 	defer producer.Close(context.WithoutCancel(ctx))
 	if err := producer.Register("nats", d); err != nil {
@@ -167,5 +177,5 @@ func runNATSAtMostOnce(ctx context.Context, cfg Config, jetStream bool) (Result,
 	if err := producer.Start(ctx); err != nil {
 		return Result{}, err
 	}
-	return pipelinePublishers(ctx, cfg, tr, producer)
+	return publish(ctx, cfg, tr, producer)
 }
