@@ -67,18 +67,31 @@ func retryTopicName(topic, groupID string) string {
 // receipt the record key wins, and partitionkey fills in for a record
 // without one. Free headers are record headers, one per value.
 func encode(topic string, m *driver.Message) *kgo.Record {
-	var rs recordSlab
-	rs.grow([]*driver.Message{m})
-	return rs.encode(topic, m)
+	return newRecordSlab([]*driver.Message{m}).encode(topic, m)
 }
 
 // recordSlab holds the records of one publish, their headers and the bytes
 // of their keys and header values in three blocks, so that a batch of n
-// messages costs a few allocations, not a dozen per message.
+// messages costs a few allocations, not a dozen per message; a publish of
+// one message that fits in the slab's own arrays allocates the slab alone.
+// Its waiter collects the records' promises.
 type recordSlab struct {
 	recs []kgo.Record
 	hdrs []kgo.RecordHeader
 	buf  []byte
+
+	oneRec  [1]kgo.Record
+	oneHdrs [8]kgo.RecordHeader
+	oneBuf  [256]byte
+
+	waiter
+}
+
+// newRecordSlab returns a slab sized for msgs.
+func newRecordSlab(msgs []*driver.Message) *recordSlab {
+	rs := new(recordSlab)
+	rs.grow(msgs)
+	return rs
 }
 
 // grow sizes the slab for msgs.
@@ -94,6 +107,10 @@ func (rs *recordSlab) grow(msgs []*driver.Message) {
 		hdrs += 6 + len(m.Extensions)
 		// Data is not copied: the record's value is m.Data itself.
 		bytes += m.Size() - len(m.Data) + 48
+	}
+	if len(msgs) == 1 && hdrs <= len(rs.oneHdrs) && bytes <= len(rs.oneBuf) {
+		rs.recs, rs.hdrs, rs.buf = rs.oneRec[:0], rs.oneHdrs[:0], rs.oneBuf[:0]
+		return
 	}
 	rs.recs = make([]kgo.Record, 0, len(msgs))
 	rs.hdrs = make([]kgo.RecordHeader, 0, hdrs)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -148,8 +147,7 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 		return nil
 	}
 	topic := d.Topic(dest)
-	var rs recordSlab
-	rs.grow(msgs)
+	rs := newRecordSlab(msgs)
 	for _, m := range msgs {
 		r := rs.encode(topic, m)
 		if n := recordSize(r); n > int(d.cfg.batchMax()) {
@@ -165,7 +163,7 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 		d.deadLetters[dest.Name] = topic
 		d.topicsMu.Unlock()
 	}
-	if err := d.produceAll(ctx, rs.recs); err != nil {
+	if err := d.produceAll(ctx, rs); err != nil {
 		return fmt.Errorf("kafkabus: publish to %s: %w", dest, err)
 	}
 	return nil
@@ -173,39 +171,32 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 
 // produce produces recs and waits for every promise.
 func (d *Driver) produce(ctx context.Context, recs []*kgo.Record) error {
-	w := newWaiter(len(recs))
+	var w waiter
+	w.due.Add(len(recs))
 	promise := w.promise // one closure for every record
 	for _, r := range recs {
 		d.client.Produce(ctx, r, promise)
 	}
-	<-w.done
+	w.due.Wait()
 	return w.err
 }
 
-// produceAll produces every record of recs and waits once, for the last
-// promise.
-func (d *Driver) produceAll(ctx context.Context, recs []kgo.Record) error {
-	w := newWaiter(len(recs))
-	promise := w.promise // one closure for every record
-	for i := range recs {
-		d.client.Produce(ctx, &recs[i], promise)
+// produceAll produces every record of rs and waits for every promise.
+func (d *Driver) produceAll(ctx context.Context, rs *recordSlab) error {
+	rs.due.Add(len(rs.recs))
+	promise := rs.promise // one closure for every record
+	for i := range rs.recs {
+		d.client.Produce(ctx, &rs.recs[i], promise)
 	}
-	<-w.done
-	return w.err
-}
-
-func newWaiter(n int) *waiter {
-	w := &waiter{done: make(chan struct{})}
-	w.left.Store(int64(n))
-	return w
+	rs.due.Wait()
+	return rs.err
 }
 
 // waiter collects the promises of one publish.
 type waiter struct {
-	left atomic.Int64
-	mu   sync.Mutex
-	err  error
-	done chan struct{}
+	due sync.WaitGroup // a promise each
+	mu  sync.Mutex
+	err error // the first failure
 }
 
 func (w *waiter) promise(_ *kgo.Record, err error) {
@@ -216,9 +207,7 @@ func (w *waiter) promise(_ *kgo.Record, err error) {
 		}
 		w.mu.Unlock()
 	}
-	if w.left.Add(-1) == 0 {
-		close(w.done)
-	}
+	w.due.Done()
 }
 
 // classify wraps a client error with the driver sentinel it means.
