@@ -290,10 +290,9 @@ func (s *subscription) poll(ctx context.Context, n int) ([]*driver.Delivery, err
 	case <-s.ctx.Done():
 		return nil, s.closedErr("receive")
 	}
+	// A Nack or Close ends the poll through pollCancel (wakePoller).
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(s.ctx, cancel)
-	defer stop()
 	s.mu.Lock()
 	if len(s.ready) > 0 || s.closed {
 		s.mu.Unlock()
@@ -553,8 +552,8 @@ func (s *subscription) Nack(ctx context.Context, ds []*driver.Delivery, _ time.D
 	return nil
 }
 
-// wakePoller ends a blocked poll so that Receive hands out what is ready.
-// s.mu is held.
+// wakePoller ends a blocked poll so that Receive hands out what is ready,
+// or, after Close, returns. s.mu is held.
 func (s *subscription) wakePoller() {
 	if s.pollCancel != nil {
 		s.pollCancel()
@@ -898,7 +897,7 @@ func (s *subscription) Close(ctx context.Context) error {
 		s.markTimer.Stop()
 		s.markTimer = nil
 	}
-	s.signal()
+	s.wakePoller()
 	s.mu.Unlock()
 	defer close(s.closeDone)
 	s.cancel()
