@@ -154,9 +154,10 @@
 //     the version check: a transition persisted meanwhile makes it reload
 //     and check again, and a transition that loses to it reloads and keeps
 //     the request. It takes no lease: Store.RecordRequest keeps the owner's.
-//   - The request makes the saga due at once, whatever its state
-//     (Instance.WakeAt), so the next poll of any orchestrator instance that
-//     registered the definition's version applies it — the saga's owner or
+//   - The request makes the saga due at once, whatever its state and
+//     whatever the requester's clock says (Instance.WakeAt), so the next
+//     poll of any orchestrator instance that registered the definition's
+//     version applies it — the saga's owner or
 //     another one, which then holds the saga's lease, as after any
 //     transition (and, if the owner's lease had expired, first sends its
 //     last messages again, as a takeover does). The rules are those of
@@ -164,6 +165,10 @@
 //     when the saga is past its pivot or no longer running (it ended, or
 //     compensates, since the request was recorded), a retry when the saga
 //     is no longer Failed.
+//   - An orchestrator passes over due sagas whose definition (name or
+//     version) it lacks — another service's sharing the store, or a retired
+//     version's — until Register gives it one: however many there are, they
+//     do not hold up its own sagas' requests, deadlines and takeovers.
 //   - Applying or refusing clears the request and records the outcome in
 //     the same versioned transition: "cancel.applied" (followed by the
 //     compensation's entries) or "cancel.refused" with the reason, the same

@@ -161,8 +161,9 @@ type Outgoing struct {
 }
 
 // WakeAt is when the orchestrator must next look at the instance without a
-// reply: the earliest of its deadlines and, whatever the state, of the time
-// of a pending Request, so that the next poll applies it; zero for a final
+// reply: the earliest of its deadlines; with a pending Request, whatever the
+// state, a time long past (so that the next poll applies it, before
+// anything else and whatever the requester's clock says); zero for a final
 // state with no request.
 func (in *Instance) WakeAt() time.Time {
 	var w time.Time
@@ -172,8 +173,10 @@ func (in *Instance) WakeAt() time.Time {
 			w = in.SagaDeadline
 		}
 	}
-	if in.Request != nil && (w.IsZero() || in.Request.At.Before(w)) {
-		w = in.Request.At
+	if in.Request != nil {
+		// Due at once, whatever the clocks of the requester and the
+		// orchestrators say: the earliest time a store keeps.
+		return requestWake
 	}
 	return w
 }
@@ -196,3 +199,7 @@ func (in *Instance) clone() *Instance {
 	}
 	return &c
 }
+
+// requestWake is the WakeAt of an instance with a pending request: the
+// first nanosecond of 1970, which stores keep as a set (non-zero) time.
+var requestWake = time.Unix(0, 1)

@@ -132,7 +132,16 @@ type Orchestrator struct {
 
 	running    atomic.Bool
 	cache      instanceCache
-	unrunnable sync.Map // ids of sagas of unknown definitions, warned about once
+	unrunnable sync.Map // ids of sagas that failed to process, warned about once
+
+	// foreign holds the due sagas whose definition (name or version) this
+	// orchestrator does not have: another service's, or a retired
+	// version's. poll passes over them, so that however many there are they
+	// do not keep this orchestrator's own sagas out of its batches. Register
+	// empties it.
+	foreignMu  sync.Mutex
+	foreign    map[string]bool
+	foreignGen int // counts Register calls, which empty foreign
 }
 
 // NewOrchestrator returns an orchestrator on bus and store, and registers
@@ -215,6 +224,10 @@ func (o *Orchestrator) Register(defs ...Definition) error {
 		o.defs[defKey{d.Name, d.Version}] = d
 		o.latest[d.Name] = max(o.latest[d.Name], d.Version)
 	}
+	// Sagas passed over for lack of a definition may run now.
+	o.foreignMu.Lock()
+	o.foreign, o.foreignGen = nil, o.foreignGen+1
+	o.foreignMu.Unlock()
 	return nil
 }
 
@@ -433,30 +446,54 @@ func (o *Orchestrator) renewLeases(ctx context.Context) {
 	}
 }
 
+// pollBatch is how many due sagas poll processes at a time.
+const pollBatch = 256
+
 // poll processes every due saga, Concurrency at a time.
 func (o *Orchestrator) poll(ctx context.Context) {
 	for ctx.Err() == nil {
-		ids, err := o.store.Due(ctx, time.Now(), 256)
+		o.foreignMu.Lock()
+		skip, gen := o.foreign, o.foreignGen
+		o.foreignMu.Unlock()
+		limit := pollBatch + len(skip)
+		due, err := o.store.Due(ctx, time.Now(), limit)
 		if err != nil {
 			if ctx.Err() == nil {
 				o.log.Warn("saga: poll", "err", err)
 			}
 			return
 		}
+		// Pass over the foreign sagas still due; forget those that are not.
+		ids := make([]string, 0, len(due))
+		still := make(map[string]bool, len(skip))
+		for _, id := range due {
+			if skip[id] {
+				still[id] = true
+				continue
+			}
+			ids = append(ids, id)
+		}
 		if len(ids) == 0 {
+			o.setForeign(gen, still)
 			return
 		}
 		sem := make(chan struct{}, o.opts.Concurrency)
 		var wg sync.WaitGroup
-		var failed atomic.Bool
+		var mu sync.Mutex
+		var failed bool
 		for _, id := range ids {
 			sem <- struct{}{}
 			wg.Add(1)
 			go func() {
 				defer func() { <-sem; wg.Done() }()
 				if _, err := o.apply(ctx, id, false, o.due); err != nil {
-					failed.Store(true)
 					unknown := errors.Is(err, ErrUnknownVersion) || errors.Is(err, ErrUnknownSaga)
+					mu.Lock()
+					failed = true
+					if unknown {
+						still[id] = true
+					}
+					mu.Unlock()
 					if _, warned := o.unrunnable.LoadOrStore(id, true); ctx.Err() == nil && (!unknown || !warned) {
 						o.log.Warn("saga: process due saga", "saga", id, "err", err)
 					}
@@ -464,11 +501,22 @@ func (o *Orchestrator) poll(ctx context.Context) {
 			}()
 		}
 		wg.Wait()
+		o.setForeign(gen, still)
 		// A full batch that went through entirely may be followed by more;
 		// sagas that failed wait for the next tick, not a busy loop.
-		if len(ids) < 256 || failed.Load() {
+		if len(due) < limit || failed {
 			return
 		}
+	}
+}
+
+// setForeign replaces the foreign set poll read at generation gen with
+// now, unless Register emptied it meanwhile.
+func (o *Orchestrator) setForeign(gen int, now map[string]bool) {
+	o.foreignMu.Lock()
+	defer o.foreignMu.Unlock()
+	if o.foreignGen == gen {
+		o.foreign = now
 	}
 }
 

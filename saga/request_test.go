@@ -345,28 +345,77 @@ func countOf(s []string, v string) int {
 	return n
 }
 
-// A pending request makes a saga due from its time, whatever the state,
-// without delaying an earlier deadline (a requester's clock may be ahead).
+// A pending request makes a saga due at once, whatever the state and
+// whatever the requester's clock said (it may be ahead of the
+// orchestrators'), before any deadline.
 func TestWakeAtWithRequest(t *testing.T) {
 	now := time.Now()
+	atOnce := time.Unix(0, 1)
 	for _, c := range []struct {
 		state    saga.State
 		deadline time.Time
 		at       time.Time
-		want     time.Time
 	}{
-		{saga.Failed, time.Time{}, now, now},
-		{saga.Completed, time.Time{}, now, now},
-		{saga.Running, now.Add(time.Minute), now, now},
-		{saga.Running, now.Add(time.Minute), now.Add(time.Hour), now.Add(time.Minute)},
+		{saga.Failed, time.Time{}, now},
+		{saga.Completed, time.Time{}, now},
+		{saga.Running, now.Add(time.Minute), now},
+		{saga.Running, now.Add(time.Minute), now.Add(time.Hour)},
+		{saga.Failed, time.Time{}, now.Add(time.Hour)},
 	} {
 		in := &saga.Instance{State: c.state, Deadline: c.deadline, Request: &saga.ManagerRequest{ID: "r", Kind: saga.CancelRequest, At: c.at}}
-		if got := in.WakeAt(); !got.Equal(c.want) {
-			t.Errorf("%s, deadline %v, request at %v: WakeAt %v, want %v", c.state, c.deadline, c.at, got, c.want)
+		if got := in.WakeAt(); !got.Equal(atOnce) || !got.Before(now) {
+			t.Errorf("%s, deadline %v, request at %v: WakeAt %v, want %v", c.state, c.deadline, c.at, got, atOnce)
 		}
 		in.Request = nil
 		if got := in.WakeAt(); !got.Equal(c.deadline) {
 			t.Errorf("%s, deadline %v, no request: WakeAt %v, want the deadline", c.state, c.deadline, got)
 		}
+	}
+}
+
+// TestRequestsOfForeignSagasDoNotStarveOwn: more due sagas than a poll's
+// batch belong to a definition this orchestrator lacks (another service's,
+// sharing the store), each with a retry request; the orchestrator passes
+// over them and applies a cancel request on its own saga promptly.
+func TestRequestsOfForeignSagasDoNotStarveOwn(t *testing.T) {
+	store := openSQLite(t, t.TempDir()+"/foreign.db")
+	ctx := context.Background()
+	past := time.Now().Add(-time.Minute)
+	for i := range 300 {
+		id := fmt.Sprintf("foreign-%03d", i)
+		in := &saga.Instance{ID: id, Name: "foreign", State: saga.Failed, Data: []byte("{}"),
+			Steps: []saga.StepStatus{{Name: "elsewhere"}}, Created: past, Updated: past, Version: 1}
+		if err := store.Create(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := saga.RequestRetry(ctx, store, id, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := newWorld(t, store, worldOptions{})
+	charging, release := gateCharge(w)
+	defer release()
+	w.start("own", 3)
+	awaitCharges(t, charging, 1)
+	r, err := saga.RequestCancel(ctx, store, "own", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A few polls (20 ms apart) on a loaded machine; starved, it never
+	// happens.
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if _, err := saga.WaitRequest(wctx, store, "own", r.ID); err != nil {
+		t.Fatalf("cancel request of the orchestrator's own saga behind 300 foreign ones: %v", err)
+	}
+	release()
+	waitCancelled(t, w, "own")
+	// The foreign sagas keep their requests for their own orchestrator.
+	in, err := store.Load(ctx, "foreign-000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Request == nil || in.Request.Kind != saga.RetryRequest {
+		t.Errorf("foreign saga's request: %+v, want its retry request still pending", in.Request)
 	}
 }
