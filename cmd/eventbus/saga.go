@@ -349,6 +349,12 @@ func sagaRequest(ctx context.Context, st saga.Store, sf *sagaFlags, where, id st
 		return &exitError{exitTimeout, fmt.Errorf("no orchestrator applied the %s request of saga %s within %s; it stays recorded "+
 			"and is applied when an orchestrator of %s runs on %s: check that one runs, and follow it with eventbus saga show %s",
 			kind, id, sf.wait, name, where, id)}
+	case ctx.Err() != nil:
+		return &exitError{exitFailure, fmt.Errorf("interrupted while waiting: the %s request of saga %s stays recorded and is applied "+
+			"when an orchestrator of its definition runs on %s; follow it with eventbus saga show %s", kind, id, where, id)}
+	case errors.Is(err, saga.ErrUnknownRequest):
+		return &exitError{exitFailure, fmt.Errorf("the %s request of saga %s is no longer in the saga, with no outcome: an orchestrator "+
+			"built before requests existed wrote over it; upgrade every orchestrator of %s and ask again", kind, id, where)}
 	case err != nil:
 		return &exitError{exitUnavailable, fmt.Errorf("the %s request of saga %s is recorded, but its outcome cannot be read from %s: %w; "+
 			"check that the database runs, and follow it with eventbus saga show %s", kind, id, where, err, id)}
@@ -408,11 +414,11 @@ func requester() string {
 	return name + " (eventbus CLI)"
 }
 
-func stateOf(ctx context.Context, st saga.Store, id string) saga.State {
+func stateOf(ctx context.Context, st saga.Store, id string) string {
 	if in, err := st.Load(ctx, id); err == nil {
-		return in.State
+		return string(in.State)
 	}
-	return "not running"
+	return "in a state that cannot be read now"
 }
 
 func writeJSON(w io.Writer, v any) error {

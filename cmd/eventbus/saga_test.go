@@ -400,6 +400,18 @@ func TestSagaCommandErrors(t *testing.T) {
 	if r.code != exitOK || !strings.HasPrefix(r.stdout, "saga s-1: cancel requested (request "+m[1]+")\n") {
 		t.Errorf("cancel again while pending: exit %d, stdout %q (want request %s again), stderr %q", r.code, r.stdout, m[1], r.stderr)
 	}
+	// Interrupted while waiting: the request stays, and the tool says so.
+	bg := start(t, "saga", "cancel", "s-1", "--store", store, "--wait", "60s")
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(bg.stdout.String(), "cancel requested"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("saga cancel in the background printed nothing; stderr %q", bg.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code := bg.interrupt(t); code != exitFailure || !strings.HasPrefix(bg.stderr.String(),
+		"error: interrupted while waiting: the cancel request of saga s-1 stays recorded and is applied when an orchestrator of its definition runs on ") {
+		t.Errorf("interrupted cancel: exit %d, stderr %q", code, bg.stderr.String())
+	}
 	r = execute(t, "", "saga", "retry", "s-1", "--store", store)
 	if r.code != exitFailure || !strings.Contains(r.stderr, "saga s-1 is running, not failed") {
 		t.Errorf("retry of a running saga: exit %d, stderr %q", r.code, r.stderr)
