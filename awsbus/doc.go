@@ -193,10 +193,12 @@
 //   - structured-mode events (the attributes are in the body);
 //   - other producers' events that name it otherwise or not at all.
 //
-// One exception: SNS evaluates exists:false as false for a message without
-// any message attribute, so another producer's structured event sent with
-// no attribute at all does not reach a subscription with a selection (ours
-// always carry one). For such producers, write the condition in SQL
+// One exception, which driver.SubscribeOptions.Select allows SNS: SNS
+// evaluates exists:false as false for a message without any message
+// attribute, and no filter policy on message attributes lets such a message
+// through, so another producer's structured event sent with no attribute
+// at all does not reach a subscription with a selection (ours always carry
+// one). For such producers, write the condition in SQL
 // (eventbus.SQL("tenant = 'acme'")), which is never pushed down.
 //
 // A group has one selection, its SNS subscription's. Each subscription of
@@ -209,7 +211,54 @@
 // 15 minutes to apply everywhere (SNS is eventually consistent): in that
 // while, a subscription may receive what the old policy lets through, and
 // miss what only the new one does. [Driver.DeclareGroup] leaves the policy
-// as it is. SNS allows 200 filter policies per topic.
+// as it is.
+//
+// A selection is an optimisation, and SNS refusing its policy fails no
+// Subscribe as long as the subscription still delivers all that the
+// selection allows; the driver logs a warning and the bus filters what
+// arrives. SNS refuses a policy over 256 KiB (the driver does not send
+// one), a 201st policy on a topic (subscriptions that processes left
+// behind keep theirs), or for lack of permission. Then a private
+// subscription has no policy; a group keeps the policy in place when it
+// lets through everything the selection does (no policy, or one of the
+// driver's own selecting a part of the same attributes and values), and
+// otherwise has it removed. When the removal is refused too, Subscribe
+// fails with a [*FilterPolicyError]: the policy in place would keep out
+// events the subscription's filter matches.
+//
+// # Permissions
+//
+// The driver calls these actions (IAM: sns:<Action>, sqs:<Action>):
+//
+//   - Publish: sns:Publish (PublishBatch), sqs:SendMessage
+//     (SendMessageBatch), and for the resources created on first use
+//     sns:CreateTopic, sqs:CreateQueue, sqs:GetQueueUrl and
+//     sqs:GetQueueAttributes (a queue's ARN); for keeper queues (dead-letter
+//     destinations, and Config.MaxReceiveCount) sqs:TagQueue too, as they
+//     are created tagged, and sns:Subscribe. With Config.KMSKeyID, what KMS
+//     asks of SNS and SQS for the key.
+//   - Subscribe: the same creation calls, sns:Subscribe,
+//     sqs:ReceiveMessage, sqs:DeleteMessage (Ack, Term),
+//     sqs:ChangeMessageVisibility (Nack, renewals, Close); for private
+//     queues (subscriptions without a group, broadcasts, the reply queue)
+//     sqs:DeleteQueue and sns:Unsubscribe on close.
+//   - Subscriptions to events: sns:GetSubscriptionAttributes and
+//     sns:SetSubscriptionAttributes, to read and set the filter policy. A
+//     subscription without a selection does without them: when reading
+//     the policy is refused for lack of permission, it is left as it is,
+//     with a warning (a policy that an earlier member set then still
+//     narrows what the group's queue gets). A subscription with a
+//     selection needs sns:SetSubscriptionAttributes, unless the policy in
+//     place already delivers all it allows (see Attribute selection).
+//   - When sns:Subscribe answers that the queue's subscription exists with
+//     other attributes (a filter policy, or raw message delivery turned
+//     off): sns:ListSubscriptionsByTopic to find it,
+//     sns:GetSubscriptionAttributes and, to turn raw message delivery back
+//     on, sns:SetSubscriptionAttributes; without them Subscribe fails.
+//   - Dead letters: sqs:ListQueues and sqs:ListQueueTags
+//     (DeadLetterDestinations), sqs:ReceiveMessage,
+//     sqs:ChangeMessageVisibility, sqs:DeleteMessage and
+//     sqs:GetQueueAttributes on the keeper queues.
 //
 // # Dead letters and retries
 //

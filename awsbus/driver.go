@@ -691,8 +691,12 @@ func (d *Driver) subscribeQueue(ctx context.Context, topic, name string, q *reso
 		})
 		if err != nil && apiCode(err) == "InvalidParameter" && strings.Contains(err.Error(), "already exists") {
 			// Subscribed earlier with other attributes: a filter policy
-			// (see Attribute selection), which the caller sets.
+			// (see Attribute selection), which the caller sets, or no raw
+			// message delivery, which is set here.
 			arn, lerr := d.findSubscription(ctx, topic, q.arn)
+			if lerr == nil && arn != "" {
+				lerr = d.ensureRawDelivery(ctx, arn)
+			}
 			if lerr != nil {
 				return fmt.Errorf("subscribe queue %s to topic %s: %w", name, topic, lerr)
 			}
@@ -729,6 +733,26 @@ func (d *Driver) findSubscription(ctx context.Context, topic, queueARN string) (
 		}
 	}
 	return "", nil
+}
+
+// ensureRawDelivery turns on raw message delivery on the existing SNS
+// subscription subARN when it is off: the queue would otherwise get SNS's
+// JSON notifications, which the driver does not read.
+func (d *Driver) ensureRawDelivery(ctx context.Context, subARN string) error {
+	out, err := d.sns.GetSubscriptionAttributes(ctx, &sns.GetSubscriptionAttributesInput{SubscriptionArn: aws.String(subARN)})
+	if err != nil {
+		return fmt.Errorf("read the attributes of the existing subscription %s: %w", subARN, classify(err))
+	}
+	if out.Attributes["RawMessageDelivery"] == "true" {
+		return nil
+	}
+	if _, err := d.sns.SetSubscriptionAttributes(ctx, &sns.SetSubscriptionAttributesInput{
+		SubscriptionArn: aws.String(subARN), AttributeName: aws.String("RawMessageDelivery"), AttributeValue: aws.String("true"),
+	}); err != nil {
+		return fmt.Errorf("the existing subscription %s has no raw message delivery, and turning it on failed: %w", subARN, classify(err))
+	}
+	d.log.Warn("awsbus: turned on raw message delivery on an existing SNS subscription", "subscription", subARN)
+	return nil
 }
 
 // QueueURL creates (idempotently) the queue that a subscription of group to

@@ -42,3 +42,30 @@ func TestSelection(t *testing.T) {
 		t.Error("different policies are the same")
 	}
 }
+
+// TestDeliversAll: a policy in place is kept, when the selection's is
+// refused, only if it lets through every event the selection allows.
+func TestDeliversAll(t *testing.T) {
+	sel := []driver.AttributeMatch{{Name: "subject", Value: "s"}, {Name: "tenant", Value: "acme"}}
+	for _, c := range []struct {
+		policy, scope string
+		want          bool
+	}{
+		{"", "", true},
+		{"{}", "", true},
+		{filterPolicy(sel), "", true},
+		{filterPolicy(sel[1:]), "MessageAttributes", true},
+		{`{"ce-tenant":["other","acme",{"exists":false}]}`, "", true},
+		{filterPolicy(sel[1:]), "MessageBody", false},
+		{`{"ce-tenant":["acme"]}`, "", false},
+		{`{"ce-tenant":["other",{"exists":false}]}`, "", false},
+		{`{"ce-source":["/s",{"exists":false}]}`, "", false},
+		{`{"$or":[{"ce-tenant":["acme"]}]}`, "", false},
+		{`not json`, "", false},
+	} {
+		attrs := map[string]string{"FilterPolicy": c.policy, "FilterPolicyScope": c.scope}
+		if got := deliversAll(attrs, sel); got != c.want {
+			t.Errorf("deliversAll(%s, scope %q) = %v, want %v", c.policy, c.scope, got, c.want)
+		}
+	}
+}

@@ -92,9 +92,9 @@ func receiveIDs(t *testing.T, ctx context.Context, sub driver.Subscription, n in
 	return ids
 }
 
-// filterPolicyOf reads the filter policy of the SNS subscription of queue
-// to dest's topic ("" when it has none).
-func filterPolicyOf(t *testing.T, ctx context.Context, d *awsbus.Driver, raw *rawClients, dest driver.Destination, queue string) string {
+// subscriptionOf returns the ARN of the SNS subscription of queue to
+// dest's topic.
+func subscriptionOf(t *testing.T, ctx context.Context, d *awsbus.Driver, raw *rawClients, dest driver.Destination, queue string) string {
 	t.Helper()
 	topic, err := d.TopicARN(ctx, dest)
 	if err != nil {
@@ -110,19 +110,37 @@ func filterPolicyOf(t *testing.T, ctx context.Context, d *awsbus.Driver, raw *ra
 		t.Fatal(err)
 	}
 	for _, s := range subs.Subscriptions {
-		if aws.ToString(s.Endpoint) != qa.Attributes[string(sqstypes.QueueAttributeNameQueueArn)] {
-			continue
+		if aws.ToString(s.Endpoint) == qa.Attributes[string(sqstypes.QueueAttributeNameQueueArn)] {
+			return aws.ToString(s.SubscriptionArn)
 		}
-		out, err := raw.sns.GetSubscriptionAttributes(ctx, &sns.GetSubscriptionAttributesInput{SubscriptionArn: s.SubscriptionArn})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p := out.Attributes["FilterPolicy"]; p != "" && p != "{}" {
-			return p
-		}
-		return ""
 	}
 	t.Fatalf("queue %s is not subscribed to %s", queue, topic)
+	return ""
+}
+
+// expectIDs checks that each of subs (by name) delivers exactly the ids
+// want (sorted).
+func expectIDs(t *testing.T, ctx context.Context, want []string, subs map[string]driver.Subscription) {
+	t.Helper()
+	for name, sub := range subs {
+		if got := receiveIDs(t, ctx, sub, len(want)); !slices.Equal(got, want) {
+			t.Errorf("%s received %v\nwant %v", name, got, want)
+		}
+	}
+}
+
+// filterPolicyOf reads the filter policy of the SNS subscription of queue
+// to dest's topic ("" when it has none).
+func filterPolicyOf(t *testing.T, ctx context.Context, d *awsbus.Driver, raw *rawClients, dest driver.Destination, queue string) string {
+	t.Helper()
+	out, err := raw.sns.GetSubscriptionAttributes(ctx, &sns.GetSubscriptionAttributesInput{
+		SubscriptionArn: aws.String(subscriptionOf(t, ctx, d, raw, dest, queue))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := out.Attributes["FilterPolicy"]; p != "" && p != "{}" {
+		return p
+	}
 	return ""
 }
 
@@ -204,12 +222,7 @@ func TestAttributeSelect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close(ctx)
-	if got := receiveIDs(t, ctx, sub, len(want)); !slices.Equal(got, want) {
-		t.Errorf("group received %v\nwant %v", got, want)
-	}
-	if got := receiveIDs(t, ctx, private, len(want)); !slices.Equal(got, want) {
-		t.Errorf("private subscription received %v\nwant %v", got, want)
-	}
+	expectIDs(t, ctx, want, map[string]driver.Subscription{"group": sub, "private subscription": private})
 }
 
 // TestAttributeSelectFollowsLatest: the filter policy of a group's

@@ -101,7 +101,7 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 			s.queueURL = q.url
 		}
 		if sel := selection(dest, opts.Select); err == nil && len(sel) > 0 {
-			err = d.applySelection(ctx, s.subARN, sel)
+			err = d.applySelection(ctx, s.subARN, sel, true)
 		}
 		d.forget("queue/" + name)
 		d.forget("subscription/" + name)
@@ -114,7 +114,7 @@ func (d *Driver) Subscribe(ctx context.Context, dest driver.Destination, opts dr
 		}
 		if err == nil && dest.Pattern == driver.Event {
 			// The group's selection is the latest member's, none included.
-			err = d.applySelection(ctx, subARN, selection(dest, opts.Select))
+			err = d.applySelection(ctx, subARN, selection(dest, opts.Select), false)
 		}
 	default:
 		name := d.cfg.QueueName(dest, "")

@@ -189,13 +189,17 @@ type SubscribeOptions struct {
 	// fully, partly (some of the matches, or some destinations) or not at all:
 	// the bus evaluates the subscription's whole filter on whatever arrives,
 	// so correctness never depends on it, and a driver must never deliver
-	// less than Select allows — with one exception: a broker that keeps the
-	// selection per group (RabbitMQ: the group queue's bindings) applies
-	// the latest member's, so members of one group must subscribe with one
-	// filter (while a rolling deploy changes it, members still running the
-	// old filter may miss what only it selects). A driver that applies it
-	// claims Capabilities.AttributeSelect and documents which matches it
-	// applies.
+	// less than Select allows — with two exceptions: a broker that keeps the
+	// selection per group (RabbitMQ: the group queue's bindings; SNS: the
+	// filter policy of the group queue's subscription) applies the latest
+	// member's, so members of one group must subscribe with one filter
+	// (while a rolling deploy changes it, members still running the old
+	// filter may miss what only it selects); and SNS lets no message without
+	// any message attribute through a filter policy on attributes, so with awsbus
+	// another producer's event sent with no message attribute at all (the
+	// CloudEvent whole in the body) does not reach a subscription with a
+	// Select. A driver that applies it claims Capabilities.AttributeSelect
+	// and documents which matches it applies.
 	Select []AttributeMatch
 }
 
