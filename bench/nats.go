@@ -134,22 +134,7 @@ func (e *natsEnv) openBus(ctx context.Context, jetStream bool, subscribe func(*e
 	if err != nil {
 		return nil, err
 	}
-	b := eventbus.New(&eventbus.Options{Source: "bench"})
-	if err := b.Register("nats", d); err != nil {
-		_ = d.Close(ctx)
-		return nil, err
-	}
-	if subscribe != nil {
-		if err := subscribe(b); err != nil {
-			_ = b.Close(ctx)
-			return nil, err
-		}
-	}
-	if err := b.Start(ctx); err != nil {
-		_ = b.Close(ctx)
-		return nil, err
-	}
-	return b, nil
+	return startBus(ctx, "nats", d, subscribe)
 }
 
 // runCoreRaw: nc.Publish from 16 goroutines on one connection, flushed once

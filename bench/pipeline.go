@@ -58,6 +58,28 @@ func pipelineTarget(broker, row, raw string, atLeast float64) Target {
 	}}
 }
 
+// startBus makes a bus with d registered as backend, lets subscribe (when
+// not nil) register its handlers, and starts it. On failure it closes what
+// it opened, d included.
+func startBus(ctx context.Context, backend string, d driver.Driver, subscribe func(*eventbus.Bus) error) (*eventbus.Bus, error) {
+	b := eventbus.New(&eventbus.Options{Source: "bench"})
+	if err := b.Register(backend, d); err != nil {
+		_ = d.Close(ctx)
+		return nil, err
+	}
+	if subscribe != nil {
+		if err := subscribe(b); err != nil {
+			_ = b.Close(ctx)
+			return nil, err
+		}
+	}
+	if err := b.Start(ctx); err != nil {
+		_ = b.Close(ctx)
+		return nil, err
+	}
+	return b, nil
+}
+
 // busPublish publishes the standard workload through producer, a started
 // bus, while the consumers report to tr.
 type busPublish func(ctx context.Context, cfg Config, tr *tracker, producer *eventbus.Bus) (Result, error)
@@ -72,22 +94,7 @@ func runBusPair(ctx context.Context, cfg Config, backend string, openDriver func
 		if err != nil {
 			return nil, err
 		}
-		b := eventbus.New(&eventbus.Options{Source: "bench"})
-		if err := b.Register(backend, d); err != nil {
-			_ = d.Close(ctx)
-			return nil, err
-		}
-		if subscribe != nil {
-			if err := subscribe(b); err != nil {
-				_ = b.Close(ctx)
-				return nil, err
-			}
-		}
-		if err := b.Start(ctx); err != nil {
-			_ = b.Close(ctx)
-			return nil, err
-		}
-		return b, nil
+		return startBus(ctx, backend, d, subscribe)
 	}
 	tr := newTracker(cfg.Size)
 	consumer, err := open(func(b *eventbus.Bus) error {

@@ -71,20 +71,9 @@ func runPushdown(ctx context.Context, cfg Config, f eventbus.Filter, backend str
 		if err != nil {
 			return nil, err
 		}
-		b := eventbus.New(&eventbus.Options{Source: "bench"})
-		if err := b.Register(backend, d); err != nil {
-			_ = d.Close(ctx)
-			return nil, err
-		}
-		if err := errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", h, eventbus.WithFilter(f))); err != nil {
-			_ = b.Close(ctx)
-			return nil, err
-		}
-		if err := b.Start(ctx); err != nil {
-			_ = b.Close(ctx)
-			return nil, err
-		}
-		return b, nil
+		return startBus(ctx, backend, d, func(b *eventbus.Bus) error {
+			return errOnly(b.SubscribeEvents(context.Background(), []string{benchEventType}, "bench", h, eventbus.WithFilter(f)))
+		})
 	}
 	// Declare the queue and its bindings, then store the backlog.
 	first, err := consumer(eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error { return nil }))

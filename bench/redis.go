@@ -121,22 +121,7 @@ func (e *redisEnv) openBus(ctx context.Context, subscribe func(*eventbus.Bus) er
 	if err != nil {
 		return nil, err
 	}
-	b := eventbus.New(&eventbus.Options{Source: "bench"})
-	if err := b.Register("redis", d); err != nil {
-		_ = d.Close(ctx)
-		return nil, err
-	}
-	if subscribe != nil {
-		if err := subscribe(b); err != nil {
-			_ = b.Close(ctx)
-			return nil, err
-		}
-	}
-	if err := b.Start(ctx); err != nil {
-		_ = b.Close(ctx)
-		return nil, err
-	}
-	return b, nil
+	return startBus(ctx, "redis", d, subscribe)
 }
 
 // runRedisRaw: each publisher pipelines 64 XADDs (MAXLEN ~) per round trip;
