@@ -1,12 +1,10 @@
 package natsbus_test
 
 import (
-	"bytes"
-	"fmt"
-	"log/slog"
 	"strings"
 	"testing"
 
+	"github.com/marty-msf/eventbus/internal/testenv"
 	"github.com/marty-msf/eventbus/natsbus"
 )
 
@@ -19,10 +17,7 @@ func TestConfigPrintsNoCredentials(t *testing.T) {
 		Password: secret,
 		Token:    secret,
 	}
-	var logged bytes.Buffer
-	slog.New(slog.NewTextHandler(&logged, nil)).Info("config", "config", c, "pointer", &c)
-	slog.New(slog.NewJSONHandler(&logged, nil)).Info("config", "config", c)
-	for _, out := range []string{fmt.Sprint(c), fmt.Sprintf("%v", &c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), c.String(), logged.String()} {
+	for _, out := range append(testenv.Printed(c), c.String()) {
 		if strings.Contains(out, secret) {
 			t.Errorf("shows the secret: %s", out)
 		}

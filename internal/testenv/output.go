@@ -40,3 +40,13 @@ func (o *Output) String() string {
 	defer o.mu.Unlock()
 	return o.buf.String()
 }
+
+// Printed returns v as every way a program may print or log it: fmt's
+// verbs on the value and on a pointer to it, and slog's text and JSON
+// handlers.
+func Printed[T any](v T) []string {
+	var text, json bytes.Buffer
+	slog.New(slog.NewTextHandler(&text, nil)).Info("value", "value", v, "pointer", &v)
+	slog.New(slog.NewJSONHandler(&json, nil)).Info("value", "value", v)
+	return []string{fmt.Sprint(v), fmt.Sprintf("%v", &v), fmt.Sprintf("%+v", v), fmt.Sprintf("%#v", v), text.String(), json.String()}
+}
