@@ -160,14 +160,29 @@ func textProblem(v string, tabOK bool) string {
 		}
 		i += size
 	}
-	if v != "" {
-		first, _ := utf8.DecodeRuneInString(v)
-		last, _ := utf8.DecodeLastRuneInString(v)
-		if unicode.IsSpace(first) || unicode.IsSpace(last) {
-			return problemSpace
-		}
+	if v != "" && (spaceAtStart(v) || spaceAtEnd(v)) {
+		return problemSpace
 	}
 	return ""
+}
+
+// spaceAtStart and spaceAtEnd report white space at either end of v, once
+// textProblem has seen that v holds no control character but a tab: for
+// ASCII, a space or a tab.
+func spaceAtStart(v string) bool {
+	if c := v[0]; c < utf8.RuneSelf {
+		return c == ' ' || c == '\t'
+	}
+	r, _ := utf8.DecodeRuneInString(v)
+	return unicode.IsSpace(r)
+}
+
+func spaceAtEnd(v string) bool {
+	if c := v[len(v)-1]; c < utf8.RuneSelf {
+		return c == ' ' || c == '\t'
+	}
+	r, _ := utf8.DecodeLastRuneInString(v)
+	return unicode.IsSpace(r)
 }
 
 func isControl(r rune) bool { return r < 0x20 || (r >= 0x7f && r <= 0x9f) }

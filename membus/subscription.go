@@ -163,10 +163,13 @@ func (s *subscription) take(n int) []*driver.Delivery {
 	q := s.q
 	deadline := q.b.now() + s.ackWait
 	out := make([]*driver.Delivery, n)
+	// One allocation for the batch's records, not one per delivery.
+	ts := make([]tracked, n)
 	for i := range out {
 		e := q.ring.popFront()
 		e.attempt++
-		t := &tracked{sub: s, e: e, deadline: deadline}
+		t := &ts[i]
+		*t = tracked{sub: s, e: e, deadline: deadline}
 		t.d = driver.Delivery{Message: e.msg, Attempt: e.attempt, Handle: t}
 		s.link(t)
 		out[i] = &t.d
