@@ -135,33 +135,7 @@ func (m *Message) Size() int {
 
 // Clone returns a deep copy of m.
 func (m *Message) Clone() *Message {
-	var c *Message
-	// A payload of up to 1 KiB is copied into the copy's own allocation:
-	// drivers that copy every message they queue (membus) pay one
-	// allocation per message instead of two.
-	switch n := len(m.Data); {
-	case m.Data == nil || n > 1024:
-		c = new(Message)
-		*c = *m
-		if m.Data != nil {
-			c.Data = slices.Clone(m.Data)
-		}
-	case n <= 64:
-		b := &messageData64{m: *m}
-		c = &b.m
-		c.Data = b.d[:n:n]
-	case n <= 256:
-		b := &messageData256{m: *m}
-		c = &b.m
-		c.Data = b.d[:n:n]
-	default:
-		b := &messageData1K{m: *m}
-		c = &b.m
-		c.Data = b.d[:n:n]
-	}
-	if c.Data != nil {
-		copy(c.Data, m.Data)
-	}
+	c := *m
 	if m.Extensions != nil {
 		c.Extensions = maps.Clone(m.Extensions)
 	}
@@ -171,24 +145,11 @@ func (m *Message) Clone() *Message {
 			c.Header[k] = slices.Clone(vs)
 		}
 	}
-	return c
+	if m.Data != nil {
+		c.Data = slices.Clone(m.Data)
+	}
+	return &c
 }
-
-// A Message with room for its payload, for Clone.
-type (
-	messageData64 struct {
-		m Message
-		d [64]byte
-	}
-	messageData256 struct {
-		m Message
-		d [256]byte
-	}
-	messageData1K struct {
-		m Message
-		d [1024]byte
-	}
-)
 
 // Attributes returns every CloudEvents attribute and extension of m that is
 // set, by CloudEvents name, except data. Drivers use it (and [FromAttributes])
