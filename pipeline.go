@@ -281,12 +281,18 @@ func (p *Publisher) publish(ctx context.Context, dest driver.Destination, m *Mes
 	if pd.fast != nil {
 		return p.write(ctx, pd, m)
 	}
+	// Room in the window is the common case: take it without the
+	// three-way select, which locks every channel it waits on.
 	select {
 	case p.window <- struct{}{}:
-	case <-p.done:
-		return p.fail(m, fmt.Errorf("eventbus: publish %s: %w", dest.Name, ErrClosed))
-	case <-ctx.Done():
-		return p.fail(m, fmt.Errorf("eventbus: publish %s: %w", dest.Name, ctx.Err()))
+	default:
+		select {
+		case p.window <- struct{}{}:
+		case <-p.done:
+			return p.fail(m, fmt.Errorf("eventbus: publish %s: %w", dest.Name, ErrClosed))
+		case <-ctx.Done():
+			return p.fail(m, fmt.Errorf("eventbus: publish %s: %w", dest.Name, ctx.Err()))
+		}
 	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
