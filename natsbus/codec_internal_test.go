@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -403,6 +404,22 @@ func BenchmarkDecode(b *testing.B) {
 	for b.Loop() {
 		if _, err := decode(nm.Header, nm.Data); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+func TestUnfilled(t *testing.T) {
+	for _, tc := range []struct {
+		header nats.Header
+		want   int
+	}{
+		{nats.Header{"Status": {"408"}, "Nats-Pending-Messages": {"17"}, "Nats-Pending-Bytes": {"0"}}, 17},
+		{nats.Header{"Status": {"408"}, "Nats-Pending-Messages": {"0"}}, 0},
+		{nats.Header{"Status": {"408"}}, math.MaxInt},
+		{nats.Header{"Status": {"408"}, "Nats-Pending-Messages": {"-3"}}, math.MaxInt},
+	} {
+		if got := unfilled(&nats.Msg{Header: tc.header}); got != tc.want {
+			t.Errorf("unfilled(%v) = %d, want %d", tc.header, got, tc.want)
 		}
 	}
 }

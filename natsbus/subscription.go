@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -249,20 +250,28 @@ func (d *Driver) subscribeStored(ctx context.Context, dest driver.Destination, s
 	return s, nil
 }
 
-// pull is the subscription's intake. It keeps at most one pull request
-// open, for at most the room left in msgs (counting what it holds itself
-// while Receive is behind), and opens the next as soon as the last one was
-// served, expired or given up and there is room for a quarter of msgs, or
-// msgs is empty. One request at a time keeps the server's order. A message
-// that arrives is held (kept alive) before anything else, also one that a
-// given-up request delivers late. After close stopped asking (s.done) it
-// keeps taking what arrives until ctx ends, so that close gives it back.
+// pull is the subscription's intake. It asks the server for at most the
+// room left in msgs, counting what it holds itself while Receive is behind
+// and what open requests have yet to bring: a new request goes out as soon
+// as there is room for a quarter of msgs with no request open, or for half
+// of it while one is still being served, so that a fast consumer never
+// waits a round trip for the next batch (as the jetstream client's
+// Messages does). The requests share one inbox on one connection, and the
+// server serves them in turn, so messages arrive in the server's order. A
+// request that ends unfilled (expired, refused) says how many of its
+// messages it will not bring; one after which nothing arrives for two
+// heartbeats (lost in a reconnect, a server restart) is given up with all
+// others and the loop asks again. A message that arrives is held (kept
+// alive) before anything else, also one that a given-up request delivers
+// late. After close stopped asking (s.done) it keeps taking what arrives
+// until ctx ends, so that close gives it back.
 func (s *storedSub) pull(ctx context.Context, cons jetstream.Consumer, in <-chan *nats.Msg) {
 	defer close(s.pullEnd)
 	threshold := max(1, cap(s.msgs)/4)
-	var queue []*nats.Msg // held, not yet in msgs
-	want := 0             // asked for by the open request and not received
-	retrying := false     // waiting pullRetry after a failed request
+	overlap := max(1, cap(s.msgs)/2) // the room for a request while another is open
+	var queue []*nats.Msg            // held, not yet in msgs
+	want := 0                        // asked for by the open requests and not received
+	retrying := false                // waiting pullRetry after a failed request
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -276,13 +285,16 @@ func (s *storedSub) pull(ctx context.Context, cons jetstream.Consumer, in <-chan
 		timer.Reset(pullRetry)
 	}
 	for {
-		if want == 0 && !retrying && !s.isClosing() {
-			if room := cap(s.msgs) - len(s.msgs) - len(queue); room >= threshold {
+		if !retrying && !s.isClosing() {
+			room := cap(s.msgs) - len(s.msgs) - len(queue) - want
+			if room >= threshold && (want == 0 || room >= overlap) {
 				if err := s.request(room); err != nil {
 					failed(err)
 				} else {
-					want = room
-					timer.Reset(2 * pullHeartbeat)
+					if want == 0 {
+						timer.Reset(2 * pullHeartbeat)
+					}
+					want += room
 				}
 			}
 		}
@@ -314,8 +326,10 @@ func (s *storedSub) pull(ctx context.Context, cons jetstream.Consumer, in <-chan
 				lastErr = nil
 			case "100": // idle heartbeat
 			case "404", "408": // no messages, request expired
-				want = 0
-				timer.Stop()
+				want = max(0, want-unfilled(m))
+				if want == 0 && !retrying {
+					timer.Stop()
+				}
 			case "409":
 				err := fmt.Errorf("pull request: %s", m.Header.Get("Description"))
 				if strings.Contains(strings.ToLower(err.Error()), "consumer deleted") {
@@ -348,6 +362,17 @@ func (s *storedSub) pull(ctx context.Context, cons jetstream.Consumer, in <-chan
 			return
 		}
 	}
+}
+
+// unfilled is how many messages the request that m ends will not bring,
+// from its Nats-Pending-Messages header; without one (not expected), all
+// that any request asked for.
+func unfilled(m *nats.Msg) int {
+	n, err := strconv.Atoi(m.Header.Get("Nats-Pending-Messages"))
+	if err != nil || n < 0 {
+		return math.MaxInt
+	}
+	return n
 }
 
 // drain holds whatever is left in the inbox channel, for close to give back.
