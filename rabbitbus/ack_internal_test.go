@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 // brokerChannel models the broker's side of a consumer channel: the
@@ -17,6 +18,7 @@ type brokerChannel struct {
 	frames  int
 	acked   map[uint64]bool
 	err     error
+	drained chan struct{} // if set, closed once a settlement leaves nothing unsettled
 }
 
 func (b *brokerChannel) deliver(tag uint64) {
@@ -24,6 +26,8 @@ func (b *brokerChannel) deliver(tag uint64) {
 	defer b.mu.Unlock()
 	b.unacked = append(b.unacked, tag)
 }
+
+func (b *brokerChannel) IsClosed() bool { return false }
 
 func (b *brokerChannel) Ack(tag uint64, multiple bool) error {
 	b.mu.Lock()
@@ -54,6 +58,10 @@ func (b *brokerChannel) settle(tag uint64, multiple, ack bool) error {
 		b.acked[t] = ack
 	}
 	b.unacked = slices.Delete(b.unacked, first, i+1)
+	if len(b.unacked) == 0 && b.drained != nil {
+		close(b.drained)
+		b.drained = nil
+	}
 	return nil
 }
 
@@ -63,10 +71,15 @@ func (b *brokerChannel) settle(tag uint64, multiple, ack bool) error {
 // longer holds, and contiguous batches must take fewer frames than
 // deliveries.
 func TestAckerMatchesBroker(t *testing.T) {
+	t.Run("at once", func(t *testing.T) { testAckerMatchesBroker(t, 0) })
+	t.Run("coalesced", func(t *testing.T) { testAckerMatchesBroker(t, 50*time.Microsecond) })
+}
+
+func testAckerMatchesBroker(t *testing.T, delay time.Duration) {
 	for seed := range uint64(50) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		b := &brokerChannel{acked: map[uint64]bool{}}
-		a := newAcker(b)
+		a := newAcker(b, 64, delay, func(err error) { t.Errorf("coalesced ack: %v", err) })
 		const total = 2000
 		want := map[uint64]bool{}
 		var pending []uint64 // received, not yet settled
@@ -107,6 +120,11 @@ func TestAckerMatchesBroker(t *testing.T) {
 			}
 		}
 		wg.Wait()
+		if err := a.flush(); err != nil {
+			t.Fatalf("seed %d: flush: %v", seed, err)
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
 		if b.err != nil {
 			t.Fatalf("seed %d: %v", seed, b.err)
 		}
@@ -121,5 +139,57 @@ func TestAckerMatchesBroker(t *testing.T) {
 		if b.frames >= total {
 			t.Errorf("seed %d: %d frames for %d deliveries", seed, b.frames, total)
 		}
+	}
+}
+
+// TestAckerCoalesces: the first ack goes at once; acks made one by one, in
+// order, right after it wait and then go as one multiple frame; an ack left
+// waiting goes once the delay passed, without another call.
+func TestAckerCoalesces(t *testing.T) {
+	b := &brokerChannel{acked: map[uint64]bool{}}
+	a := newAcker(b, 256, time.Hour, func(err error) { t.Errorf("coalesced ack: %v", err) })
+	b.deliver(1)
+	a.received(1)
+	if err := a.ack([]uint64{1}); err != nil {
+		t.Fatal(err)
+	}
+	if b.frames != 1 {
+		t.Fatalf("the first ack took %d frames, want 1 at once", b.frames)
+	}
+	b.frames = 0
+	for tag := uint64(2); tag <= 11; tag++ {
+		b.deliver(tag)
+		a.received(tag)
+		if err := a.ack([]uint64{tag}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.frames != 0 {
+		t.Fatalf("%d frames sent before the delay", b.frames)
+	}
+	if err := a.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if b.frames != 1 || len(b.unacked) != 0 {
+		t.Fatalf("%d frames for 10 acks in order, %d left unacked; want 1 and 0", b.frames, len(b.unacked))
+	}
+
+	b = &brokerChannel{acked: map[uint64]bool{}, drained: make(chan struct{})}
+	a = newAcker(b, 256, 50*time.Millisecond, func(err error) { t.Errorf("coalesced ack: %v", err) })
+	defer a.flush()
+	drained := b.drained
+	for tag := uint64(1); tag <= 2; tag++ {
+		b.deliver(tag)
+		a.received(tag)
+	}
+	for tag := uint64(1); tag <= 2; tag++ {
+		if err := a.ack([]uint64{tag}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-drained:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the ack was not sent within 10 s")
 	}
 }

@@ -61,7 +61,7 @@ func encode(m *driver.Message, persistent bool) amqp.Publishing {
 	if persistent {
 		p.DeliveryMode = amqp.Persistent
 	}
-	h := make(amqp.Table, len(m.Header)+10)
+	h := make(amqp.Table, len(m.Header)+len(m.Extensions)+6) // a map of up to 8 entries is one block
 	for k, vs := range m.Header {
 		if len(vs) == 1 {
 			h[k] = vs[0]

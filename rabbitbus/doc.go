@@ -122,10 +122,13 @@
 // Consumers use manual acks on a channel per subscription, with a prefetch
 // (QoS) of SubscribeOptions.MaxInFlight (Options.Prefetch, 256, when
 // zero): the broker never has more unsettled deliveries out than that.
-// Ack and Term send basic.ack at once: deliveries acked together that are,
-// with those settled before, every delivery of the channel up to the
-// highest of them go as one basic.ack with multiple set, the others one
-// frame each. Nack is described below. Closing a subscription closes its
+// Ack and Term send basic.ack at once when no ack frame went in the last
+// 2 ms, else coalesced 2 ms after the last one (or once a quarter of the
+// prefetch waits): the acks waiting that are, with the deliveries settled
+// before, every delivery of the channel up to the highest of them go as one
+// basic.ack with multiple set, the others one frame each. A busy consumer
+// sends an ack frame per 2 ms, not one per message; closing the
+// subscription sends what waits first. Nack is described below. Closing a subscription closes its
 // channel: the broker requeues at once everything it delivered on it and
 // that was not acked, buffered or handed out. A
 // process that dies has its deliveries requeued as soon as the broker

@@ -244,7 +244,13 @@ func (s *subscription) open(ctx context.Context, old *amqp.Channel) error {
 	if err != nil {
 		return fail(classify(err))
 	}
-	s.ch, s.acks, s.queue, s.deliveries = ch, newAcker(ch), queue, dl
+	if s.acks != nil {
+		_ = s.acks.flush() // of the channel that was lost: the broker redelivers
+	}
+	s.ch, s.queue, s.deliveries = ch, queue, dl
+	s.acks = newAcker(ch, s.prefetch, ackDelay, func(err error) {
+		s.d.log.Warn("rabbitbus: ack failed; messages will be redelivered", "queue", queue, "error", err)
+	})
 	return nil
 }
 
@@ -386,10 +392,11 @@ func settleErr(op string, err error) error {
 	return fmt.Errorf("rabbitbus: %s: the channel that received the message is gone, the broker redelivers it: %w: %w", op, driver.ErrUnavailable, err)
 }
 
-// Ack acknowledges the deliveries at once: one basic.ack with multiple set
-// for those that, with the deliveries settled before, are every delivery of
-// their channel up to the highest of them, and one frame each for the rest
-// (see acker).
+// Ack acknowledges the deliveries at once, or within ackDelay coalesced
+// with the acks of the calls before when an ack frame went less than
+// ackDelay ago: one basic.ack with multiple set for those that, with the
+// deliveries settled before, are every delivery of their channel up to the
+// highest of them, and one frame each for the rest (see acker).
 func (s *subscription) Ack(_ context.Context, ds []*driver.Delivery) error {
 	hs, err := s.handles("ack", ds)
 	if err != nil {
@@ -551,11 +558,13 @@ func (s *subscription) close(ctx context.Context) error {
 	close(s.done)
 	s.d.forget(s)
 	s.mu.Lock()
-	ch := s.ch
+	ch, acks := s.ch, s.acks
 	s.mu.Unlock()
 	if ch == nil || ch.IsClosed() {
 		return nil
 	}
+	// The acks that wait to be coalesced go before the channel closes.
+	_ = acks.flush()
 	done := make(chan struct{})
 	s.d.wg.Go(func() {
 		defer close(done)
