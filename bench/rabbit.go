@@ -30,13 +30,26 @@ const rabbitBroker = "RabbitMQ"
 const rabbitWindow = 64
 
 func init() {
-	register(Scenario{Name: rabbitRawRow, Broker: rabbitBroker, Role: RoleRaw, Run: runRabbitRaw})
-	register(Scenario{Name: rabbitPipelineRow, Broker: rabbitBroker, Role: RoleBus, Run: runRabbitPipeline})
-	register(Scenario{Name: "Watermill AMQP, confirmed", Broker: rabbitBroker, Role: RolePeer, Run: runRabbitWatermill})
-	register(Scenario{Name: rabbitRawSyncRow, Broker: rabbitBroker, Role: RoleReference, Run: runRabbitRawSync})
-	register(Scenario{Name: rabbitRawEventRow, Broker: rabbitBroker, Role: RoleReference, Run: runRabbitRawEvents})
-	register(Scenario{Name: rabbitBusRow, Broker: rabbitBroker, Role: RoleReference, Run: runRabbitBus})
-	register(Scenario{Name: "eventbus on rabbitbus, 64× publishers", Broker: rabbitBroker, Role: RoleReference, Run: runRabbitBusWide})
+	reg := func(name string, role Role, run func(context.Context, Config) (Result, error)) {
+		register(Scenario{Name: name, Broker: rabbitBroker, Role: role, Run: withBrokerCPU(run)})
+	}
+	reg(rabbitRawRow, RoleRaw, runRabbitRaw)
+	reg(rabbitPipelineRow, RoleBus, runRabbitPipeline)
+	reg("Watermill AMQP, confirmed", RolePeer, runRabbitWatermill)
+	reg(rabbitRawSyncRow, RoleReference, runRabbitRawSync)
+	reg(rabbitRawEventRow, RoleReference, runRabbitRawEvents)
+	// What each part of the bus's wire format costs the broker, alone.
+	reg("raw amqp091-go, async confirms, through a topic exchange", RoleReference, func(ctx context.Context, cfg Config) (Result, error) {
+		return rabbitRaw(ctx, cfg, rawShape{window: rabbitWindow, exchange: "topic"})
+	})
+	reg("raw amqp091-go, async confirms, CloudEvents headers", RoleReference, func(ctx context.Context, cfg Config) (Result, error) {
+		return rabbitRaw(ctx, cfg, rawShape{window: rabbitWindow, headers: true})
+	})
+	reg("raw amqp091-go, async confirms, CloudEvents headers through a direct exchange", RoleReference, func(ctx context.Context, cfg Config) (Result, error) {
+		return rabbitRaw(ctx, cfg, rawShape{window: rabbitWindow, exchange: "direct", headers: true})
+	})
+	reg(rabbitBusRow, RoleReference, runRabbitBus)
+	reg("eventbus on rabbitbus, 64× publishers", RoleReference, runRabbitBusWide)
 
 	// The Publisher keeps many confirmations in flight, as the raw async
 	// row does; PublishEvent waits for each, as the raw row with one
@@ -91,7 +104,7 @@ func rabbitName() string {
 // confirmations in flight; one consumer with a prefetch of 256 acks each
 // message.
 func runRabbitRaw(ctx context.Context, cfg Config) (Result, error) {
-	return rabbitRaw(ctx, cfg, rabbitWindow, false)
+	return rabbitRaw(ctx, cfg, rawShape{window: rabbitWindow})
 }
 
 // runRabbitRawEvents: the raw async row carrying what the bus's messages
@@ -100,17 +113,28 @@ func runRabbitRaw(ctx context.Context, cfg Config) (Result, error) {
 // with a new id and time per message. It tells the broker's cost of the
 // wire format from the driver's.
 func runRabbitRawEvents(ctx context.Context, cfg Config) (Result, error) {
-	return rabbitRaw(ctx, cfg, rabbitWindow, true)
+	return rabbitRaw(ctx, cfg, rawShape{window: rabbitWindow, exchange: "topic", headers: true})
 }
 
 // runRabbitRawSync: the raw row with one confirmation in flight per
 // publisher — the raw client used the way PublishEvent is (each call
 // returns once the broker confirmed).
 func runRabbitRawSync(ctx context.Context, cfg Config) (Result, error) {
-	return rabbitRaw(ctx, cfg, 1, false)
+	return rabbitRaw(ctx, cfg, rawShape{window: 1})
 }
 
-func rabbitRaw(ctx context.Context, cfg Config, window int, events bool) (Result, error) {
+// rawShape is what a raw row publishes: window confirmations in flight per
+// publisher; through the default exchange straight to the queue, or
+// through an exchange of that kind bound to the queue by the event type;
+// with or without the CloudEvents binary-mode headers.
+type rawShape struct {
+	window   int
+	exchange string // "", "topic" or "direct"
+	headers  bool
+}
+
+func rabbitRaw(ctx context.Context, cfg Config, shape rawShape) (Result, error) {
+	window := shape.window
 	name := rabbitName()
 	pc, err := amqp.Dial(rabbitURL())
 	if err != nil {
@@ -131,9 +155,9 @@ func rabbitRaw(ctx context.Context, cfg Config, window int, events bool) (Result
 	}
 	defer func() { _, _ = sch.QueueDelete(name, false, false, false) }()
 	exchange, key := "", name
-	if events {
+	if shape.exchange != "" {
 		exchange, key = name, benchEventType
-		if err := sch.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
+		if err := sch.ExchangeDeclare(exchange, shape.exchange, true, false, false, false, nil); err != nil {
 			return Result{}, err
 		}
 		defer func() { _ = sch.ExchangeDelete(exchange, false, false) }()
@@ -185,7 +209,7 @@ func rabbitRaw(ctx context.Context, cfg Config, window int, events bool) (Result
 					inflight = inflight[1:]
 				}
 				p := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: data}
-				if events {
+				if shape.headers {
 					p.MessageId = strconv.FormatUint(seq.Add(1), 36)
 					p.Headers = amqp.Table{
 						"cloudEvents:specversion": "1.0", "cloudEvents:id": p.MessageId,
