@@ -19,8 +19,9 @@ import (
 // ends — spans (producer and consumer) sampled by a parent-based ratio
 // sampler, at 1% (a production setting) and 100% (every message), exported
 // in batches to an exporter that discards them, and every metric recorded
-// into an SDK meter provider. The targets compare them with the bus rows of
-// the same run.
+// for an SDK meter provider (the histograms aggregated by
+// telemetry.Histograms, the reader's producer). The targets compare them
+// with the bus rows of the same run.
 const (
 	memTelemetryRow  = "eventbus on membus, tracing + metrics"
 	jsTelemetryRow   = "eventbus on natsbus, tracing + metrics"
@@ -80,20 +81,22 @@ const (
 
 // newObserver returns an observer with a tracer provider sampling ratio of
 // the traces (parent based: a consumer follows its producer's decision) and
-// a meter provider, and the function that shuts both down and returns how
-// many spans were exported.
+// a meter provider whose reader gets the histograms from
+// telemetry.Histograms, and the function that shuts both down and returns
+// how many spans were exported.
 func newObserver(ratio float64) (*telemetry.Observer, func(context.Context) int64, error) {
 	var exported atomic.Int64
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(discard{&exported}, sdktrace.WithMaxQueueSize(spanQueue), sdktrace.WithMaxExportBatchSize(spanBatch), sdktrace.WithBatchTimeout(spanTimeout)),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))))
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	hists := telemetry.NewHistograms()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader(sdkmetric.WithProducer(hists))))
 	shutdown := func(ctx context.Context) int64 {
 		_ = tp.Shutdown(ctx)
 		_ = mp.Shutdown(ctx)
 		return exported.Load()
 	}
-	obs, err := telemetry.New(&telemetry.Options{TracerProvider: tp, MeterProvider: mp})
+	obs, err := telemetry.New(&telemetry.Options{TracerProvider: tp, MeterProvider: mp, Histograms: hists})
 	if err != nil {
 		shutdown(context.Background())
 		return nil, nil, err

@@ -24,23 +24,27 @@ import (
 // BenchmarkMembus publishes and consumes on membus without telemetry, with
 // metrics only, and with metrics and tracing at a parent-based ratio
 // sampler of 1% (a realistic production setting) and 100% (every span
-// sampled), spans exported in batches to a no-op exporter. The bench
-// module compares the same configurations on throughput.
+// sampled), spans exported in batches to a no-op exporter. Metrics are
+// aggregated by telemetry.Histograms, the reader's producer, but in
+// "metrics-sdk", where the histograms are the SDK's. The bench module
+// compares the same configurations on throughput.
 func BenchmarkMembus(b *testing.B) {
 	type config struct {
 		name     string
 		observer bool // an Observer even without providers
 		metrics  bool
 		ratio    float64 // tracing sample ratio; 0: no tracing
+		sdk      bool    // histograms recorded into the SDK
 	}
 	for _, c := range []config{
-		{"off", false, false, 0},
-		{"no-providers", true, false, 0},
-		{"metrics", true, true, 0},
-		{"tracing-1%", true, false, 0.01},
-		{"tracing-100%", true, false, 1},
-		{"tracing-1%+metrics", true, true, 0.01},
-		{"tracing+metrics", true, true, 1},
+		{"off", false, false, 0, false},
+		{"no-providers", true, false, 0, false},
+		{"metrics", true, true, 0, false},
+		{"metrics-sdk", true, true, 0, true},
+		{"tracing-1%", true, false, 0.01, false},
+		{"tracing-100%", true, false, 1, false},
+		{"tracing-1%+metrics", true, true, 0.01, false},
+		{"tracing+metrics", true, true, 1, false},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			var obs eventbus.Observer
@@ -53,7 +57,12 @@ func BenchmarkMembus(b *testing.B) {
 					opts.TracerProvider = tp
 				}
 				if c.metrics {
-					mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+					var ropts []sdkmetric.ManualReaderOption
+					if !c.sdk {
+						opts.Histograms = telemetry.NewHistograms()
+						ropts = append(ropts, sdkmetric.WithProducer(opts.Histograms))
+					}
+					mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader(ropts...)))
 					defer mp.Shutdown(context.Background())
 					opts.MeterProvider = mp
 				}

@@ -23,9 +23,9 @@ import (
 // and sent messages that failed. Past 4096 label sets, further ones are
 // counted under the single label otel.metric.overflow=true.
 //
-// Cost per message: the histograms (durations and latency) are recorded
-// into the SDK, three recordings per message sent and handled. The
-// counters and the in-flight gauge are atomic integers per label set that
+// Cost per message: the histograms (durations and latency) take three
+// measurements per message sent and handled, aggregated by Histograms
+// when the Observer has one, else recorded into the SDK. The counters and the in-flight gauge are atomic integers per label set that
 // the SDK reads at each collection (observable instruments), so they cost
 // an atomic add each. No counter was dropped for a histogram's count,
 // because none has the same count: the counters count messages, the
@@ -52,7 +52,7 @@ const (
 )
 
 type instruments struct {
-	// Recorded per operation.
+	// Recorded per operation, without Histograms.
 	publishDuration, processDuration, latency metric.Float64Histogram
 	sagaTransitions                           metric.Int64Counter
 	sagaDuration                              metric.Float64Histogram
@@ -61,8 +61,15 @@ type instruments struct {
 	inFlight                                               metric.Int64ObservableUpDownCounter
 }
 
+// The descriptions of the histograms.
+const (
+	publishDurationDesc = "Duration of a publish until confirmed, or of a query until its reply."
+	processDurationDesc = "Duration of a handler."
+	latencyDesc         = "Time from a message's time attribute to the start of its handler."
+)
+
 // durationBuckets suit messaging: from 50µs to a minute.
-var durationBuckets = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+var durationBuckets = [...]float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
 func newInstruments(mt metric.Meter, o *Observer) (*instruments, error) {
 	var errs []error
@@ -77,15 +84,17 @@ func newInstruments(mt metric.Meter, o *Observer) (*instruments, error) {
 		return h
 	}
 	m := &instruments{
-		sent:            counter(MetricSent, "Messages published (confirmed, or failed with error.type)."),
-		consumed:        counter(MetricConsumed, "Messages handed to a handler, each attempt."),
-		failed:          counter(MetricFailed, "Handler failures, each attempt."),
-		retried:         counter(MetricRetried, "Failed messages to be delivered again."),
-		deadLettered:    counter(MetricDeadLettered, "Messages published to their dead-letter destination."),
-		dropped:         counter(MetricDropped, "Messages terminated without being handled or dead-lettered."),
-		publishDuration: histogram(MetricPublishDuration, "Duration of a publish until confirmed, or of a query until its reply.", durationBuckets),
-		processDuration: histogram(MetricProcessDuration, "Duration of a handler.", durationBuckets),
-		latency:         histogram(MetricLatency, "Time from a message's time attribute to the start of its handler.", durationBuckets),
+		sent:         counter(MetricSent, "Messages published (confirmed, or failed with error.type)."),
+		consumed:     counter(MetricConsumed, "Messages handed to a handler, each attempt."),
+		failed:       counter(MetricFailed, "Handler failures, each attempt."),
+		retried:      counter(MetricRetried, "Failed messages to be delivered again."),
+		deadLettered: counter(MetricDeadLettered, "Messages published to their dead-letter destination."),
+		dropped:      counter(MetricDropped, "Messages terminated without being handled or dead-lettered."),
+	}
+	if o.hists == nil {
+		m.publishDuration = histogram(MetricPublishDuration, publishDurationDesc, durationBuckets[:])
+		m.processDuration = histogram(MetricProcessDuration, processDurationDesc, durationBuckets[:])
+		m.latency = histogram(MetricLatency, latencyDesc, durationBuckets[:])
 	}
 	var err error
 	m.inFlight, err = mt.Int64ObservableUpDownCounter(MetricInFlight, metric.WithDescription("Handlers running."), metric.WithUnit("{handler}"))
@@ -106,37 +115,63 @@ func newInstruments(mt metric.Meter, o *Observer) (*instruments, error) {
 	return m, nil
 }
 
-// series is one label set: its measurement options, built once, and the
-// counts the observable counters report.
+// series is one label set: its measurement options, built once, the
+// counts the observable counters report and, with Histograms, its
+// histograms.
 type series struct {
-	set attribute.Set
-	rec []metric.RecordOption  // metric.WithAttributeSet(set), as a ready variadic argument
-	obs []metric.ObserveOption // the same
+	set   attribute.Set
+	rec   []metric.RecordOption  // metric.WithAttributeSet(set), as a ready variadic argument
+	obs   []metric.ObserveOption // the same
+	hists [numHists]*hist        // with Histograms
 
 	sent, consumed, failed, retried, deadLettered, dropped atomic.Int64
 }
 
-func newSeries(kvs []attribute.KeyValue) *series {
+func newSeries(kvs []attribute.KeyValue, h *Histograms) *series {
 	s := &series{set: attribute.NewSet(kvs...)}
 	opt := metric.WithAttributeSet(s.set)
 	s.rec = []metric.RecordOption{opt}
 	s.obs = []metric.ObserveOption{opt}
+	if h != nil {
+		for i := range s.hists {
+			s.hists[i] = h.hist(i, s.set)
+		}
+	}
 	return s
+}
+
+// record adds d to histogram i (histPublish, histProcess, histLatency) of
+// s: in s's own histogram with Histograms, else into the SDK's.
+func (m *instruments) record(ctx context.Context, i int, s *series, d time.Duration) {
+	if x := s.hists[i]; x != nil {
+		x.record(d)
+		return
+	}
+	h := m.publishDuration
+	switch i {
+	case histProcess:
+		h = m.processDuration
+	case histLatency:
+		h = m.latency
+	}
+	h.Record(ctx, d.Seconds(), s.rec...)
 }
 
 // labels are the label sets of an operation on a message type: ok without
 // error.type, and one per error.type met.
 type labels struct {
+	typ      string // the message type
 	ok       *series
 	inFlight atomic.Int64 // handlers running
 	base     []attribute.KeyValue
+	hists    *Histograms // nil: histograms recorded into the SDK
 
 	errMu sync.Mutex              // serializes additions to errs
 	errs  cowMap[string, *series] // by error.type: a handful (errorType)
 }
 
-func newLabels(base []attribute.KeyValue) *labels {
-	return &labels{ok: newSeries(base), base: base}
+func newLabels(typ string, base []attribute.KeyValue, h *Histograms) *labels {
+	return &labels{typ: typ, ok: newSeries(base, h), base: base, hists: h}
 }
 
 // set returns the label set for an outcome: err adds its error.type.
@@ -146,7 +181,7 @@ func (l *labels) set(err error) *series {
 	}
 	t := errorType(err)
 	return l.errs.load(&l.errMu, t, func() (*series, bool) {
-		return newSeries(append(l.base[:len(l.base):len(l.base)], semconv.ErrorTypeKey.String(t))), true
+		return newSeries(append(l.base[:len(l.base):len(l.base)], semconv.ErrorTypeKey.String(t)), l.hists), true
 	})
 }
 
@@ -159,12 +194,16 @@ func (l *labels) each(fn func(*series)) {
 }
 
 // labels returns the label set of the operation on messages of type typ,
-// from the operation's cache; past maxLabelSets, the overflow set.
+// from the operation's cache (the last one looked up kept aside); past
+// maxLabelSets, the overflow set.
 func (o *Observer) labelsOf(info *opInfo, typ string) *labels {
 	if info.transient {
 		return o.overflow
 	}
-	return info.types.load(&o.mu, typ, func() (*labels, bool) {
+	if l := info.recent.Load(); l != nil && l.typ == typ {
+		return l
+	}
+	l := info.types.load(&o.mu, typ, func() (*labels, bool) {
 		if o.labelSets >= maxLabelSets {
 			return o.overflow, false
 		}
@@ -173,8 +212,12 @@ func (o *Observer) labelsOf(info *opInfo, typ string) *labels {
 		if typ != "" {
 			base = append(base[:len(base):len(base)], semconv.CloudEventsEventType(typ))
 		}
-		return newLabels(base), true
+		return newLabels(typ, base, o.hists), true
 	})
+	if l != o.overflow {
+		info.recent.Store(l)
+	}
+	return l
 }
 
 // maxLabelSets bounds the label sets (operation and message type; each

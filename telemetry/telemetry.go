@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -29,6 +30,12 @@ type Options struct {
 	// MeterProvider makes the metrics (NewPrometheus gives one that
 	// Prometheus scrapes). nil: no metrics.
 	MeterProvider metric.MeterProvider
+	// Histograms, when set, aggregates the duration and latency histograms
+	// in the process and hands them to the readers it is a producer of,
+	// instead of recording each measurement into MeterProvider (see
+	// Histograms). nil: those of NewPrometheus's MeterProvider, or none —
+	// the histograms are then recorded into MeterProvider's.
+	Histograms *Histograms
 	// Propagator writes and reads the trace context of messages. Default:
 	// W3C Trace Context, which the CloudEvents distributed-tracing
 	// extension (traceparent, tracestate) carries.
@@ -62,11 +69,13 @@ type Observer struct {
 	log    *slog.Logger
 	m      *instruments // nil without MeterProvider
 	meter  metric.Meter
+	hists  *Histograms // nil: histograms recorded into the SDK
 
 	// ops caches what is built once per operation: span names, options and
 	// attributes, metric label sets. Read without a lock; mu serializes
 	// additions (copy on write), which stop at maxOps.
 	ops       cowMap[eventbus.Operation, *opInfo]
+	recent    [2]atomic.Pointer[opInfo] // the last sending and handling operations looked up
 	mu        sync.Mutex
 	labelSets int     // label sets made, up to maxLabelSets; guarded by mu
 	overflow  *labels // where measurements go past maxLabelSets
@@ -82,7 +91,14 @@ func New(opts *Options) (*Observer, error) {
 	if opts != nil {
 		o = *opts
 	}
-	obs := &Observer{prop: o.Propagator, log: o.Logger, overflow: newLabels(overflowAttrs)}
+	obs := &Observer{prop: o.Propagator, log: o.Logger}
+	if o.MeterProvider != nil {
+		obs.hists = o.Histograms
+		if obs.hists == nil {
+			obs.hists = histogramsOf(o.MeterProvider)
+		}
+	}
+	obs.overflow = newLabels("", overflowAttrs, obs.hists)
 	if obs.prop == nil {
 		obs.prop = propagation.TraceContext{}
 	}
@@ -112,7 +128,8 @@ type opInfo struct {
 	metricBase []attribute.KeyValue    // the metric labels but the message type
 	attrBufs   sync.Pool               // of *[]attribute.KeyValue holding spanAttrs (setAttrs)
 
-	types cowMap[string, *labels] // label sets by message type; additions under Observer.mu
+	types  cowMap[string, *labels] // label sets by message type; additions under Observer.mu
+	recent atomic.Pointer[labels]  // the last of types looked up
 	// transient: built past maxOps, not cached; its measurements go to the
 	// overflow label set.
 	transient bool
@@ -122,13 +139,26 @@ type opInfo struct {
 // and attributes are built per call.
 const maxOps = 1024
 
-// info returns op's opInfo, from the cache.
+// info returns op's opInfo, from the cache. The last operation looked up
+// for sending and for handling is kept aside: most often the next one, it
+// is compared (its strings are the same) rather than hashed.
 func (o *Observer) info(op eventbus.Operation) *opInfo {
-	return o.ops.load(&o.mu, op, func() (*opInfo, bool) {
+	r := &o.recent[0]
+	if op.Kind != eventbus.OpSend && op.Kind != eventbus.OpQuery {
+		r = &o.recent[1]
+	}
+	if i := r.Load(); i != nil && i.op == op {
+		return i
+	}
+	i := o.ops.load(&o.mu, op, func() (*opInfo, bool) {
 		i := newOpInfo(op)
 		i.transient = len(o.ops.all()) >= maxOps
 		return i, !i.transient
 	})
+	if !i.transient {
+		r.Store(i)
+	}
+	return i
 }
 
 func newOpInfo(op eventbus.Operation) *opInfo {
@@ -261,7 +291,7 @@ func (o *Observer) Handle(ctx context.Context, op eventbus.Operation, msgs []*ev
 		c.l.inFlight.Add(1)
 		for _, m := range msgs {
 			if m != nil && !m.Time.IsZero() {
-				o.m.latency.Record(ctx, c.start.Sub(m.Time).Seconds(), c.l.ok.rec...)
+				o.m.record(ctx, histLatency, c.l.ok, c.start.Sub(m.Time))
 			}
 		}
 	}
@@ -305,7 +335,7 @@ func (c *call) put() {
 func (c *call) publishDone(err error) {
 	if c.l != nil {
 		s := c.l.set(err)
-		c.o.m.publishDuration.Record(c.ctx, time.Since(c.start).Seconds(), s.rec...)
+		c.o.m.record(c.ctx, histPublish, s, time.Since(c.start))
 		if c.info.op.Kind == eventbus.OpSend {
 			s.sent.Add(int64(c.n))
 		}
@@ -320,7 +350,7 @@ func (c *call) handleDone(err error) {
 	o, ctx, op := c.o, c.ctx, &c.info.op
 	if l := c.l; l != nil {
 		l.inFlight.Add(-1)
-		o.m.processDuration.Record(ctx, time.Since(c.start).Seconds(), l.set(err).rec...)
+		o.m.record(ctx, histProcess, l.set(err), time.Since(c.start))
 		l.ok.consumed.Add(int64(c.n))
 		if err != nil {
 			l.ok.failed.Add(int64(c.n))

@@ -1,0 +1,182 @@
+package telemetry
+
+import (
+	"context"
+	"math"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"weak"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+)
+
+// Histograms aggregates the duration and latency histograms of Observers
+// (MetricPublishDuration, MetricProcessDuration, MetricLatency) in the
+// process, at the cost of a few atomic additions per measurement, and hands
+// them to the metric readers it is a producer of. Recorded into an
+// OpenTelemetry SDK histogram instead, each measurement costs a few hundred
+// nanoseconds (the SDK normalizes and looks up the label set on every
+// recording): most of what metrics cost per message.
+//
+// Give it to the reader and to the Observer:
+//
+//	h := telemetry.NewHistograms()
+//	reader := sdkmetric.NewPeriodicReader(exporter, sdkmetric.WithProducer(h))
+//	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+//	obs, err := telemetry.New(&telemetry.Options{MeterProvider: mp, Histograms: h})
+//
+// NewPrometheus does so for its MeterProvider. The histograms have the
+// same names, units, descriptions, bucket boundaries and labels as the
+// SDK's would, are cumulative (whatever temporality the reader prefers),
+// and carry no exemplars. Several Observers may share one Histograms.
+type Histograms struct {
+	start time.Time
+
+	mu     sync.Mutex
+	series [numHists]map[attribute.Distinct]*hist // guarded by mu
+}
+
+// NewHistograms returns empty histograms.
+func NewHistograms() *Histograms {
+	h := &Histograms{start: time.Now()}
+	for i := range h.series {
+		h.series[i] = map[attribute.Distinct]*hist{}
+	}
+	return h
+}
+
+var _ sdkmetric.Producer = (*Histograms)(nil)
+
+// The histograms aggregated in process.
+const (
+	histPublish = iota // MetricPublishDuration
+	histProcess        // MetricProcessDuration
+	histLatency        // MetricLatency
+	numHists
+)
+
+// histDefs name and describe the histograms, as newInstruments does.
+var histDefs = [numHists]struct{ name, desc string }{
+	{MetricPublishDuration, publishDurationDesc},
+	{MetricProcessDuration, processDurationDesc},
+	{MetricLatency, latencyDesc},
+}
+
+// durationBounds are durationBuckets in nanoseconds.
+var durationBounds = func() [len(durationBuckets)]int64 {
+	var b [len(durationBuckets)]int64
+	for i, s := range durationBuckets {
+		b[i] = int64(math.Round(s * 1e9))
+	}
+	return b
+}()
+
+// hist is one label set's histogram: counts per bucket (values v with
+// bounds[i-1] < v ≤ bounds[i], as the SDK's explicit-bucket histogram),
+// and the sum, minimum and maximum in nanoseconds.
+type hist struct {
+	attrs    attribute.Set
+	start    time.Time
+	counts   [len(durationBuckets) + 1]atomic.Uint64
+	sum      atomic.Int64
+	min, max atomic.Int64 // valid once a count is
+}
+
+// hist returns the histogram of instrument i for the label set s.
+func (h *Histograms) hist(i int, s attribute.Set) *hist {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := s.Equivalent()
+	if x, ok := h.series[i][k]; ok {
+		return x
+	}
+	x := &hist{attrs: s, start: time.Now()}
+	x.min.Store(1<<63 - 1)
+	x.max.Store(-1 << 63)
+	h.series[i][k] = x
+	return x
+}
+
+// record adds a measurement of d.
+func (x *hist) record(d time.Duration) {
+	v := int64(d)
+	i := 0
+	for i < len(durationBounds) && durationBounds[i] < v {
+		i++
+	}
+	x.sum.Add(v)
+	for m := x.min.Load(); v < m && !x.min.CompareAndSwap(m, v); m = x.min.Load() {
+	}
+	for m := x.max.Load(); v > m && !x.max.CompareAndSwap(m, v); m = x.max.Load() {
+	}
+	x.counts[i].Add(1) // last: a count read means a minimum and maximum
+}
+
+// Produce implements sdkmetric.Producer: the histograms measured so far,
+// those of label sets without a measurement left out.
+func (h *Histograms) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
+	now := time.Now()
+	bounds := slices.Clone(durationBuckets[:])
+	sm := metricdata.ScopeMetrics{Scope: instrumentation.Scope{Name: ScopeName, SchemaURL: semconv.SchemaURL}}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, series := range h.series {
+		var dps []metricdata.HistogramDataPoint[float64]
+		for _, x := range series {
+			dp := metricdata.HistogramDataPoint[float64]{
+				Attributes: x.attrs, StartTime: x.start, Time: now, Bounds: bounds,
+				BucketCounts: make([]uint64, len(x.counts)),
+			}
+			for b := range x.counts {
+				dp.BucketCounts[b] = x.counts[b].Load()
+				dp.Count += dp.BucketCounts[b]
+			}
+			if dp.Count == 0 {
+				continue
+			}
+			dp.Sum = time.Duration(x.sum.Load()).Seconds()
+			dp.Min = metricdata.NewExtrema(time.Duration(x.min.Load()).Seconds())
+			dp.Max = metricdata.NewExtrema(time.Duration(x.max.Load()).Seconds())
+			dps = append(dps, dp)
+		}
+		if len(dps) > 0 {
+			sm.Metrics = append(sm.Metrics, metricdata.Metrics{
+				Name: histDefs[i].name, Description: histDefs[i].desc, Unit: "s",
+				Data: metricdata.Histogram[float64]{Temporality: metricdata.CumulativeTemporality, DataPoints: dps},
+			})
+		}
+	}
+	if len(sm.Metrics) == 0 {
+		return nil, nil
+	}
+	return []metricdata.ScopeMetrics{sm}, nil
+}
+
+// promHistograms are the Histograms of the MeterProviders NewPrometheus
+// made, which New uses when Options.Histograms is nil. An entry goes with
+// its provider.
+var promHistograms sync.Map // weak.Pointer[sdkmetric.MeterProvider] → *Histograms
+
+func rememberHistograms(mp *sdkmetric.MeterProvider, h *Histograms) {
+	k := weak.Make(mp)
+	promHistograms.Store(k, h)
+	runtime.AddCleanup(mp, func(k weak.Pointer[sdkmetric.MeterProvider]) { promHistograms.Delete(k) }, k)
+}
+
+// histogramsOf returns the Histograms NewPrometheus gave mp, or nil.
+func histogramsOf(mp any) *Histograms {
+	p, ok := mp.(*sdkmetric.MeterProvider)
+	if !ok || p == nil {
+		return nil
+	}
+	h, _ := promHistograms.Load(weak.Make(p))
+	hs, _ := h.(*Histograms)
+	return hs
+}
