@@ -104,10 +104,16 @@ func encode(m *driver.Message, persistent bool) amqp.Publishing {
 // cloudEvents_specversion) property is present. Anything else is a
 // *driver.MalformedError with the raw body as Data.
 func decode(d *amqp.Delivery) (*driver.Message, error) {
+	return decodeInto(d, new(driver.Message))
+}
+
+// decodeInto is decode that fills m, a zero Message, for a binary-mode
+// event (a structured one is a new Message).
+func decodeInto(d *amqp.Delivery, m *driver.Message) (*driver.Message, error) {
 	if driver.IsStructured(d.ContentType) {
 		return decodeStructured(d.Headers, d.Body)
 	}
-	m := &driver.Message{Data: d.Body}
+	m.Data = d.Body
 	prefix := ""
 	switch {
 	case d.Headers[cePrefix+"specversion"] != nil:

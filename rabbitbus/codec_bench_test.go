@@ -24,13 +24,17 @@ func BenchmarkEncode(b *testing.B) {
 	}
 }
 
+var decoded *driver.Message
+
 func BenchmarkDecode(b *testing.B) {
 	p := encode(benchMessage(), true)
 	d := amqp.Delivery{Headers: p.Headers, ContentType: p.ContentType, MessageId: p.MessageId, Body: p.Body}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := decode(&d); err != nil {
+		m, err := decode(&d)
+		if err != nil {
 			b.Fatal(err)
 		}
+		decoded = m
 	}
 }

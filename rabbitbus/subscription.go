@@ -323,12 +323,20 @@ func cmp(max int) int {
 	return max
 }
 
+// received is a delivery, its message and its handle, allocated as one.
+type received struct {
+	del driver.Delivery
+	msg driver.Message
+	h   handle
+}
+
 func (s *subscription) delivery(acks *acker, queue string, m amqp.Delivery) *driver.Delivery {
 	acks.received(m.DeliveryTag)
-	msg, err := decode(&m)
-	n := attempt(&m)
-	return &driver.Delivery{Message: msg, Err: err, Attempt: n,
-		Handle: &handle{acks: acks, queue: queue, attempt: n, delivery: m}}
+	r := &received{h: handle{acks: acks, queue: queue, delivery: m}}
+	msg, err := decodeInto(&r.h.delivery, &r.msg)
+	r.h.attempt = attempt(&r.h.delivery)
+	r.del = driver.Delivery{Message: msg, Err: err, Attempt: r.h.attempt, Handle: &r.h}
+	return &r.del
 }
 
 // attempt counts deliveries to the group: those before the driver last
