@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/marty-msf/eventbus/driver"
 )
@@ -80,11 +81,26 @@ func ceField(name string) string {
 // argBuilder builds the arguments of a batch's commands with few
 // allocations: strings are referenced by pointer (go-redis writes a *string
 // argument as the string), from fieldNames or from vals, which holds the
-// batch's values. A pointer into vals stays valid when append moves it.
+// batch's values; times are *time.Time, which go-redis formats (RFC 3339)
+// into its own buffer, and data a *dataArg. A pointer into vals, times or
+// data stays valid when append moves them.
 type argBuilder struct {
-	args []any
-	vals []string
+	args  []any
+	vals  []string
+	times []time.Time
+	data  []dataArg
 }
+
+// dataArg is a message's data as a command argument: a pointer to it is an
+// encoding.BinaryMarshaler, which go-redis writes without a copy, where a
+// []byte in an interface would be an allocation of its own.
+type dataArg []byte
+
+// MarshalBinary returns the data.
+func (d *dataArg) MarshalBinary() ([]byte, error) { return *d, nil }
+
+// specVersion is addressable, for a *string argument.
+var specVersion = driver.SpecVersion
 
 func (b *argBuilder) str(v string) {
 	b.vals = append(b.vals, v)
@@ -101,7 +117,15 @@ func (b *argBuilder) field(i int, name, value string) {
 	b.str(value)
 }
 
-// appendEntry appends m's stream entry fields, as appendFields does.
+// known appends the field fieldNames[i] unless value is empty.
+func (b *argBuilder) known(i int, value string) {
+	if value != "" {
+		b.field(i, "", value)
+	}
+}
+
+// appendEntry appends m's stream entry fields, as appendFields does: the
+// attributes in the order of Message.EachAttribute.
 func (b *argBuilder) appendEntry(m *driver.Message) {
 	if m.Mode == driver.Structured {
 		b.field(fieldIndex("datacontenttype"), fieldContentType, structuredContentType)
@@ -109,18 +133,35 @@ func (b *argBuilder) appendEntry(m *driver.Message) {
 		b.args = append(b.args, fieldData, driver.EncodeStructured(m))
 		return
 	}
-	m.EachAttribute(func(name, value string) {
+	b.args = append(b.args, &fieldNames[0], &specVersion)
+	b.known(1, m.ID)
+	b.known(2, m.Source)
+	b.known(3, m.Type)
+	b.known(4, m.Subject)
+	if !m.Time.IsZero() {
+		b.times = append(b.times, m.Time.UTC())
+		b.args = append(b.args, &fieldNames[5], &b.times[len(b.times)-1])
+	}
+	b.known(12, m.DataContentType)
+	b.known(6, m.DataSchema)
+	b.known(7, m.CorrelationID)
+	b.known(8, m.CausationID)
+	b.known(9, m.TraceParent)
+	b.known(10, m.TraceState)
+	b.known(11, m.ReplyTo)
+	for name, value := range m.Extensions {
 		i := fieldIndex(name)
 		if i < 0 {
 			name = cePrefix + name
 		}
 		b.field(i, name, value)
-	})
+	}
 	if m.Key != "" {
 		b.field(len(fieldNames)-1, fieldKey, m.Key)
 	}
 	b.appendHeaders(m)
-	b.args = append(b.args, fieldData, m.Data)
+	b.data = append(b.data, m.Data)
+	b.args = append(b.args, fieldData, &b.data[len(b.data)-1])
 }
 
 func (b *argBuilder) appendHeaders(m *driver.Message) {
@@ -175,10 +216,13 @@ func appendHeaders(args []any, m *driver.Message) []any {
 }
 
 // entry is one stream entry as read from Redis: its id and its fields in
-// order.
+// order. The data field is either among the fields or, read from a raw
+// reply, in data (hasData).
 type entry struct {
-	id     string
-	fields []string // name, value, name, value...
+	id      string
+	fields  []string // name, value, name, value...
+	data    []byte
+	hasData bool
 }
 
 // decode reads an entry's fields as an envelope. A structured-mode event
@@ -187,14 +231,15 @@ type entry struct {
 // the entry is not a valid event it returns what it could read, Data set to
 // the raw data field, and a *driver.MalformedError.
 func decode(fields []string) (*driver.Message, error) {
-	return decodeInto(&driver.Message{}, fields)
+	return decodeInto(&driver.Message{}, entry{fields: fields})
 }
 
-// decodeInto is decode into m, which it returns, except for a
+// decodeInto is decode of e into m, which it returns, except for a
 // structured-mode event, which is a message of its own.
-func decodeInto(m *driver.Message, fields []string) (*driver.Message, error) {
+func decodeInto(m *driver.Message, e entry) (*driver.Message, error) {
 	var (
-		data        []byte
+		fields      = e.fields
+		data        = e.data
 		contentType string
 		spec        bool
 		firstErr    error

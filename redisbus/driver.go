@@ -189,7 +189,8 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 			maxLen = replyMaxLen
 		}
 		// One slab of arguments and one of values for the whole batch.
-		b := argBuilder{args: make([]any, 0, len(msgs)*24), vals: make([]string, 0, len(msgs)*10)}
+		b := argBuilder{args: make([]any, 0, len(msgs)*24), vals: make([]string, 0, len(msgs)*10),
+			times: make([]time.Time, 0, len(msgs)), data: make([]dataArg, 0, len(msgs))}
 		keyArg, maxLenArg := any(key), any(maxLen)
 		for _, m := range msgs {
 			start := len(b.args)

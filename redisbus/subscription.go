@@ -126,6 +126,7 @@ type streamSub struct {
 	changed     chan struct{} // closed and replaced when room, due or stashed entries appear
 	closed      bool
 	reading     bool          // a read of new entries is in progress
+	reply       replyBuffer   // the raw reply of the read in progress (owned by it, not guarded by mu)
 	acking      int           // XACKs sent and not answered yet
 	fillEnd     chan struct{} // closed when the read ahead in progress (if any) ended
 	nextReclaim time.Time
@@ -523,7 +524,27 @@ func (s *streamSub) xread(ctx context.Context, n int, block time.Duration) ([]*d
 		args = append(args, "block", block.Milliseconds())
 	}
 	args = append(args, "streams", s.key, ">")
-	res, err := s.d.rdb.Do(ctx, args...).Result()
+	// The reply is parsed from its raw bytes (see parseXRead); an error
+	// reply goes through go-redis's own reading again, which follows a
+	// Cluster's redirections and reports the error.
+	s.reply.reset()
+	err := s.d.rdb.Process(ctx, redis.NewRawWriteToCmd(ctx, &s.reply, args...))
+	if err == nil && !isErrorReply(s.reply.b) {
+		entries, err := parseXRead(s.reply.b)
+		if err != nil {
+			return nil, err
+		}
+		return s.deliveries(entries, nil, 1), nil
+	}
+	var res any
+	if err == nil {
+		res, err = s.d.rdb.Do(ctx, args...).Result()
+	} else if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		// The connection's deadline is the context's: report the
+		// context's end, which its timer may not have marked yet.
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
@@ -649,7 +670,7 @@ func (s *streamSub) deliveries(entries []entry, counts map[string]int, fallback 
 	msgs := make([]driver.Message, len(entries))
 	ids := make([]string, len(entries))
 	for i, e := range entries {
-		m, err := decodeInto(&msgs[i], e.fields)
+		m, err := decodeInto(&msgs[i], e)
 		attempt := fallback
 		if c, ok := counts[e.id]; ok && c > 0 {
 			attempt = c
