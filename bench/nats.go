@@ -33,6 +33,7 @@ const queryClients = 16
 
 func init() {
 	register(Scenario{Name: "raw nats.go", Broker: coreBroker, Role: RoleRaw, Run: runCoreRaw})
+	register(Scenario{Name: "raw nats.go, CloudEvents headers", Broker: coreBroker, Role: RoleReference, Run: runCoreRawHeaders})
 	register(Scenario{Name: "raw nats.go, flush after each publish", Broker: coreBroker, Role: RoleReference, Run: runCoreRawFlushed})
 	register(Scenario{Name: "eventbus on natsbus, JetStream off", Broker: coreBroker, Role: RoleBus, Run: runCoreBus})
 	register(Scenario{Name: "Watermill NATS, JetStream off", Broker: coreBroker, Role: RolePeer, Run: runCoreWatermill})
@@ -141,16 +142,24 @@ func (e *natsEnv) openBus(ctx context.Context, jetStream bool, subscribe func(*e
 // runCoreRaw: nc.Publish from 16 goroutines on one connection, flushed once
 // per publisher at the end; one subscription with unlimited pending buffers.
 func runCoreRaw(ctx context.Context, cfg Config) (Result, error) {
-	return runCore(ctx, cfg, false)
+	return runCore(ctx, cfg, false, false)
+}
+
+// runCoreRawHeaders: as runCoreRaw, each message carrying the CloudEvents
+// headers natsbus puts on an event, built the plain way (a nats.Header per
+// message): the envelope's cost in the client and the server, without the
+// bus.
+func runCoreRawHeaders(ctx context.Context, cfg Config) (Result, error) {
+	return runCore(ctx, cfg, false, true)
 }
 
 // runCoreRawFlushed: as runCoreRaw with a flush after every publish — the
 // guarantee natsbus gives on core NATS (written and flushed to the server).
 func runCoreRawFlushed(ctx context.Context, cfg Config) (Result, error) {
-	return runCore(ctx, cfg, true)
+	return runCore(ctx, cfg, true, false)
 }
 
-func runCore(ctx context.Context, cfg Config, flushEach bool) (Result, error) {
+func runCore(ctx context.Context, cfg Config, flushEach, headers bool) (Result, error) {
 	env, err := startNATS(ctx)
 	if err != nil {
 		return Result{}, err
@@ -177,7 +186,14 @@ func runCore(ctx context.Context, cfg Config, flushEach bool) (Result, error) {
 		return Result{}, err
 	}
 	data := payload(cfg)
-	return throughput(ctx, cfg, tr, func(int) (publisher, error) {
+	return throughput(ctx, cfg, tr, func(id int) (publisher, error) {
+		if headers {
+			next := rawEnvelopes("bench.core", id, data, false)
+			return publisher{
+				publish: func(context.Context, int) error { return pub.PublishMsg(next()) },
+				confirm: func(ctx context.Context) error { return flush(ctx, pub) },
+			}, nil
+		}
 		if flushEach {
 			return publisher{publish: func(ctx context.Context, _ int) error {
 				if err := pub.Publish("bench.core", data); err != nil {
@@ -420,7 +436,7 @@ func jetStreamRawBacklog(ctx context.Context, cfg Config, headers bool) (Result,
 	data := payload(cfg)
 	newMsg := func() *nats.Msg { return &nats.Msg{Subject: rawSubject, Data: data} }
 	if headers {
-		newMsg = rawEnvelopes(0, data, false)
+		newMsg = rawEnvelopes(rawSubject, 0, data, false)
 	}
 	fill := func(ctx context.Context, n int) error {
 		futures := make([]jetstream.PubAckFuture, 0, 1000)
@@ -451,7 +467,7 @@ func jetStreamRawBacklog(ctx context.Context, cfg Config, headers bool) (Result,
 // rawEnvelopes returns a maker of raw messages that carry the headers
 // natsbus puts on an event (CloudEvents binary mode, and the
 // de-duplication id with msgID), built the plain way.
-func rawEnvelopes(id int, data []byte, msgID bool) func() *nats.Msg {
+func rawEnvelopes(subject string, id int, data []byte, msgID bool) func() *nats.Msg {
 	next := envelopeMaker(id, data)
 	return func() *nats.Msg {
 		m := next()
@@ -462,7 +478,7 @@ func rawEnvelopes(id int, data []byte, msgID bool) func() *nats.Msg {
 		if msgID {
 			h["Nats-Msg-Id"] = []string{m.ID}
 		}
-		return &nats.Msg{Subject: rawSubject, Data: data, Header: h}
+		return &nats.Msg{Subject: subject, Data: data, Header: h}
 	}
 }
 
@@ -548,7 +564,7 @@ func runJetStreamAsync(ctx context.Context, cfg Config, headers, msgID bool) (Re
 	return throughput(ctx, cfg, tr, func(id int) (publisher, error) {
 		newMsg := func() *nats.Msg { return &nats.Msg{Subject: rawSubject, Data: data} }
 		if headers {
-			newMsg = rawEnvelopes(id, data, msgID)
+			newMsg = rawEnvelopes(rawSubject, id, data, msgID)
 		}
 		futures := make([]jetstream.PubAckFuture, 0, window)
 		oldest := 0

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -79,8 +80,50 @@ func encode(subject string, m *driver.Message, stored, msgID bool) *nats.Msg {
 	if m.Mode == driver.Structured {
 		return encodeStructured(subject, m, msgID)
 	}
+	w := new(wireMsg)
+	w.encode(subject, m, stored, msgID)
+	return &w.msg
+}
+
+// wirePool holds the wire messages of core NATS publishes, requests and
+// replies, which the client copies into its write buffer before PublishMsg
+// (or the request's publish) returns: one message and its header map serve
+// publish after publish, so that the header map and its entries are not
+// allocated per message.
+var wirePool = sync.Pool{New: func() any { return new(wireMsg) }}
+
+// sendCore encodes m for subject in a pooled wire message, hands it to
+// send, which must not retain it (a core NATS publish, request or reply),
+// and takes it back.
+func sendCore[T any](subject string, m *driver.Message, send func(*nats.Msg) (T, error)) (T, error) {
+	if m.Mode == driver.Structured {
+		return send(encodeStructured(subject, m, false))
+	}
+	w := wirePool.Get().(*wireMsg)
+	w.encode(subject, m, false, false)
+	r, err := send(&w.msg)
+	w.reset()
+	wirePool.Put(w)
+	return r, err
+}
+
+// reset drops what w refers to, keeping its header map (emptied) for the
+// next message.
+func (w *wireMsg) reset() {
+	h := w.msg.Header
+	clear(h)
+	w.msg = nats.Msg{Header: h}
+	clear(w.vals[:])
+}
+
+// encode fills w with m for subject in binary content mode (see encode),
+// reusing w's header map when it has one.
+func (w *wireMsg) encode(subject string, m *driver.Message, stored, msgID bool) {
 	_, n := headerCount(m, msgID)
-	h := make(nats.Header, n+len(m.Header))
+	h := w.msg.Header
+	if h == nil {
+		h = make(nats.Header, n+len(m.Header))
+	}
 	for k, vs := range m.Header {
 		if stored {
 			vs = slices.Clone(vs)
@@ -89,7 +132,6 @@ func encode(subject string, m *driver.Message, stored, msgID bool) *nats.Msg {
 	}
 	// One backing array for the single values of the attributes, rather than
 	// one allocation per header, allocated with the message when it fits.
-	w := new(wireMsg)
 	e := headerWriter{h: h, vals: w.vals[:0]}
 	if n > len(w.vals) {
 		e.vals = make([]string, 0, n)
@@ -132,7 +174,6 @@ func encode(subject string, m *driver.Message, stored, msgID bool) *nats.Msg {
 		data = slices.Clone(data)
 	}
 	w.msg = nats.Msg{Subject: subject, Header: h, Data: data}
-	return &w.msg
 }
 
 // headerWriter sets single-valued headers whose values share one backing
@@ -224,13 +265,6 @@ func decode(h nats.Header, data []byte) (*driver.Message, error) {
 // decodeInto is decode into a zero message that the caller allocated, so
 // that a batch of deliveries can share one allocation.
 func decodeInto(m *driver.Message, h nats.Header, data []byte) error {
-	for k, vs := range h {
-		if len(vs) > 0 && strings.EqualFold(k, contentType) && driver.IsStructured(vs[0]) {
-			sm, err := decodeStructured(h, k, data)
-			*m = *sm
-			return err
-		}
-	}
 	m.Data = data
 	var bad error
 	fail := func(err error) {
@@ -268,6 +302,13 @@ func decodeInto(m *driver.Message, h nats.Header, data []byte) error {
 		case k == msgIDHeader:
 			continue
 		case strings.EqualFold(k, contentType):
+			if driver.IsStructured(vs[0]) {
+				// Structured content mode, whatever else the headers say:
+				// what was read so far is replaced.
+				sm, err := decodeStructured(h, k, data)
+				*m = *sm
+				return err
+			}
 			// Some CloudEvents SDKs carry datacontenttype in Content-Type, as
 			// the HTTP binding does; read it when ce-datacontenttype is absent.
 			fallbackContentType = vs[0]

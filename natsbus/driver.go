@@ -238,15 +238,14 @@ func (d *Driver) publish(ctx context.Context, dest driver.Destination, msgs []*d
 	if err := checkPublish(msgs, d.caps.MaxMessageSize); err != nil {
 		return fmt.Errorf("natsbus: publish to %q: %w", subj, err)
 	}
-	stored := d.js != nil && persistent(dest.Pattern)
-	nms := make([]*nats.Msg, len(msgs))
-	for i, m := range msgs {
-		nms[i] = encode(subj, m, stored, stored && dedup)
-	}
-	if stored {
+	if d.js != nil && persistent(dest.Pattern) {
+		nms := make([]*nats.Msg, len(msgs))
+		for i, m := range msgs {
+			nms[i] = encode(subj, m, true, dedup)
+		}
 		err = d.publishStored(ctx, nms)
 	} else {
-		err = d.publishCore(ctx, nms)
+		err = d.publishCore(ctx, subj, msgs)
 	}
 	if err != nil {
 		return fmt.Errorf("natsbus: publish to %q: %w", subj, err)
@@ -263,13 +262,23 @@ func checkPublish(msgs []*driver.Message, limit int) error {
 	return driver.CheckSize(msgs, limit)
 }
 
-func (d *Driver) publishCore(ctx context.Context, nms []*nats.Msg) error {
-	for _, m := range nms {
-		if err := d.nc.PublishMsg(m); err != nil {
+func (d *Driver) publishCore(ctx context.Context, subj string, msgs []*driver.Message) error {
+	for _, m := range msgs {
+		if err := d.publishMsg(subj, m); err != nil {
 			return d.classify(err)
 		}
 	}
 	return d.flusher.wait(ctx)
+}
+
+// publishMsg writes m to subj on the connection, without waiting. The
+// client copies the message into its write buffer before PublishMsg
+// returns, so the wire message is pooled and nothing of m is retained.
+func (d *Driver) publishMsg(subj string, m *driver.Message) error {
+	_, err := sendCore(subj, m, func(nm *nats.Msg) (struct{}, error) {
+		return struct{}{}, d.nc.PublishMsg(nm)
+	})
+	return err
 }
 
 // flush waits until the server has processed everything written so far.
@@ -583,7 +592,11 @@ func (d *Driver) Request(ctx context.Context, dest driver.Destination, req *driv
 	if err := checkPublish([]*driver.Message{req}, d.caps.MaxMessageSize); err != nil {
 		return nil, fmt.Errorf("natsbus: request to %q: %w", subj, err)
 	}
-	resp, err := d.nc.RequestMsgWithContext(ctx, encode(subj, req, false, false))
+	// The request is written before RequestMsgWithContext waits for the
+	// reply, and not retained.
+	resp, err := sendCore(subj, req, func(nm *nats.Msg) (*nats.Msg, error) {
+		return d.nc.RequestMsgWithContext(ctx, nm)
+	})
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):
@@ -613,7 +626,7 @@ func (d *Driver) Reply(ctx context.Context, dl *driver.Delivery, reply *driver.M
 	if err := checkPublish([]*driver.Message{reply}, d.caps.MaxMessageSize); err != nil {
 		return fmt.Errorf("natsbus: reply: %w", err)
 	}
-	if err := d.nc.PublishMsg(encode(req.Reply, reply, false, false)); err != nil {
+	if err := d.publishMsg(req.Reply, reply); err != nil {
 		return fmt.Errorf("natsbus: reply: %w", d.classify(err))
 	}
 	return nil

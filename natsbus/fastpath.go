@@ -32,9 +32,7 @@ func (d *Driver) PublishUnconfirmed(ctx context.Context, dest driver.Destination
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("natsbus: publish to %q: %w: %w", subj, driver.ErrUnavailable, err)
 		}
-		// The client copies the message into its write buffer before
-		// PublishMsg returns: nothing of m is retained.
-		if err := d.nc.PublishMsg(encode(subj, m, false, false)); err != nil {
+		if err := d.publishMsg(subj, m); err != nil {
 			return fmt.Errorf("natsbus: publish to %q: %w", subj, d.classify(err))
 		}
 	}

@@ -545,13 +545,7 @@ func (s *storedSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, e
 	for len(out) < max && s.inflight.tryAcquire() {
 		select {
 		case m := <-s.msgs:
-			var slot *storedSlot
-			if i := len(out); i < len(slab) {
-				slot = &slab[i]
-			} else {
-				slot = new(storedSlot)
-			}
-			out = append(out, slot.delivery(m))
+			out = append(out, slotAt(slab, len(out)).delivery(m))
 			continue
 		default:
 			s.inflight.release(1)
@@ -570,7 +564,8 @@ func (s *storedSub) roomFreed() {
 }
 
 // storedSlot holds one delivery and its message, allocated together and for
-// a whole batch at once: two allocations per batch instead of per message.
+// a whole batch at once: two allocations per batch instead of per message
+// (core NATS subscriptions use it too).
 type storedSlot struct {
 	dl  driver.Delivery
 	msg driver.Message
@@ -578,6 +573,21 @@ type storedSlot struct {
 
 func (sl *storedSlot) delivery(m *nats.Msg) *driver.Delivery {
 	sl.dl = driver.Delivery{Message: &sl.msg, Attempt: numDelivered(m.Reply), Err: decodeInto(&sl.msg, m.Header, m.Data), Handle: m}
+	return &sl.dl
+}
+
+// slotAt returns slab's i-th slot, or a new one past its end.
+func slotAt(slab []storedSlot, i int) *storedSlot {
+	if i < len(slab) {
+		return &slab[i]
+	}
+	return new(storedSlot)
+}
+
+// coreDelivery is delivery for a core NATS message: always a first
+// attempt, whatever its reply subject.
+func (sl *storedSlot) coreDelivery(m *nats.Msg) *driver.Delivery {
+	sl.dl = driver.Delivery{Message: &sl.msg, Attempt: 1, Err: decodeInto(&sl.msg, m.Header, m.Data), Handle: m}
 	return &sl.dl
 }
 
@@ -782,7 +792,14 @@ func (s *coreSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, err
 		}
 		return nil, fmt.Errorf("natsbus: receive from %q: %w", s.subject, s.d.classify(err))
 	}
-	out := []*driver.Delivery{coreDelivery(m)}
+	// The deliveries of what is queued now share one allocation.
+	queued := 1
+	if p, _, err := s.sub.Pending(); err == nil && p > 0 {
+		queued += min(max-1, p)
+	}
+	slab := make([]storedSlot, queued)
+	out := make([]*driver.Delivery, 0, queued)
+	out = append(out, slab[0].coreDelivery(m))
 	for len(out) < max && s.inflight.tryAcquire() {
 		// NextMsg parks on a timer when nothing is queued, even with a zero
 		// timeout: take only what is already there.
@@ -795,14 +812,9 @@ func (s *coreSub) Receive(ctx context.Context, max int) ([]*driver.Delivery, err
 			s.inflight.release(1)
 			break
 		}
-		out = append(out, coreDelivery(m))
+		out = append(out, slotAt(slab, len(out)).coreDelivery(m))
 	}
 	return out, nil
-}
-
-func coreDelivery(m *nats.Msg) *driver.Delivery {
-	msg, err := decode(m.Header, m.Data)
-	return &driver.Delivery{Message: msg, Attempt: 1, Err: err, Handle: m}
 }
 
 func (s *coreSub) settle(ds []*driver.Delivery) error {
