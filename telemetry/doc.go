@@ -60,8 +60,9 @@
 // of the sampled spans (the default trace-based exemplar filter). Given
 // Options.Histograms, also a producer of the meter provider's readers, the
 // Observer aggregates the histograms itself, a few atomic additions per
-// measurement, and the readers receive the same histograms, without
-// exemplars; NewPrometheus's provider does so.
+// measurement, and the readers receive the same histograms, with an
+// exemplar per bucket from the sampled spans; NewPrometheus's provider
+// does so.
 // bench/RESULTS.md (Telemetry) has the figures.
 //
 // # Metrics

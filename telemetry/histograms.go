@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"math"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Histograms aggregates the duration and latency histograms of Observers
@@ -34,10 +36,14 @@ import (
 //
 // NewPrometheus does so for its MeterProvider. The histograms have the
 // same names, units, descriptions, bucket boundaries and labels as the
-// SDK's would, are cumulative (whatever temporality the reader prefers),
-// and carry no exemplars. Several Observers may share one Histograms.
+// SDK's would, and are cumulative (whatever temporality the reader
+// prefers). Like the SDK's by default, each bucket keeps the last
+// measurement made in a sampled span as its exemplar
+// (OTEL_METRICS_EXEMPLAR_FILTER=always_off: none; other filters are the
+// SDK's only). Several Observers may share one Histograms.
 type Histograms struct {
-	start time.Time
+	start     time.Time
+	exemplars bool // of sampled spans
 
 	mu     sync.Mutex
 	series [numHists]map[attribute.Distinct]*hist // guarded by mu
@@ -45,7 +51,7 @@ type Histograms struct {
 
 // NewHistograms returns empty histograms.
 func NewHistograms() *Histograms {
-	h := &Histograms{start: time.Now()}
+	h := &Histograms{start: time.Now(), exemplars: os.Getenv("OTEL_METRICS_EXEMPLAR_FILTER") != "always_off"}
 	for i := range h.series {
 		h.series[i] = map[attribute.Distinct]*hist{}
 	}
@@ -82,11 +88,22 @@ var durationBounds = func() [len(durationBuckets)]int64 {
 // bounds[i-1] < v ≤ bounds[i], as the SDK's explicit-bucket histogram),
 // and the sum, minimum and maximum in nanoseconds.
 type hist struct {
-	attrs    attribute.Set
-	start    time.Time
-	counts   [len(durationBuckets) + 1]atomic.Uint64
-	sum      atomic.Int64
-	min, max atomic.Int64 // valid once a count is
+	attrs     attribute.Set
+	start     time.Time
+	exemplars bool
+	counts    [len(durationBuckets) + 1]atomic.Uint64
+	sum       atomic.Int64
+	min, max  atomic.Int64                       // valid once a count is
+	last      [len(durationBuckets) + 1]exemplar // by bucket
+}
+
+// exemplar is the last measurement made in a sampled span.
+type exemplar struct {
+	mu  sync.Mutex
+	t   time.Time // zero: none
+	v   time.Duration
+	tid trace.TraceID
+	sid trace.SpanID
 }
 
 // hist returns the histogram of instrument i for the label set s.
@@ -97,15 +114,15 @@ func (h *Histograms) hist(i int, s attribute.Set) *hist {
 	if x, ok := h.series[i][k]; ok {
 		return x
 	}
-	x := &hist{attrs: s, start: time.Now()}
+	x := &hist{attrs: s, start: time.Now(), exemplars: h.exemplars}
 	x.min.Store(1<<63 - 1)
 	x.max.Store(-1 << 63)
 	h.series[i][k] = x
 	return x
 }
 
-// record adds a measurement of d.
-func (x *hist) record(d time.Duration) {
+// record adds a measurement of d, made in span (nil: none).
+func (x *hist) record(d time.Duration, span trace.Span) {
 	v := int64(d)
 	i := 0
 	for i < len(durationBounds) && durationBounds[i] < v {
@@ -117,6 +134,14 @@ func (x *hist) record(d time.Duration) {
 	for m := x.max.Load(); v > m && !x.max.CompareAndSwap(m, v); m = x.max.Load() {
 	}
 	x.counts[i].Add(1) // last: a count read means a minimum and maximum
+	if span != nil && x.exemplars {
+		if sc := span.SpanContext(); sc.IsSampled() {
+			e := &x.last[i]
+			e.mu.Lock()
+			e.t, e.v, e.tid, e.sid = time.Now(), d, sc.TraceID(), sc.SpanID()
+			e.mu.Unlock()
+		}
+	}
 }
 
 // Produce implements sdkmetric.Producer: the histograms measured so far,
@@ -137,6 +162,15 @@ func (h *Histograms) Produce(context.Context) ([]metricdata.ScopeMetrics, error)
 			for b := range x.counts {
 				dp.BucketCounts[b] = x.counts[b].Load()
 				dp.Count += dp.BucketCounts[b]
+				e := &x.last[b]
+				e.mu.Lock()
+				if !e.t.IsZero() {
+					tid, sid := e.tid, e.sid
+					dp.Exemplars = append(dp.Exemplars, metricdata.Exemplar[float64]{
+						Time: e.t, Value: e.v.Seconds(), TraceID: tid[:], SpanID: sid[:],
+					})
+				}
+				e.mu.Unlock()
 			}
 			if dp.Count == 0 {
 				continue

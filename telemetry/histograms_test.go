@@ -16,11 +16,13 @@ import (
 )
 
 // The histograms Histograms produces are those the SDK makes from the same
-// measurements: names, units, descriptions, bounds, label sets and counts.
+// measurements: names, units, descriptions, bounds, label sets and counts,
+// and exemplars from the sampled spans.
 func TestHistogramsAsSDK(t *testing.T) {
 	collect := func(local bool) map[string]metricdata.HistogramDataPoint[float64] {
 		var opts []sdkmetric.ManualReaderOption
-		o := telemetry.Options{}
+		tp, _ := tracing(t)
+		o := telemetry.Options{TracerProvider: tp}
 		if local {
 			o.Histograms = telemetry.NewHistograms()
 			opts = append(opts, sdkmetric.WithProducer(o.Histograms))
@@ -94,6 +96,14 @@ func TestHistogramsAsSDK(t *testing.T) {
 		}
 		if v, ok := got.Min.Value(); !ok || v > got.Sum || got.Sum <= 0 {
 			t.Errorf("%s: min %v, sum %v", k, v, got.Sum)
+		}
+		if len(want.Exemplars) == 0 || len(got.Exemplars) == 0 {
+			t.Errorf("%s: %d exemplars, the SDK %d; want some", k, len(got.Exemplars), len(want.Exemplars))
+		}
+		for _, e := range got.Exemplars {
+			if len(e.TraceID) != 16 || len(e.SpanID) != 8 || e.Time.IsZero() || e.Value > got.Sum {
+				t.Errorf("%s: exemplar %+v", k, e)
+			}
 		}
 	}
 	for k := range local {

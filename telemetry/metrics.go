@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/marty-msf/eventbus"
 )
@@ -141,10 +142,11 @@ func newSeries(kvs []attribute.KeyValue, h *Histograms) *series {
 }
 
 // record adds d to histogram i (histPublish, histProcess, histLatency) of
-// s: in s's own histogram with Histograms, else into the SDK's.
-func (m *instruments) record(ctx context.Context, i int, s *series, d time.Duration) {
+// s: in s's own histogram with Histograms (span, if sampled, its
+// exemplar), else into the SDK's (which finds the span in ctx).
+func (m *instruments) record(ctx context.Context, span trace.Span, i int, s *series, d time.Duration) {
 	if x := s.hists[i]; x != nil {
-		x.record(d)
+		x.record(d, span)
 		return
 	}
 	h := m.publishDuration

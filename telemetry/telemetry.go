@@ -291,7 +291,7 @@ func (o *Observer) Handle(ctx context.Context, op eventbus.Operation, msgs []*ev
 		c.l.inFlight.Add(1)
 		for _, m := range msgs {
 			if m != nil && !m.Time.IsZero() {
-				o.m.record(ctx, histLatency, c.l.ok, c.start.Sub(m.Time))
+				o.m.record(ctx, span, histLatency, c.l.ok, c.start.Sub(m.Time))
 			}
 		}
 	}
@@ -335,7 +335,7 @@ func (c *call) put() {
 func (c *call) publishDone(err error) {
 	if c.l != nil {
 		s := c.l.set(err)
-		c.o.m.record(c.ctx, histPublish, s, time.Since(c.start))
+		c.o.m.record(c.ctx, c.span, histPublish, s, time.Since(c.start))
 		if c.info.op.Kind == eventbus.OpSend {
 			s.sent.Add(int64(c.n))
 		}
@@ -350,7 +350,7 @@ func (c *call) handleDone(err error) {
 	o, ctx, op := c.o, c.ctx, &c.info.op
 	if l := c.l; l != nil {
 		l.inFlight.Add(-1)
-		o.m.record(ctx, histProcess, l.set(err), time.Since(c.start))
+		o.m.record(ctx, c.span, histProcess, l.set(err), time.Since(c.start))
 		l.ok.consumed.Add(int64(c.n))
 		if err != nil {
 			l.ok.failed.Add(int64(c.n))
