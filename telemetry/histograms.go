@@ -42,7 +42,6 @@ import (
 // (OTEL_METRICS_EXEMPLAR_FILTER=always_off: none; other filters are the
 // SDK's only). Several Observers may share one Histograms.
 type Histograms struct {
-	start     time.Time
 	exemplars bool // of sampled spans
 
 	mu     sync.Mutex
@@ -51,7 +50,7 @@ type Histograms struct {
 
 // NewHistograms returns empty histograms.
 func NewHistograms() *Histograms {
-	h := &Histograms{start: time.Now(), exemplars: os.Getenv("OTEL_METRICS_EXEMPLAR_FILTER") != "always_off"}
+	h := &Histograms{exemplars: os.Getenv("OTEL_METRICS_EXEMPLAR_FILTER") != "always_off"}
 	for i := range h.series {
 		h.series[i] = map[attribute.Distinct]*hist{}
 	}

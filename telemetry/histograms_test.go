@@ -111,6 +111,13 @@ func TestHistogramsAsSDK(t *testing.T) {
 			t.Errorf("%s not from the SDK", k)
 		}
 	}
+	// The exemplar filter always_off leaves them out, as the SDK does.
+	t.Setenv("OTEL_METRICS_EXEMPLAR_FILTER", "always_off")
+	for k, dp := range collect(true) {
+		if len(dp.Exemplars) != 0 {
+			t.Errorf("%s: %d exemplars with the filter always_off", k, len(dp.Exemplars))
+		}
+	}
 	// The latency of an hour falls in the last bucket (over 60 s).
 	for k, dp := range local {
 		if dp.Count > 0 && dp.Sum > 3000 && dp.BucketCounts[len(dp.BucketCounts)-1] != dp.Count {
