@@ -106,15 +106,19 @@
 //     Term never redelivers; Attempt is the server's delivery count. One
 //     consumer of a group sees each subject's messages in publish order.
 //   - Intake (JetStream): each subscription pulls with its own loop and one
-//     inbox, keeping at most one pull request open, for at most the room left
+//     inbox, its open pull requests asking together for at most the room left
 //     in its prefetch buffer (Options.Prefetch, or MaxInFlight when lower):
 //     every message the server sends has a place in that buffer and is
 //     tracked from the moment it arrives, never left waiting where the driver
-//     cannot renew it. The next request goes out as soon as the last one was
-//     served and Receive freed room for a quarter of the buffer. A request
-//     expires on the server after 10 s and asks for a heartbeat every second;
-//     one that goes silent for 2 s (lost in a reconnect or a server restart)
-//     is replaced, and a refused one is retried after a short pause.
+//     cannot renew it. A request goes out when there is room for a quarter of
+//     the buffer and none is open, or for half of it while one is still being
+//     served, so that a consumer that keeps up never waits a round trip for
+//     its next batch; the server serves the requests in turn, in order. A
+//     request expires on the server after 10 s and asks for a heartbeat every
+//     second; one that ends unfilled gives back what it did not bring; when
+//     nothing arrives for 2 s (a request lost in a reconnect or a server
+//     restart) the loop asks again, and a refused request is retried after a
+//     short pause.
 //   - Ack deadlines (JetStream): while a subscription is open, no message it
 //     holds unsettled passes its ack wait — whether it waits in the prefetch
 //     buffer or was handed out by Receive and is still being handled. A
