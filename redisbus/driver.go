@@ -188,8 +188,10 @@ func (d *Driver) Publish(ctx context.Context, dest driver.Destination, msgs []*d
 		case driver.Reply:
 			maxLen = replyMaxLen
 		}
-		// One slab of arguments and one of values for the whole batch.
-		b := argBuilder{args: make([]any, 0, len(msgs)*24), vals: make([]string, 0, len(msgs)*10),
+		// One slab of arguments and one of values for the whole batch, sized
+		// for an event with id, source, type, time and data (6 fields after
+		// the 6 arguments of XADD); append grows them for more.
+		b := argBuilder{args: make([]any, 0, len(msgs)*20), vals: make([]string, 0, len(msgs)*4),
 			times: make([]time.Time, 0, len(msgs)), data: make([]dataArg, 0, len(msgs))}
 		keyArg, maxLenArg := any(key), any(maxLen)
 		for _, m := range msgs {
