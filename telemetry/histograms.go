@@ -92,9 +92,13 @@ type hist struct {
 	exemplars bool
 	counts    [len(durationBuckets) + 1]atomic.Uint64
 	sum       atomic.Int64
-	min, max  atomic.Int64                       // valid once a count is
-	last      [len(durationBuckets) + 1]exemplar // by bucket
+	min, max  atomic.Int64 // valid once a count is
+	last      atomic.Pointer[exemplars]
 }
+
+// exemplars are a histogram's, by bucket, made at its first measurement in
+// a sampled span.
+type exemplars [len(durationBuckets) + 1]exemplar
 
 // exemplar is the last measurement made in a sampled span.
 type exemplar struct {
@@ -135,7 +139,12 @@ func (x *hist) record(d time.Duration, span trace.Span) {
 	x.counts[i].Add(1) // last: a count read means a minimum and maximum
 	if span != nil && x.exemplars {
 		if sc := span.SpanContext(); sc.IsSampled() {
-			e := &x.last[i]
+			es := x.last.Load()
+			if es == nil {
+				x.last.CompareAndSwap(nil, new(exemplars))
+				es = x.last.Load()
+			}
+			e := &es[i]
 			e.mu.Lock()
 			e.t, e.v, e.tid, e.sid = time.Now(), d, sc.TraceID(), sc.SpanID()
 			e.mu.Unlock()
@@ -161,15 +170,17 @@ func (h *Histograms) Produce(context.Context) ([]metricdata.ScopeMetrics, error)
 			for b := range x.counts {
 				dp.BucketCounts[b] = x.counts[b].Load()
 				dp.Count += dp.BucketCounts[b]
-				e := &x.last[b]
-				e.mu.Lock()
-				if !e.t.IsZero() {
-					tid, sid := e.tid, e.sid
-					dp.Exemplars = append(dp.Exemplars, metricdata.Exemplar[float64]{
-						Time: e.t, Value: e.v.Seconds(), TraceID: tid[:], SpanID: sid[:],
-					})
+				if es := x.last.Load(); es != nil {
+					e := &es[b]
+					e.mu.Lock()
+					if !e.t.IsZero() {
+						tid, sid := e.tid, e.sid
+						dp.Exemplars = append(dp.Exemplars, metricdata.Exemplar[float64]{
+							Time: e.t, Value: e.v.Seconds(), TraceID: tid[:], SpanID: sid[:],
+						})
+					}
+					e.mu.Unlock()
 				}
-				e.mu.Unlock()
 			}
 			if dp.Count == 0 {
 				continue

@@ -128,18 +128,34 @@ type series struct {
 	sent, consumed, failed, retried, deadLettered, dropped atomic.Int64
 }
 
-func newSeries(kvs []attribute.KeyValue, h *Histograms) *series {
+// newSeries returns the series of the label set kvs, with, given h, the
+// histograms it uses (a bit per histPublish, histProcess, histLatency).
+func newSeries(kvs []attribute.KeyValue, h *Histograms, uses uint8) *series {
 	s := &series{set: attribute.NewSet(kvs...)}
 	opt := metric.WithAttributeSet(s.set)
 	s.rec = []metric.RecordOption{opt}
 	s.obs = []metric.ObserveOption{opt}
 	if h != nil {
 		for i := range s.hists {
-			s.hists[i] = h.hist(i, s.set)
+			if uses&(1<<i) != 0 {
+				s.hists[i] = h.hist(i, s.set)
+			}
 		}
 	}
 	return s
 }
+
+// histograms returns the histograms that operations of kind use, for
+// newSeries.
+func histograms(kind eventbus.OperationKind) uint8 {
+	if kind == eventbus.OpSend || kind == eventbus.OpQuery {
+		return 1 << histPublish
+	}
+	return 1<<histProcess | 1<<histLatency
+}
+
+// allHistograms are those of the overflow set, which all operations share.
+const allHistograms = 1<<numHists - 1
 
 // record adds d to histogram i (histPublish, histProcess, histLatency) of
 // s: in s's own histogram with Histograms (span, if sampled, its
@@ -156,7 +172,9 @@ func (m *instruments) record(ctx context.Context, span trace.Span, i int, s *ser
 	case histLatency:
 		h = m.latency
 	}
-	h.Record(ctx, d.Seconds(), s.rec...)
+	if h != nil { // nil with Histograms: s does not use histogram i
+		h.Record(ctx, d.Seconds(), s.rec...)
+	}
 }
 
 // labels are the label sets of an operation on a message type: ok without
@@ -167,13 +185,14 @@ type labels struct {
 	inFlight atomic.Int64 // handlers running
 	base     []attribute.KeyValue
 	hists    *Histograms // nil: histograms recorded into the SDK
+	uses     uint8       // the histograms used, for newSeries
 
 	errMu sync.Mutex              // serializes additions to errs
 	errs  cowMap[string, *series] // by error.type: a handful (errorType)
 }
 
-func newLabels(typ string, base []attribute.KeyValue, h *Histograms) *labels {
-	return &labels{typ: typ, ok: newSeries(base, h), base: base, hists: h}
+func newLabels(typ string, base []attribute.KeyValue, h *Histograms, uses uint8) *labels {
+	return &labels{typ: typ, ok: newSeries(base, h, uses), base: base, hists: h, uses: uses}
 }
 
 // set returns the label set for an outcome: err adds its error.type.
@@ -183,7 +202,7 @@ func (l *labels) set(err error) *series {
 	}
 	t := errorType(err)
 	return l.errs.load(&l.errMu, t, func() (*series, bool) {
-		return newSeries(append(l.base[:len(l.base):len(l.base)], semconv.ErrorTypeKey.String(t)), l.hists), true
+		return newSeries(append(l.base[:len(l.base):len(l.base)], semconv.ErrorTypeKey.String(t)), l.hists, l.uses), true
 	})
 }
 
@@ -214,7 +233,7 @@ func (o *Observer) labelsOf(info *opInfo, typ string) *labels {
 		if typ != "" {
 			base = append(base[:len(base):len(base)], semconv.CloudEventsEventType(typ))
 		}
-		return newLabels(typ, base, o.hists), true
+		return newLabels(typ, base, o.hists, histograms(info.op.Kind)), true
 	})
 	if l != o.overflow {
 		info.recent.Store(l)

@@ -98,7 +98,7 @@ func New(opts *Options) (*Observer, error) {
 			obs.hists = histogramsOf(o.MeterProvider)
 		}
 	}
-	obs.overflow = newLabels("", overflowAttrs, obs.hists)
+	obs.overflow = newLabels("", overflowAttrs, obs.hists, allHistograms)
 	if obs.prop == nil {
 		obs.prop = propagation.TraceContext{}
 	}
