@@ -61,8 +61,8 @@
 // Options.Histograms, also a producer of the meter provider's readers, the
 // Observer aggregates the histograms itself, a few atomic additions per
 // measurement, and the readers receive the same histograms, with an
-// exemplar per bucket from the sampled spans; NewPrometheus's provider
-// does so.
+// exemplar per bucket from the sampled spans; NewPrometheus makes a
+// provider and Histograms that do so.
 // bench/RESULTS.md (Telemetry) has the figures.
 //
 // # Metrics

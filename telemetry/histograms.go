@@ -4,12 +4,10 @@ import (
 	"context"
 	"math"
 	"os"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-	"weak"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
@@ -34,7 +32,7 @@ import (
 //	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 //	obs, err := telemetry.New(&telemetry.Options{MeterProvider: mp, Histograms: h})
 //
-// NewPrometheus does so for its MeterProvider. The histograms have the
+// NewPrometheus makes both. The histograms have the
 // same names, units, descriptions, bucket boundaries and labels as the
 // SDK's would, and are cumulative (whatever temporality the reader
 // prefers). Like the SDK's by default, each bucket keeps the last
@@ -201,26 +199,4 @@ func (h *Histograms) Produce(context.Context) ([]metricdata.ScopeMetrics, error)
 		return nil, nil
 	}
 	return []metricdata.ScopeMetrics{sm}, nil
-}
-
-// promHistograms are the Histograms of the MeterProviders NewPrometheus
-// made, which New uses when Options.Histograms is nil. An entry goes with
-// its provider.
-var promHistograms sync.Map // weak.Pointer[sdkmetric.MeterProvider] → *Histograms
-
-func rememberHistograms(mp *sdkmetric.MeterProvider, h *Histograms) {
-	k := weak.Make(mp)
-	promHistograms.Store(k, h)
-	runtime.AddCleanup(mp, func(k weak.Pointer[sdkmetric.MeterProvider]) { promHistograms.Delete(k) }, k)
-}
-
-// histogramsOf returns the Histograms NewPrometheus gave mp, or nil.
-func histogramsOf(mp any) *Histograms {
-	p, ok := mp.(*sdkmetric.MeterProvider)
-	if !ok || p == nil {
-		return nil
-	}
-	h, _ := promHistograms.Load(weak.Make(p))
-	hs, _ := h.(*Histograms)
-	return hs
 }

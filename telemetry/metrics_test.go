@@ -32,12 +32,13 @@ import (
 // fail permanently. The metrics, scraped from the Prometheus endpoint over
 // HTTP, equal its counts and the bus's Stats.
 func TestMetricsOfKnownWorkload(t *testing.T) {
-	mp, promHandler, err := telemetry.NewPrometheus()
+	prom, err := telemetry.NewPrometheus()
 	if err != nil {
 		t.Fatal(err)
 	}
+	mp, promHandler := prom.MeterProvider, prom.Handler
 	defer mp.Shutdown(context.Background())
-	obs, err := telemetry.New(&telemetry.Options{MeterProvider: mp})
+	obs, err := telemetry.New(&telemetry.Options{MeterProvider: mp, Histograms: prom.Histograms})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,12 +222,13 @@ func TestConsumerLagKafka(t *testing.T) {
 // blocked show in eventbus.consumer.lag, scraped from the Prometheus
 // endpoint over HTTP.
 func consumerLag(t *testing.T, d driver.Driver) {
-	mp, promHandler, err := telemetry.NewPrometheus()
+	prom, err := telemetry.NewPrometheus()
 	if err != nil {
 		t.Fatal(err)
 	}
+	mp, promHandler := prom.MeterProvider, prom.Handler
 	defer mp.Shutdown(context.Background())
-	obs, err := telemetry.New(&telemetry.Options{MeterProvider: mp})
+	obs, err := telemetry.New(&telemetry.Options{MeterProvider: mp, Histograms: prom.Histograms})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,19 +10,35 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
 
-// NewPrometheus returns a MeterProvider whose metrics a new Prometheus
-// registry holds, and the http.Handler that serves that registry in the
-// Prometheus exposition format (mount it at /metrics). Shut the provider
-// down when done with it. An Observer given this MeterProvider aggregates
-// its histograms in a Histograms that the exporter reads.
-func NewPrometheus() (*sdkmetric.MeterProvider, http.Handler, error) {
+// Prometheus is a MeterProvider whose metrics a Prometheus registry of its
+// own holds, and the http.Handler that serves that registry.
+type Prometheus struct {
+	// MeterProvider is for Options.MeterProvider. Shut it down when done
+	// with it.
+	MeterProvider *sdkmetric.MeterProvider
+	// Histograms is for Options.Histograms: the exporter reads it, so that
+	// the Observer aggregates its histograms in process.
+	Histograms *Histograms
+	// Handler serves the registry in the Prometheus exposition format
+	// (mount it at /metrics).
+	Handler http.Handler
+}
+
+// NewPrometheus returns a Prometheus exporter and its MeterProvider:
+//
+//	p, err := telemetry.NewPrometheus()
+//	obs, err := telemetry.New(&telemetry.Options{MeterProvider: p.MeterProvider, Histograms: p.Histograms})
+//	http.Handle("/metrics", p.Handler)
+func NewPrometheus() (*Prometheus, error) {
 	reg := prometheus.NewRegistry()
 	h := NewHistograms()
 	exp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithProducer(h))
 	if err != nil {
-		return nil, nil, fmt.Errorf("telemetry: prometheus exporter: %w", err)
+		return nil, fmt.Errorf("telemetry: prometheus exporter: %w", err)
 	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp))
-	rememberHistograms(mp, h)
-	return mp, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), nil
+	return &Prometheus{
+		MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp)),
+		Histograms:    h,
+		Handler:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+	}, nil
 }

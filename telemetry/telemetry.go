@@ -33,8 +33,8 @@ type Options struct {
 	// Histograms, when set, aggregates the duration and latency histograms
 	// in the process and hands them to the readers it is a producer of,
 	// instead of recording each measurement into MeterProvider (see
-	// Histograms). nil: those of NewPrometheus's MeterProvider, or none —
-	// the histograms are then recorded into MeterProvider's.
+	// Histograms; NewPrometheus makes one). nil: the histograms are
+	// recorded into MeterProvider's.
 	Histograms *Histograms
 	// Propagator writes and reads the trace context of messages. Default:
 	// W3C Trace Context, which the CloudEvents distributed-tracing
@@ -94,9 +94,6 @@ func New(opts *Options) (*Observer, error) {
 	obs := &Observer{prop: o.Propagator, log: o.Logger}
 	if o.MeterProvider != nil {
 		obs.hists = o.Histograms
-		if obs.hists == nil {
-			obs.hists = histogramsOf(o.MeterProvider)
-		}
 	}
 	obs.overflow = newLabels("", overflowAttrs, obs.hists, allHistograms)
 	if obs.prop == nil {
