@@ -4,12 +4,13 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/marty-msf/eventbus/driver"
 )
 
 // The driver reads XREADGROUP's reply as raw RESP bytes (go-redis's
-// RawWriteToCmd, into a buffer each subscription reuses) and parses the
+// RawWriteToCmd, into a pooled buffer) and parses the
 // entries itself: go-redis's generic reader makes a string and an
 // interface value of every field of every entry, which was most of the
 // allocations and a quarter of the CPU time of a consumer. Here an entry
@@ -18,18 +19,26 @@ import (
 // the data's own slice, so that a message kept by the application keeps
 // only its own bytes.
 
-// replyBuffer collects a raw reply. It is reused from one read to the next:
-// nothing parsed from it points into it.
+// replyBuffer collects a raw reply. Buffers are pooled from one read to the
+// next (nothing parsed from one points into it), so that idle subscriptions
+// hold none.
 type replyBuffer struct{ b []byte }
 
-// maxKeptReply bounds the buffer kept for the next read.
+var replyPool = sync.Pool{New: func() any { return new(replyBuffer) }}
+
+// maxKeptReply bounds a buffer given back to the pool.
 const maxKeptReply = 4 << 20
 
-func (w *replyBuffer) reset() {
-	if cap(w.b) > maxKeptReply {
-		w.b = nil
-	}
+func getReply() *replyBuffer {
+	w := replyPool.Get().(*replyBuffer)
 	w.b = w.b[:0]
+	return w
+}
+
+func putReply(w *replyBuffer) {
+	if cap(w.b) <= maxKeptReply {
+		replyPool.Put(w)
+	}
 }
 
 func (w *replyBuffer) Write(p []byte) (int, error) {

@@ -155,7 +155,6 @@ func BenchmarkReadEntries(b *testing.B) {
 		b.Fatal(err)
 	}
 	s := &streamSub{}
-	var reply replyBuffer
 	args := []any{"xreadgroup", "group", "g", "c", "count", 256, "streams", key, "0"}
 	for _, v := range []struct {
 		name string
@@ -169,8 +168,9 @@ func BenchmarkReadEntries(b *testing.B) {
 			return parseEntries(res.([]any)[0].([]any)[1])
 		}},
 		{"raw", func() []entry {
-			reply.reset()
-			if err := rdb.Process(ctx, redis.NewRawWriteToCmd(ctx, &reply, args...)); err != nil {
+			reply := getReply()
+			defer putReply(reply)
+			if err := rdb.Process(ctx, redis.NewRawWriteToCmd(ctx, reply, args...)); err != nil {
 				b.Fatal(err)
 			}
 			es, err := parseXRead(reply.b)

@@ -126,7 +126,6 @@ type streamSub struct {
 	changed     chan struct{} // closed and replaced when room, due or stashed entries appear
 	closed      bool
 	reading     bool          // a read of new entries is in progress
-	reply       replyBuffer   // the raw reply of the read in progress (owned by it, not guarded by mu)
 	acking      int           // XACKs sent and not answered yet
 	fillEnd     chan struct{} // closed when the read ahead in progress (if any) ended
 	nextReclaim time.Time
@@ -527,15 +526,17 @@ func (s *streamSub) xread(ctx context.Context, n int, block time.Duration) ([]*d
 	// The reply is parsed from its raw bytes (see parseXRead); an error
 	// reply goes through go-redis's own reading again, which follows a
 	// Cluster's redirections and reports the error.
-	s.reply.reset()
-	err := s.d.rdb.Process(ctx, redis.NewRawWriteToCmd(ctx, &s.reply, args...))
-	if err == nil && !isErrorReply(s.reply.b) {
-		entries, err := parseXRead(s.reply.b)
+	reply := getReply()
+	err := s.d.rdb.Process(ctx, redis.NewRawWriteToCmd(ctx, reply, args...))
+	if err == nil && !isErrorReply(reply.b) {
+		entries, err := parseXRead(reply.b)
+		putReply(reply)
 		if err != nil {
 			return nil, err
 		}
 		return s.deliveries(entries, nil, 1), nil
 	}
+	putReply(reply)
 	var res any
 	if err == nil {
 		res, err = s.d.rdb.Do(ctx, args...).Result()
