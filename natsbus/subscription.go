@@ -305,48 +305,53 @@ func (s *storedSub) pull(ctx context.Context, cons jetstream.Consumer, in <-chan
 		}
 		select {
 		case m := <-in:
-			if want > 0 {
+			// What arrived together is taken together, and the silence
+			// timer re-armed once.
+			for {
+				status := ""
+				if len(m.Data) == 0 && m.Header != nil {
+					status = m.Header.Get("Status")
+				}
+				switch status {
+				case "": // a message
+					if want > 0 {
+						want--
+					}
+					if s.hold(m) {
+						queue = append(queue, m)
+					}
+					lastErr = nil
+				case "100": // idle heartbeat
+				case "404", "408": // no messages, request expired
+					want = max(0, want-unfilled(m))
+				case "409":
+					err := fmt.Errorf("pull request: %s", m.Header.Get("Description"))
+					if strings.Contains(strings.ToLower(err.Error()), "consumer deleted") {
+						s.fail(fmt.Errorf("natsbus: consumer %s on %q is gone: %w: %w", s.consumer, s.subject, jetstream.ErrConsumerDeleted, err))
+						s.drain(in)
+						return
+					}
+					failed(err)
+				case "503":
+					if s.consumerGone(ctx, cons) {
+						s.fail(fmt.Errorf("natsbus: consumer %s on %q is gone: %w", s.consumer, s.subject, jetstream.ErrConsumerNotFound))
+						s.drain(in)
+						return
+					}
+					failed(nats.ErrNoResponders)
+				default:
+					failed(fmt.Errorf("pull request: status %s %s", status, m.Header.Get("Description")))
+				}
+				if len(in) == 0 {
+					break
+				}
+				m = <-in
+			}
+			switch {
+			case want > 0:
 				timer.Reset(2 * pullHeartbeat)
-			}
-			status := ""
-			if len(m.Data) == 0 && m.Header != nil {
-				status = m.Header.Get("Status")
-			}
-			switch status {
-			case "": // a message
-				if want > 0 {
-					want--
-				}
-				if s.hold(m) {
-					queue = append(queue, m)
-				}
-				if want == 0 && !retrying {
-					timer.Stop()
-				}
-				lastErr = nil
-			case "100": // idle heartbeat
-			case "404", "408": // no messages, request expired
-				want = max(0, want-unfilled(m))
-				if want == 0 && !retrying {
-					timer.Stop()
-				}
-			case "409":
-				err := fmt.Errorf("pull request: %s", m.Header.Get("Description"))
-				if strings.Contains(strings.ToLower(err.Error()), "consumer deleted") {
-					s.fail(fmt.Errorf("natsbus: consumer %s on %q is gone: %w: %w", s.consumer, s.subject, jetstream.ErrConsumerDeleted, err))
-					s.drain(in)
-					return
-				}
-				failed(err)
-			case "503":
-				if s.consumerGone(ctx, cons) {
-					s.fail(fmt.Errorf("natsbus: consumer %s on %q is gone: %w", s.consumer, s.subject, jetstream.ErrConsumerNotFound))
-					s.drain(in)
-					return
-				}
-				failed(nats.ErrNoResponders)
-			default:
-				failed(fmt.Errorf("pull request: status %s %s", status, m.Header.Get("Description")))
+			case !retrying:
+				timer.Stop()
 			}
 		case out <- first:
 			queue[0] = nil
@@ -360,6 +365,12 @@ func (s *storedSub) pull(ctx context.Context, cons jetstream.Consumer, in <-chan
 		case <-ctx.Done():
 			s.drain(in)
 			return
+		}
+		// Only this loop writes to msgs: what fits goes in without a wait.
+		for len(queue) > 0 && len(s.msgs) < cap(s.msgs) {
+			s.msgs <- queue[0]
+			queue[0] = nil
+			queue = queue[1:]
 		}
 	}
 }
