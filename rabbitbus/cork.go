@@ -126,7 +126,7 @@ func (c *corkConn) write() {
 		c.mu.Unlock()
 		_, err := c.Conn.Write(buf)
 		c.mu.Lock()
-		if cap(buf) <= 4*corkLimit {
+		if cap(buf) <= 16*corkLimit { // up to 1 MiB kept for the next round
 			c.spare = buf
 		}
 		if err != nil && c.err == nil {
