@@ -117,9 +117,7 @@
 // confirmations pipeline across publishers and a batch is pipelined, in
 // order, on one channel. The frames of a batch (eventbus.Publisher hands
 // over batches) leave in a few socket writes of up to 64 KiB instead of
-// one write per message, which amqp091 would do by itself; and the
-// connection writes behind: what concurrent publishers (and acks) write
-// while a socket write is under way leaves together in the next one.
+// one write per message, which amqp091 would do by itself.
 //
 // Consumers use manual acks on a channel per subscription, with a prefetch
 // (QoS) of SubscribeOptions.MaxInFlight (Options.Prefetch, 256, when
