@@ -64,6 +64,14 @@ func init() {
 	registerTarget(ratioTarget(jsBroker, "live: eventbus consume ≥ 0.9× raw", RoleBus, RoleRaw, Result.ConsumeRate, 0.9))
 	registerTarget(rowRatioTarget(jsBroker, "backlog: eventbus consume of a stored backlog ≥ 0.9× raw's",
 		"eventbus on natsbus, consume stored backlog", "raw jetstream, consume stored backlog", Result.ConsumeRate, 0.9))
+	// The same targets against raw rows doing the bus's work (the
+	// CloudEvents headers on every message), reported beside the plain ones.
+	registerTarget(rowRatioTarget(coreBroker, "at-most-once: Publisher consume ≥ 0.8× raw buffered publish with the CloudEvents headers",
+		coreAtMostOnce, "raw nats.go, CloudEvents headers", Result.ConsumeRate, 0.8))
+	registerTarget(rowRatioTarget(jsBroker, "backlog: eventbus consume of a stored backlog ≥ 0.9× raw's, both with the CloudEvents headers",
+		"eventbus on natsbus, consume stored backlog", "raw jetstream, consume stored backlog, CloudEvents headers", Result.ConsumeRate, 0.9))
+	registerTarget(rowRatioTarget(jsBroker, "Publisher publish ≥ 0.9× raw async publish with the CloudEvents headers",
+		jsPipelineRow, "raw jetstream, async publish, CloudEvents headers, no Nats-Msg-Id", Result.PublishRate, 0.9))
 	registerTarget(ratioTarget(jsBroker, "eventbus publish ≥ 2× Watermill", RoleBus, RolePeer, Result.PublishRate, 2))
 	for _, broker := range []string{rrBroker, rrBroker16} {
 		registerTarget(latencyTarget(broker, 50, 1.1))
