@@ -69,7 +69,14 @@ func (s *settler) flush() {
 	acks, terms := s.acks, s.terms
 	s.acks, s.terms = s.spareAcks, s.spareTerms
 	s.spareAcks, s.spareTerms = nil, nil
-	s.armed = false
+	if s.armed {
+		// What the timer was armed for goes now: disarm it, so that it
+		// does not run a flush of nothing later. Under mu, so that it
+		// cannot disarm the timer of a settlement added after this one
+		// took the pending ones.
+		s.armed = false
+		s.timer.Stop()
+	}
 	s.mu.Unlock()
 	if len(acks) > 0 {
 		if err := s.c.sub.Ack(s.ctx, acks); err != nil {
