@@ -54,7 +54,7 @@ func busAllocs(limit float64) func(g *group) (string, bool, bool) {
 			return "", false, false
 		}
 		d := bus.res.AllocsPerMsg() - raw.res.AllocsPerMsg()
-		return fmt.Sprintf("%.1f", d), d <= limit, true
+		return fmt.Sprintf("%.2f", d), d <= limit, true
 	}
 }
 
