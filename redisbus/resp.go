@@ -104,7 +104,10 @@ func (r *respReader) aggregate() (typ byte, n int, err error) {
 		return t, -1, nil
 	case '*', '%':
 		n, ok := respInt(line)
-		if !ok {
+		// Every element takes at least 3 bytes ("_\r\n"): a count that
+		// the rest of the reply cannot hold is refused before anything is
+		// allocated for it.
+		if !ok || n > (len(r.b)-r.pos)/3 {
 			return 0, 0, errRESP
 		}
 		return t, n, nil
@@ -119,7 +122,7 @@ func (r *respReader) bulk() (int, int, error) {
 		return 0, 0, errRESP
 	}
 	n, ok := respInt(line)
-	if !ok || n < 0 || len(r.b)-r.pos < n+2 {
+	if !ok || n < 0 || len(r.b)-r.pos < n+2 || r.b[r.pos+n] != '\r' || r.b[r.pos+n+1] != '\n' {
 		return 0, 0, errRESP
 	}
 	start := r.pos
@@ -178,7 +181,10 @@ func parseXRead(raw []byte) ([]entry, error) {
 }
 
 // span is where a field's name and value lie in the reply.
-type span struct{ name, value [2]int }
+type span struct {
+	name, value [2]int
+	data        bool // a data field, not carried in the entry's fields
+}
 
 // entries appends the entries of an array of [id, [field, value...]].
 func (r *respReader) entries(out []entry) ([]entry, error) {
@@ -194,6 +200,7 @@ func (r *respReader) entries(out []entry) ([]entry, error) {
 		fields []string // a slab for the fields of every entry
 	)
 	for left := n; left > 0; left-- {
+		entryStart := r.pos
 		if _, parts, err := r.aggregate(); err != nil || parts != 2 {
 			return nil, errRESP
 		}
@@ -218,7 +225,10 @@ func (r *respReader) entries(out []entry) ([]entry, error) {
 			}
 			name := r.b[sp.name[0]:sp.name[1]]
 			if string(name) == fieldData {
+				// The last data field is the data, as in go-redis's
+				// reply that a reclaim reads; none is a field.
 				dataAt = len(spans)
+				sp.data = true
 			} else {
 				size += sp.value[1] - sp.value[0]
 				if knownField(name) == "" {
@@ -231,14 +241,17 @@ func (r *respReader) entries(out []entry) ([]entry, error) {
 			continue // deleted since it was added
 		}
 		if cap(fields)-len(fields) < 2*len(spans) {
-			fields = make([]string, 0, 2*len(spans)*left)
+			// Room for the entries left, as many as the rest of the reply
+			// can hold if they are the size of this one.
+			more := min(left-1, (len(r.b)-r.pos)/(r.pos-entryStart))
+			fields = make([]string, 0, 2*len(spans)*(1+more))
 		}
 		// One string for the id and the values (and unknown names).
 		var sb strings.Builder
 		sb.Grow(size)
 		sb.Write(r.b[idStart:idEnd])
-		for i, sp := range spans {
-			if i == dataAt {
+		for _, sp := range spans {
+			if sp.data {
 				continue
 			}
 			if name := r.b[sp.name[0]:sp.name[1]]; knownField(name) == "" {
@@ -250,8 +263,8 @@ func (r *respReader) entries(out []entry) ([]entry, error) {
 		e := entry{id: s[:idEnd-idStart]}
 		at := len(e.id)
 		start := len(fields)
-		for i, sp := range spans {
-			if i == dataAt {
+		for _, sp := range spans {
+			if sp.data {
 				continue
 			}
 			name := knownField(r.b[sp.name[0]:sp.name[1]])

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"reflect"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/marty-msf/eventbus/driver"
 	"github.com/marty-msf/eventbus/internal/testenv"
 )
 
@@ -207,6 +209,7 @@ func cpuTime() time.Duration {
 func FuzzParseXRead(f *testing.F) {
 	f.Add([]byte("*1\r\n*2\r\n$1\r\nk\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*4\r\n$5\r\nce_id\r\n$1\r\na\r\n$4\r\ndata\r\n$2\r\nab\r\n"))
 	f.Add([]byte("%1\r\n$1\r\nk\r\n*1\r\n*2\r\n$3\r\n1-0\r\n_\r\n"))
+	f.Add([]byte("*1\r\n*2\r\n$1\r\nk\r\n*999999999\r\n"))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		es, err := parseXRead(raw)
 		for _, e := range es {
@@ -215,4 +218,48 @@ func FuzzParseXRead(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A reply's length fields cannot make the parser allocate more than the
+// reply holds: a count of 99,999,999 entries in a 70-byte reply, and one
+// entry of 4,000 fields announced as the first of 7,900 (the field slab
+// was sized fields × entries announced).
+func TestParseXReadAllocatesByTheReply(t *testing.T) {
+	huge := "*1\r\n*2\r\n$1\r\nk\r\n*99999999\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+	var b strings.Builder
+	b.WriteString("*1\r\n*2\r\n$1\r\nk\r\n*7900\r\n*2\r\n$3\r\n1-0\r\n*4000\r\n")
+	for range 4000 {
+		b.WriteString("$0\r\n\r\n")
+	}
+	for name, raw := range map[string]string{"count": huge, "fields × entries": b.String()} {
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		_, err := parseXRead([]byte(raw))
+		runtime.ReadMemStats(&m1)
+		if grew := m1.TotalAlloc - m0.TotalAlloc; grew > uint64(100*len(raw)+1<<16) {
+			t.Errorf("%s: a %d-byte reply (error %v) allocated %d bytes", name, len(raw), err, grew)
+		}
+	}
+}
+
+// An entry with two data fields (XADD k * ... data first data last) has the
+// last as its Data whether XREADGROUP read it (parseXRead) or a reclaim
+// did (go-redis's reply, parseEntries), and no data among its fields.
+func TestRepeatedDataFieldIsTheLast(t *testing.T) {
+	raw := "*1\r\n*2\r\n$1\r\nk\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*12\r\n$14\r\nce_specversion\r\n$3\r\n1.0\r\n$5\r\nce_id\r\n$1\r\na\r\n$9\r\nce_source\r\n$1\r\ns\r\n$7\r\nce_type\r\n$1\r\nt\r\n$4\r\ndata\r\n$5\r\nfirst\r\n$4\r\ndata\r\n$4\r\nlast\r\n"
+	es, err := parseXRead([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := decodeInto(&driver.Message{}, es[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	reclaimed, err := decodeInto(&driver.Message{}, parseEntries([]any{[]any{"1-0", []any{"ce_specversion", "1.0", "ce_id", "a", "ce_source", "s", "ce_type", "t", "data", "first", "data", "last"}}})[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(first.Data) != "last" || string(reclaimed.Data) != "last" {
+		t.Fatalf("Data %q read, %q reclaimed; want \"last\" both", first.Data, reclaimed.Data)
+	}
 }

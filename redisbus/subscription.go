@@ -527,7 +527,11 @@ func (s *streamSub) xread(ctx context.Context, n int, block time.Duration) ([]*d
 	// reply goes through go-redis's own reading again, which follows a
 	// Cluster's redirections and reports the error.
 	reply := getReply()
-	err := s.d.rdb.Process(ctx, redis.NewRawWriteToCmd(ctx, reply, args...))
+	cmd := redis.NewRawWriteToCmd(ctx, reply, args...)
+	err := s.d.rdb.Process(ctx, cmd)
+	if err == nil {
+		err = cmd.Err()
+	}
 	if err == nil && !isErrorReply(reply.b) {
 		entries, err := parseXRead(reply.b)
 		putReply(reply)
