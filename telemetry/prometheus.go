@@ -17,7 +17,8 @@ type Prometheus struct {
 	// with it.
 	MeterProvider *sdkmetric.MeterProvider
 	// Histograms is for Options.Histograms: the exporter reads it, so that
-	// the Observer aggregates its histograms in process.
+	// the Observer aggregates its histograms in process. Give it to every
+	// Observer on MeterProvider (see Options.Histograms).
 	Histograms *Histograms
 	// Handler serves the registry in the Prometheus exposition format
 	// (mount it at /metrics).

@@ -35,6 +35,16 @@ type Options struct {
 	// instead of recording each measurement into MeterProvider (see
 	// Histograms; NewPrometheus makes one). nil: the histograms are
 	// recorded into MeterProvider's.
+	//
+	// A Histograms is exported only by the readers it was given to as a
+	// producer (sdkmetric.WithProducer): given to none, the histograms
+	// are lost. Give it to every Observer on that MeterProvider: an
+	// Observer without it records the same histograms into the SDK, and a
+	// reader that gets both series of one name fails its collection (the
+	// Prometheus handler answers 500). MeterProvider's views and the
+	// reader's temporality do not apply to these histograms: they are
+	// cumulative, with the bucket bounds this package gives the SDK's
+	// instruments.
 	Histograms *Histograms
 	// Propagator writes and reads the trace context of messages. Default:
 	// W3C Trace Context, which the CloudEvents distributed-tracing
