@@ -118,7 +118,9 @@
 //     second; one that ends unfilled gives back what it did not bring; when
 //     nothing arrives for 2 s (a request lost in a reconnect or a server
 //     restart) the loop asks again, and a refused request is retried after a
-//     short pause.
+//     short pause. After a refusal the loop counts none of its requests as
+//     open, so a request still being served may bring messages beyond the
+//     buffer: they are held and renewed like the others, never lost.
 //   - Ack deadlines (JetStream): while a subscription is open, no message it
 //     holds unsettled passes its ack wait — whether it waits in the prefetch
 //     buffer or was handed out by Receive and is still being handled. A
