@@ -5,8 +5,6 @@ import (
 	"io"
 	"strings"
 	"sync"
-
-	"github.com/marty-msf/eventbus/driver"
 )
 
 // The driver reads XREADGROUP's reply as raw RESP bytes (go-redis's
@@ -288,38 +286,16 @@ func (r *respReader) entries(out []entry) ([]entry, error) {
 	return out, nil
 }
 
+// knownFields maps each of fieldNames to itself, so that a field name read
+// as bytes is found without allocating.
+var knownFields = func() map[string]string {
+	m := make(map[string]string, len(fieldNames))
+	for _, f := range fieldNames {
+		m[f] = f
+	}
+	return m
+}()
+
 // knownField returns the field name of name when it is one every message
 // may carry, without allocating, or "".
-func knownField(name []byte) string {
-	switch string(name) {
-	case "ce_specversion":
-		return fieldNames[0]
-	case "ce_id":
-		return fieldNames[1]
-	case "ce_source":
-		return fieldNames[2]
-	case "ce_type":
-		return fieldNames[3]
-	case "ce_subject":
-		return fieldNames[4]
-	case "ce_time":
-		return fieldNames[5]
-	case "ce_dataschema":
-		return fieldNames[6]
-	case "ce_" + driver.ExtCorrelationID:
-		return fieldNames[7]
-	case "ce_" + driver.ExtCausationID:
-		return fieldNames[8]
-	case "ce_" + driver.ExtTraceParent:
-		return fieldNames[9]
-	case "ce_" + driver.ExtTraceState:
-		return fieldNames[10]
-	case "ce_" + driver.ExtReplyTo:
-		return fieldNames[11]
-	case fieldContentType:
-		return fieldContentType
-	case fieldKey:
-		return fieldKey
-	}
-	return ""
-}
+func knownField(name []byte) string { return knownFields[string(name)] }
